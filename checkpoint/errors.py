@@ -1,0 +1,37 @@
+"""Every error checkpoint raises on purpose, under one base class.
+
+Callers catch CheckpointError at the edge (CLI, daemon loop) and print its
+message: each message names what is wrong and where, so a marshal can fix it.
+"""
+
+
+class CheckpointError(Exception):
+    """Base of all checkpoint errors."""
+
+
+class ConfigError(CheckpointError):
+    """A config file key or value is wrong; the message names the key and file."""
+
+
+class NmeaError(CheckpointError):
+    """A GPS line was rejected; `reason` is a short stable tag for counting."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class CaptureError(CheckpointError):
+    """A capture file is unreadable or not in the checkpoint-capture format."""
+
+
+class StoreError(CheckpointError):
+    """The SQLite store cannot be opened, migrated or written."""
+
+
+class CommandError(CheckpointError):
+    """An MQTT command or CLI correction is malformed or out of range."""
+
+
+class LinkError(CheckpointError):
+    """The MQTT broker URL or credentials are unusable."""
