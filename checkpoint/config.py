@@ -1,0 +1,245 @@
+"""Box configuration: a TOML file → frozen dataclasses.
+
+Every key is checked: an unknown key, a missing required key or a bad value is a
+`ConfigError` that names the file, the key path and what is wrong, because a
+marshal at dawn has no debugger. `examples/box.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from checkpoint.errors import ConfigError
+
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9_./-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """One beam or push-button input."""
+
+    name: str
+    pin: str
+    source: str = "beam"
+    active_low: bool = True
+    pull: str = "up"
+    min_break_ms: int = 10
+    lockout_ms: int = 1000
+    max_edges_per_s: int = 200
+
+
+@dataclass(frozen=True)
+class GpsConfig:
+    port: str = "/dev/gps0"
+    baudrate: int = 9600
+    pps_pin: str = "GPIO18"
+    pps_edge: str = "rising"
+    convention: str = "after"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    broker: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "rally"
+    keepalive_s: int = 15
+    max_inflight: int = 32
+    redeliver_after_s: int = 30
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    box: str
+    checkpoint: str
+    store: str
+    inputs: tuple[InputConfig, ...]
+    gps: GpsConfig = field(default_factory=GpsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    pin_factory: str = ""
+    capture: str | None = None
+    status_interval_s: int = 10
+    source: str = "<defaults>"
+
+
+def default_inputs() -> tuple[InputConfig, ...]:
+    """One beam on GPIO17, as wired in the README's table."""
+    return (InputConfig(name="beam", pin="GPIO17"),)
+
+
+class _Reader:
+    """Pops keys from one TOML table, so leftovers are unknown keys."""
+
+    def __init__(self, table: dict[str, Any], where: str, file: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: [{where}] must be a table")
+        self.table = dict(table)
+        self.where = where
+        self.file = file
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self._name(key)}: {why}")
+
+    def get(self, key: str, kind: type, default: Any = ..., *, choices: tuple = ()) -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise self.fail(key, "is required")
+            return default
+        value = self.table.pop(key)
+        # bool is an int in Python; a marshal writing `port = true` deserves an error.
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if kind is not int and not isinstance(value, kind):
+            raise self.fail(key, f"must be a {kind.__name__}, got {value!r}")
+        if choices and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+
+    def positive(self, key: str, default: int, *, lo: int = 1, hi: int = 10**9) -> int:
+        value = self.get(key, int, default)
+        if not lo <= value <= hi:
+            raise self.fail(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def done(self) -> None:
+        if self.table:
+            keys = ", ".join(self._name(k) for k in sorted(self.table))
+            raise ConfigError(f"{self.file}: unknown key {keys}")
+
+
+def _inputs(raw: Any, file: str) -> tuple[InputConfig, ...]:
+    if raw is None:
+        return default_inputs()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{file}: inputs must be a non-empty array of tables ([[inputs]])")
+    result = []
+    for i, table in enumerate(raw):
+        r = _Reader(table, f"inputs[{i}]", file)
+        name = r.get("name", str)
+        if not _ID.match(name):
+            raise r.fail("name", f"must be letters, digits, _.- (got {name!r})")
+        item = InputConfig(
+            name=name,
+            pin=r.get("pin", str),
+            source=r.get("source", str, "beam", choices=("beam", "manual")),
+            active_low=r.get("active_low", bool, True),
+            pull=r.get("pull", str, "up", choices=("up", "down", "floating")),
+            min_break_ms=r.positive("min_break_ms", 10, lo=0, hi=10_000),
+            lockout_ms=r.positive("lockout_ms", 1000, lo=0, hi=3_600_000),
+            max_edges_per_s=r.positive("max_edges_per_s", 200, hi=100_000),
+        )
+        r.done()
+        result.append(item)
+    names = [i.name for i in result]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{file}: inputs: duplicate name {', '.join(dupes)}")
+    pins = [i.pin for i in result]
+    dupes = sorted({p for p in pins if pins.count(p) > 1})
+    if dupes:
+        raise ConfigError(f"{file}: inputs: pin {', '.join(dupes)} used twice")
+    return tuple(result)
+
+
+def parse(data: dict[str, Any], file: str = "<config>") -> Config:
+    """Turn an already-parsed TOML document into a `Config`, checking every key."""
+    top = _Reader(data, "", file)
+    box = _Reader(top.get("box", dict), "box", file)
+    box_id = box.get("id", str)
+    if not _ID.match(box_id):
+        raise box.fail("id", f"must be 1-64 of letters, digits, _.- (got {box_id!r})")
+    checkpoint = box.get("checkpoint", str)
+    if not _ID.match(checkpoint):
+        raise box.fail("checkpoint", f"must be 1-64 of letters, digits, _.- (got {checkpoint!r})")
+    status_interval = box.positive("status_interval_s", 10, hi=3600)
+    box.done()
+
+    store = _Reader(top.get("store", dict, {}), "store", file)
+    store_path = store.get("path", str, "/var/lib/checkpoint/checkpoint.db")
+    store.done()
+
+    gpio = _Reader(top.get("gpio", dict, {}), "gpio", file)
+    pin_factory = gpio.get("pin_factory", str, "")
+    gpio.done()
+
+    g = _Reader(top.get("gps", dict, {}), "gps", file)
+    gps = GpsConfig(
+        port=g.get("port", str, GpsConfig.port),
+        baudrate=g.positive("baudrate", GpsConfig.baudrate, lo=300, hi=921_600),
+        pps_pin=g.get("pps_pin", str, GpsConfig.pps_pin),
+        pps_edge=g.get("pps_edge", str, "rising", choices=("rising", "falling")),
+        convention=g.get("convention", str, "after", choices=("after", "before")),
+    )
+    g.done()
+
+    m = _Reader(top.get("mqtt", dict, {}), "mqtt", file)
+    mqtt = MqttConfig(
+        broker=m.get("broker", str, MqttConfig.broker),
+        prefix=m.get("prefix", str, MqttConfig.prefix),
+        keepalive_s=m.positive("keepalive_s", 15, lo=2, hi=600),
+        max_inflight=m.positive("max_inflight", 32, hi=1000),
+        redeliver_after_s=m.positive("redeliver_after_s", 30, hi=86_400),
+        username=m.get("username", str, None),
+        password_file=m.get("password_file", str, None),
+        ca_file=m.get("ca_file", str, None),
+    )
+    if not _TOPIC_PREFIX.match(mqtt.prefix) or "+" in mqtt.prefix or "#" in mqtt.prefix:
+        raise m.fail(
+            "prefix", f"must be a plain topic prefix without wildcards (got {mqtt.prefix!r})"
+        )
+    if not mqtt.broker.startswith(("mqtt://", "mqtts://")):
+        raise m.fail(
+            "broker", f"must be mqtt://host:port or mqtts://host:port (got {mqtt.broker!r})"
+        )
+    m.done()
+
+    rec = _Reader(top.get("record", dict, {}), "record", file)
+    capture = rec.get("capture", str, "") or None
+    rec.done()
+
+    inputs = _inputs(top.table.pop("inputs", None), file)
+    if gps.pps_pin in {i.pin for i in inputs}:
+        raise ConfigError(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
+    top.done()
+    return Config(
+        box=box_id,
+        checkpoint=checkpoint,
+        store=store_path,
+        inputs=inputs,
+        gps=gps,
+        mqtt=mqtt,
+        pin_factory=pin_factory,
+        capture=capture,
+        status_interval_s=status_interval,
+        source=file,
+    )
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a config file; relative store/capture paths are taken from its folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    cfg = parse(data, str(path))
+    base = path.resolve().parent
+    resolved = {"store": str(base / cfg.store)}
+    if cfg.capture:
+        resolved["capture"] = str(base / cfg.capture)
+    return replace(cfg, **resolved)
