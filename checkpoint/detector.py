@@ -1,0 +1,173 @@
+"""Passage detection: beam edges → passages. Pure: no I/O, no clock reads.
+
+A passage is an active period (beam broken / button pressed) that lasts at least
+`min_break` and whose leading edge comes at least `lockout` after the previous
+passage's leading edge on the same input. Its time is the leading edge: that is
+the instant the car's nose cut the beam, and the only edge whose kernel tick we
+trust as the car's. Shorter breaks (insects, rain) are glitches; breaks inside the
+lockout (wheel gaps, a trailer, a re-trigger) belong to the previous car.
+
+A passage is reported as soon as it is certain (when the break has lasted
+`min_break`, not when it ends), so the stamp reaches HQ while the car is still in
+the beam.
+
+`RateLimiter` keeps a chattering input (a loose connector: thousands of edges a
+second) from flooding the box: it admits a bounded number of edges per second per
+input and holds back only the latest excess edge, so memory stays constant and the
+input's final level is never lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SECOND_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A detected passage; `mono_ns` is the kernel tick of its leading edge."""
+
+    input: str
+    source: str
+    mono_ns: int
+
+
+@dataclass(slots=True)
+class _InputState:
+    source: str
+    min_break_ns: int
+    lockout_ns: int
+    active: bool = False
+    lead_ns: int | None = None
+    decided: bool = True
+    last_passage_ns: int | None = None
+    glitches: int = 0
+    suppressed: int = 0
+    passages: int = 0
+
+
+class Detector:
+    """Turns per-input edges into passages.
+
+    `inputs` maps input name → (source, min_break_ns, lockout_ns). Edges must be
+    fed in arrival order per input; `advance(now_ns)` reports passages whose break
+    has lasted long enough although the beam is still broken.
+    """
+
+    def __init__(self, inputs: dict[str, tuple[str, int, int]]) -> None:
+        self._inputs = {
+            name: _InputState(source=src, min_break_ns=mb, lockout_ns=lo)
+            for name, (src, mb, lo) in inputs.items()
+        }
+
+    def edge(self, name: str, mono_ns: int, active: bool) -> list[Passage]:
+        """Feed one edge; returns the passage it completes, if any."""
+        st = self._inputs.get(name)
+        if st is None or active == st.active:
+            # Unknown input, or a repeated level (an edge lost in the kernel's
+            # 16-event queue): nothing new to learn from it.
+            return []
+        out: list[Passage] = []
+        if active:
+            st.active, st.lead_ns, st.decided = True, mono_ns, False
+        else:
+            if not st.decided and st.lead_ns is not None:
+                if mono_ns - st.lead_ns >= st.min_break_ns:
+                    out.extend(self._decide(name, st))
+                else:
+                    st.glitches += 1
+                    st.decided = True
+            st.active = False
+        return out
+
+    def advance(self, now_ns: int) -> list[Passage]:
+        """Report passages whose break has lasted `min_break` by `now_ns`."""
+        out: list[Passage] = []
+        for name, st in self._inputs.items():
+            if st.active and not st.decided and st.lead_ns is not None:
+                if now_ns - st.lead_ns >= st.min_break_ns:
+                    out.extend(self._decide(name, st))
+        return out
+
+    def _decide(self, name: str, st: _InputState) -> list[Passage]:
+        st.decided = True
+        lead = st.lead_ns
+        assert lead is not None
+        if st.last_passage_ns is not None and lead - st.last_passage_ns < st.lockout_ns:
+            st.suppressed += 1
+            return []
+        st.last_passage_ns = lead
+        st.passages += 1
+        return [Passage(input=name, source=st.source, mono_ns=lead)]
+
+    def next_due(self) -> int | None:
+        """Earliest tick at which `advance` could report a passage, if any is pending."""
+        due = [
+            st.lead_ns + st.min_break_ns
+            for st in self._inputs.values()
+            if st.active and not st.decided and st.lead_ns is not None
+        ]
+        return min(due) if due else None
+
+    def levels(self) -> dict[str, bool]:
+        """Current level per input as the detector last saw it (True = broken)."""
+        return {name: st.active for name, st in self._inputs.items()}
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {"passages": st.passages, "glitches": st.glitches, "suppressed": st.suppressed}
+            for name, st in self._inputs.items()
+        }
+
+
+class RateLimiter:
+    """Admits at most `max_per_s` edges per one-second window of kernel ticks.
+
+    Excess edges are counted and dropped, except the most recent one, which is
+    admitted when the next window opens if it leaves the input at a different
+    level than the last admitted edge did. That way a chattering input costs
+    O(1) memory and the detector still ends up knowing the true final level.
+    """
+
+    def __init__(self, max_per_s: int) -> None:
+        self.max_per_s = max_per_s
+        self.dropped = 0
+        self._window_start: int | None = None
+        self._count = 0
+        self._level: bool | None = None
+        self._held: tuple[int, bool] | None = None
+        self.faulted_until_ns: int = 0
+
+    def offer(self, mono_ns: int, active: bool) -> list[tuple[int, bool]]:
+        """An edge arrives; returns the edges to pass on, in order."""
+        out = self.poll(mono_ns)
+        if self._window_start is None or mono_ns - self._window_start >= _SECOND_NS:
+            self._window_start, self._count = mono_ns, 0
+        if self._count < self.max_per_s:
+            self._count += 1
+            self._level = active
+            out.append((mono_ns, active))
+        else:
+            self.dropped += 1
+            self._held = (mono_ns, active)
+            # Stay flagged for a while after the chatter stops, so the status
+            # message and the LED show it to the marshal.
+            self.faulted_until_ns = mono_ns + 10 * _SECOND_NS
+        return out
+
+    def poll(self, now_ns: int) -> list[tuple[int, bool]]:
+        """Release the held-back final edge once its window has passed."""
+        if self._held is None or self._window_start is None:
+            return []
+        if now_ns - self._window_start < _SECOND_NS:
+            return []
+        held, self._held = self._held, None
+        self._window_start, self._count = now_ns, 1
+        if held[1] == self._level:
+            return []
+        self._level = held[1]
+        return [held]
+
+    def faulted(self, now_ns: int) -> bool:
+        return now_ns < self.faulted_until_ns
