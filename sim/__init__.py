@@ -1,0 +1,1 @@
+"""Simulator and test helpers: a real Mosquitto broker, simulated boxes and pins."""
