@@ -65,6 +65,7 @@ class Config:
     pin_factory: str = ""
     capture: str | None = None
     status_interval_s: int = 10
+    clock: tuple[tuple[str, int | float], ...] = ()
     source: str = "<defaults>"
 
 
@@ -150,6 +151,29 @@ def _inputs(raw: Any, file: str) -> tuple[InputConfig, ...]:
     return tuple(result)
 
 
+def _clock(table: dict[str, Any], file: str) -> tuple[tuple[str, int | float], ...]:
+    """[clock] overrides any ClockParams threshold by its field name (see clock.py)."""
+    from dataclasses import fields
+
+    from checkpoint.clock import ClockParams
+
+    r = _Reader(table, "clock", file)
+    known = {f.name: f.type for f in fields(ClockParams)}
+    out = []
+    for key in sorted(r.table):
+        if key not in known:
+            continue
+        value = r.table.pop(key)
+        is_float = known[key] in (float, "float")
+        ok = isinstance(value, int | float) if is_float else isinstance(value, int)
+        if isinstance(value, bool) or not ok or value < 0:
+            want = "a non-negative number" if is_float else "a non-negative integer"
+            raise r.fail(key, f"must be {want}, got {value!r}")
+        out.append((key, float(value) if is_float else value))
+    r.done()
+    return tuple(out)
+
+
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     """Turn an already-parsed TOML document into a `Config`, checking every key."""
     top = _Reader(data, "", file)
@@ -206,6 +230,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     capture = rec.get("capture", str, "") or None
     rec.done()
 
+    clock = _clock(top.get("clock", dict, {}), file)
     inputs = _inputs(top.table.pop("inputs", None), file)
     if gps.pps_pin in {i.pin for i in inputs}:
         raise ConfigError(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
@@ -220,6 +245,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         pin_factory=pin_factory,
         capture=capture,
         status_interval_s=status_interval,
+        clock=clock,
         source=file,
     )
 

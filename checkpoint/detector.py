@@ -101,6 +101,9 @@ class Detector:
         st.passages += 1
         return [Passage(input=name, source=st.source, mono_ns=lead)]
 
+    def min_break_ns(self, name: str) -> int:
+        return self._inputs[name].min_break_ns
+
     def next_due(self) -> int | None:
         """Earliest tick at which `advance` could report a passage, if any is pending."""
         due = [
