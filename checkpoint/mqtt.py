@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -131,6 +132,15 @@ def parse_broker_url(url: str) -> BrokerUrl:
         bad = f"?{parts.query}" if parts.query else f"#{parts.fragment}"
         raise LinkError(f"broker URL {shown!r}: {bad!r} is not allowed")
     return BrokerUrl(scheme=scheme, host=host, port=port, tls=scheme == "mqtts")
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    # paho leaves Nagle on: a small PUBLISH then waits for the previous segment's
+    # delayed ACK (~20-40 ms on Linux), which is most of a passage's latency.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
+        pass
 
 
 def _is_loopback(host: str) -> bool:
@@ -280,6 +290,7 @@ class Link:
                 client.tls_set(ca_certs=ca_file)
             except (OSError, ssl.SSLError, ValueError) as err:
                 raise LinkError(f"TLS setup failed (ca_file {ca_file!r}): {err}") from err
+        client.on_socket_open = _no_delay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
