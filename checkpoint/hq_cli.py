@@ -1,0 +1,457 @@
+"""`checkpoint hq ...`: HQ's commands, each a thin wrapper around the library.
+
+`add_hq_commands(subparsers)` registers `hq` on the main `checkpoint` parser; every
+subcommand sets `func(args) -> int`. `main(argv)` runs the same commands on its
+own (`python -m checkpoint.hq_cli run ...`), with the exit codes of `checkpoint`:
+0 ok, 1 the thing worked on is bad (database, stages file), 2 usage errors
+(argparse's own, and a correction or broker URL that cannot be right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from checkpoint import results as resultsmod
+from checkpoint.errors import CheckpointError, CommandError, ConfigError, LinkError
+from checkpoint.hqstore import EXPORT_FIELDS, HQStore, ns_to_iso
+
+log = logging.getLogger("checkpoint.hq")
+
+_Handler = Callable[[argparse.Namespace], int]
+
+
+def _usage_errors(fn: _Handler) -> _Handler:
+    """Turn a CommandError/LinkError (a request that cannot be right) into exit 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (CommandError, LinkError) as err:
+            print(f"checkpoint hq: error: {err}", file=sys.stderr)
+            return 2
+
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _secret(path: str | None) -> str | None:
+    # The box's CLI already refuses password files others can read; share it.
+    from checkpoint.cli import read_secret
+
+    return read_secret(path, "--password-file")
+
+
+def _setup_logging(verbose: bool) -> None:
+    try:
+        from checkpoint.cli import setup_logging
+    except ImportError:  # pragma: no cover - cli.py is always there in a full build
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    else:
+        setup_logging(verbose)
+
+
+def _write_out(text: str, out: str | None) -> None:
+    """Write to --out atomically (tmp + rename), or to stdout."""
+    if out is None or out == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+@_usage_errors
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the HQ collector until SIGTERM/SIGINT: store, ack and repair box events."""
+    from checkpoint.hq import Collector
+
+    _setup_logging(args.verbose)
+    if args.password_file and not args.user:
+        raise CommandError("--password-file needs --user")
+    collector = Collector(
+        args.broker,
+        args.db,
+        prefix=args.prefix,
+        username=args.user,
+        password=_secret(args.password_file),
+        ca_file=args.ca,
+        client_id=args.client_id,
+        gap_wait_s=args.gap_wait,
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        collector.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    collector.run()
+    return 0
+
+
+_STATE_COLOUR = {"online": "32", "lost": "31;1", "offline": "33", "unknown": "2"}
+
+
+def _age(iso: str | None, now: float) -> str:
+    if not iso:
+        return "never"
+    try:
+        import datetime as dt
+
+        t = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return iso
+    s = max(0.0, now - t.timestamp())
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
+
+
+def render_status(store: HQStore, *, colour: bool = False, now: float | None = None) -> str:
+    """The status table `hq status` prints and `hq watch` refreshes."""
+    now = time.time() if now is None else now
+    st = store.state()
+    hq = (
+        f"HQ collector: {st.get('link', 'never ran')}, heartbeat "
+        f"{_age(st.get('heartbeat_at'), now)}, {store.event_count()} events, "
+        f"{store.total_rejects()} rejects"
+    )
+    header = [
+        "box",
+        "state",
+        "clock",
+        "unc us",
+        "last passage (UTC)",
+        "backlog",
+        "gaps",
+        "store",
+        "events",
+        "acked",
+        "dups",
+        "rejects",
+        "status",
+    ]
+    rows: list[list[str]] = []
+    states: list[str] = []
+    for b in store.summaries():
+        states.append(b.state)
+        store_txt = (b.current_store or "")[:8]
+        if b.stores > 1:
+            store_txt += f" ({b.stores} stores)"
+        gaps = f"{b.missing} [{b.gaps}]" if b.missing else "0"
+        dups = str(b.duplicates) + (f" +{b.conflicts} conflicts" if b.conflicts else "")
+        rows.append(
+            [
+                b.box,
+                b.state,
+                b.clock or "-",
+                f"{b.uncertainty_ns / 1e3:.1f}" if b.uncertainty_ns is not None else "-",
+                ns_to_iso(b.last_passage_utc_ns) or "-",
+                str(b.backlog) if b.backlog is not None else "-",
+                gaps,
+                store_txt or "-",
+                str(b.events),
+                str(b.upto),
+                dups,
+                str(b.rejects),
+                _age(b.status_at, now),
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str], state: str | None = None) -> str:
+        text = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        if colour and state in _STATE_COLOUR:
+            return f"\x1b[{_STATE_COLOUR[state]}m{text}\x1b[0m"
+        return text
+
+    out = [hq, "", line(header), "  ".join("-" * w for w in widths)]
+    out += [line(r, s) for r, s in zip(rows, states, strict=True)]
+    if not rows:
+        out.append("(no box seen yet)")
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every box HQ knows: online/lost, clock, last passage, backlog, gaps, counts."""
+    store = HQStore(args.db, create=False)
+    try:
+        if args.json:
+            doc = {"hq": store.state(), "boxes": [asdict(b) for b in store.summaries()]}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        else:
+            sys.stdout.write(render_status(store, colour=sys.stdout.isatty()))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Live status view, refreshed every second; q or Ctrl-C quits."""
+    store = HQStore(args.db, create=False)
+    tty_in = sys.stdin.isatty()
+    old_attrs = None
+    if tty_in:
+        import termios
+        import tty
+
+        old_attrs = termios.tcgetattr(sys.stdin)
+        tty.setcbreak(sys.stdin.fileno())  # single keys, no Enter needed
+    try:
+        n = 0
+        while True:
+            text = render_status(store, colour=sys.stdout.isatty())
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n(q or Ctrl-C quits)\n")
+            sys.stdout.flush()
+            n += 1
+            if args.count and n >= args.count:
+                return 0
+            if tty_in:
+                ready, _, _ = select.select([sys.stdin], [], [], args.interval)
+                if ready and sys.stdin.read(1).lower() == "q":
+                    return 0
+            else:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if old_attrs is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old_attrs)
+        store.close()
+
+
+def export_text(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Export rows as CSV (booleans true/false, None empty) or JSON Lines."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(
+            {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in r.items()}
+        )
+    return buf.getvalue()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export one row per passage, with assignments, voids and restamps applied."""
+    store = HQStore(args.db, create=False)
+    try:
+        rows = store.passages(checkpoint=args.checkpoint)
+    finally:
+        store.close()
+    _write_out(export_text(rows, args.format), args.out)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Regularity results from HQ's passages and a stages file (lowest points wins)."""
+    path = Path(args.stages)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"stages file {path}: cannot read: {err.strerror}") from None
+    stages = resultsmod.parse_stages(text, str(path))
+    store = HQStore(args.db, create=False)
+    try:
+        rows = store.passages()
+    finally:
+        store.close()
+    res = resultsmod.compute(rows, stages)
+    render = {
+        "table": resultsmod.render_table,
+        "csv": resultsmod.render_csv,
+        "json": resultsmod.render_json,
+    }[args.format]
+    _write_out(render(res), args.out)
+    return 0
+
+
+def _correct(args: argparse.Namespace, action: str, **fields: Any) -> int:
+    store = HQStore(args.db, create=False)
+    try:
+        c = store.correct(args.box, args.seq, action, by=args.by, store=args.store, **fields)
+    finally:
+        store.close()
+    what = {"assign": f"car {c['car']}", "void": f"void ({c['reason']})", "unvoid": "unvoided"}
+    print(
+        f"{c['box']} store {c['store'][:8]} seq {c['ref_seq']}: {what[action]}"
+        f" by {c['by']} at {c['at']} (correction #{c['id']})"
+    )
+    return 0
+
+
+@_usage_errors
+def cmd_assign(args: argparse.Namespace) -> int:
+    """Assign a car to a passage (HQ correction, kept in the audit trail)."""
+    return _correct(args, "assign", car=args.car)
+
+
+@_usage_errors
+def cmd_void(args: argparse.Namespace) -> int:
+    """Void a passage (false trigger); it stays in the export, flagged."""
+    return _correct(args, "void", reason=args.reason)
+
+
+@_usage_errors
+def cmd_unvoid(args: argparse.Namespace) -> int:
+    """Undo a void (HQ correction, kept in the audit trail)."""
+    return _correct(args, "unvoid")
+
+
+def cmd_rejects(args: argparse.Namespace) -> int:
+    """List rejected input, newest first: when, topic, reason, detail, payload."""
+    store = HQStore(args.db, create=False)
+    try:
+        rows = store.rejects(limit=args.limit)
+    finally:
+        store.close()
+    for r in rows:
+        p = r["payload"]
+        text = p.decode("utf-8", "replace") if isinstance(p, bytes) else (p or "")
+        print(f"{r['received_at']}  {r['topic']}  {r['reason']}: {r['detail']}")
+        print(f"    {text[:200]!r}")
+    if not rows:
+        print("(no rejects)")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="PATH", help="HQ database file (SQLite)")
+
+
+def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `hq` and its subcommands on the main parser's subparsers."""
+    hq = subparsers.add_parser("hq", help="timing HQ: collector, status, export, results")
+    sub = hq.add_subparsers(dest="hq_command", required=True, metavar="SUBCOMMAND")
+
+    r = sub.add_parser("run", help=cmd_run.__doc__)
+    r.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://")
+    _db(r)
+    r.add_argument("--prefix", default="rally", help="topic prefix (default: rally)")
+    r.add_argument("--user", help="MQTT user name")
+    r.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
+    r.add_argument("--ca", metavar="CA", help="CA certificate file for mqtts://")
+    r.add_argument("--client-id", help="MQTT client id (default: derived from --db path)")
+    r.add_argument(
+        "--gap-wait",
+        type=_positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds a gap stays open before HQ asks the box to resend (default: 3)",
+    )
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    r = sub.add_parser("status", help=cmd_status.__doc__)
+    _db(r)
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("watch", help=cmd_watch.__doc__)
+    _db(r)
+    r.add_argument("--interval", type=_positive_float, default=1.0, help=argparse.SUPPRESS)
+    r.add_argument("--count", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_watch)
+
+    r = sub.add_parser("export", help=cmd_export.__doc__)
+    _db(r)
+    r.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    r.add_argument("--checkpoint", metavar="X", help="only passages at this checkpoint")
+    r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
+    r.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("results", help=cmd_results.__doc__)
+    _db(r)
+    r.add_argument("--stages", required=True, metavar="STAGES.toml")
+    r.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
+    r.set_defaults(func=cmd_results)
+
+    for name, fn in (("assign", cmd_assign), ("void", cmd_void), ("unvoid", cmd_unvoid)):
+        r = sub.add_parser(name, help=fn.__doc__)
+        _db(r)
+        r.add_argument("box")
+        r.add_argument("seq", type=_positive_int)
+        if name == "assign":
+            r.add_argument("car")
+        if name == "void":
+            r.add_argument("--reason", required=True)
+        r.add_argument("--by", metavar="NAME", help="who made the correction (default: hq)")
+        r.add_argument("--store", metavar="S", help="store id (prefix) when SEQ is ambiguous")
+        r.set_defaults(func=fn)
+
+    r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
+    _db(r)
+    r.add_argument("--limit", type=_positive_int, default=50)
+    r.set_defaults(func=cmd_rejects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`checkpoint hq ...` on its own: same commands, same exit codes.
+
+    `argv` may start with "hq" (as under `checkpoint`) or directly with the
+    subcommand (`python -m checkpoint.hq_cli run --broker ...`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "hq":
+        argv.insert(0, "hq")
+    p = argparse.ArgumentParser(prog="checkpoint", description="checkpoint HQ commands")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_hq_commands(sub)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except CheckpointError as err:
+        print(f"checkpoint: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
