@@ -1,0 +1,294 @@
+"""Pairing PPS with NMEA: known-truth streams (tests/clocktruth.py), seeded, fast.
+
+The invariant under every perturbation: a sample's label is exactly the second the
+receiver named for *that* pulse. Refusing is always allowed; shifting is never.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from clocktruth import NS, Profile, Truth, generate
+
+from checkpoint.nmea import Fix
+from checkpoint.pairing import Pairer, Sample
+
+
+def run(truth: Truth, pairer: Pairer) -> list[Sample]:
+    out: list[Sample] = []
+    for _, _, kind, payload in truth.stream:
+        if kind == "pps":
+            out += pairer.pps(payload)
+        elif kind == "fix":
+            out += pairer.fix(payload)
+    return out
+
+
+def assert_labels_right(truth: Truth, samples: list[Sample]) -> None:
+    monos = [s.mono_ns for s in samples]
+    assert monos == sorted(monos) and len(set(monos)) == len(monos)
+    for s in samples:
+        k = truth.second_of(s.mono_ns)
+        assert abs(s.mono_ns - truth.mono_at[k]) < 1_000_000, "a sample on a bounce or glitch"
+        assert s.utc_s == truth.named(k)[0], f"second {k} labelled {s.utc_s}"
+
+
+def short(**kw) -> Truth:
+    base = {"seconds": 120, "offset_ppm": 23.0, "kinds": ("RMC", "GGA", "ZDA"), "seed": 5}
+    return generate(Profile(**{**base, **kw}))
+
+
+@pytest.mark.parametrize("convention", ["after", "before"])
+def test_pairs_every_second_once_with_the_right_label(convention: str) -> None:
+    truth = short(convention=convention, outlier_rate=0.02)
+    pairer = Pairer(convention)
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    # three sentences a second, one sample; the chain needs `confirm` seconds, then
+    # releases the held ones too, so only the first second(s) of the run are lost
+    assert len(samples) >= truth.profile.seconds - 2
+    assert pairer.stats["duplicate_sentence"] >= truth.profile.seconds
+    assert not pairer.mismatch
+    assert pairer.rejects["convention_mismatch"] == 0
+
+
+def test_samples_come_from_the_input_that_completes_them() -> None:
+    # "after": the sentence completes the pair; "before": the pulse does.
+    after, before = Pairer("after", confirm=1), Pairer("before", confirm=1)
+    pulse = 10 * NS
+    assert after.pps(pulse) == []
+    got = after.fix(Fix(pulse + 200_000_000, 1_800_000_000, 0, True, "RMC", True))
+    assert got == [Sample(pulse, 1_800_000_000)]
+    assert before.pps(pulse) == []
+    assert before.fix(Fix(pulse + 700_000_000, 1_800_000_001, 0, True, "RMC", True)) == []
+    assert before.pps(pulse + NS) == [Sample(pulse + NS, 1_800_000_001)]
+
+
+def test_confirmation_holds_then_releases() -> None:
+    pairer = Pairer("after", confirm=3)
+    got = []
+    for k in range(3):
+        assert got == []
+        pairer.pps(k * NS)
+        got = pairer.fix(Fix(k * NS + 100_000_000, 1000 + k, 0, True, "RMC", True))
+    assert [s.utc_s for s in got] == [1000, 1001, 1002]
+
+
+@pytest.mark.parametrize(
+    ("configured", "actual", "latency"),
+    [
+        ("after", "before", (40_000_000, 90_000_000)),  # sentence just before the pulse
+        ("before", "after", (40_000_000, 90_000_000)),  # sentence just after the pulse
+    ],
+)
+def test_wrong_convention_is_refused_not_paired(configured, actual, latency) -> None:
+    truth = short(convention=actual, latency_ns=latency)
+    pairer = Pairer(configured)
+    assert run(truth, pairer) == []
+    assert pairer.mismatch
+    assert pairer.rejects["convention_mismatch"] > 0
+
+
+def test_ambiguous_phase_is_refused() -> None:
+    # sentences within a few ms of the pulse could belong to either side of it
+    truth = short(latency_ns=(1_000_000, 15_000_000), kinds=("RMC",))
+    pairer = Pairer("after")
+    assert run(truth, pairer) == []
+    assert pairer.rejects["ambiguous_phase"] >= 3
+    assert pairer.mismatch
+
+
+def test_an_odd_late_sentence_is_refused_without_latching() -> None:
+    pairer = Pairer("after", confirm=1)
+    out = []
+    for k in range(20):
+        out += pairer.pps(k * NS)
+        lat = 950_000_000 if k == 7 else 120_000_000  # one sentence stuck in a buffer
+        out += pairer.fix(Fix(k * NS + lat, 5000 + k, 0, True, "RMC", True))
+    assert not pairer.mismatch
+    assert pairer.rejects["convention_mismatch"] == 1
+    assert [s.utc_s for s in out] == [5000 + k for k in range(20) if k != 7]
+
+
+def test_missing_pulses_pair_by_elapsed_seconds() -> None:
+    truth = short(seconds=300, missing_rate=0.08, seed=8)
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    assert pairer.rejects["missing_pulse"] > 10
+    assert pairer.rejects["unpaired"] > 10  # their sentences found no pulse
+    assert len(samples) > 250
+
+
+def test_doubled_pulses_keep_the_first_edge() -> None:
+    truth = short(seconds=300, double_rate=0.1, seed=9)
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    assert pairer.rejects["double_pulse"] > 15
+    assert len(samples) >= 297
+
+
+def test_glitch_pulses_off_grid_are_dropped() -> None:
+    truth = short(seconds=200)
+    rng = random.Random(3)
+    for _ in range(15):
+        k = rng.randrange(5, 195)
+        glitch = truth.mono_at[k] + rng.randint(150_000_000, 850_000_000)
+        truth.stream.append((glitch, 0, "pps", glitch))
+    truth.stream.sort(key=lambda item: (item[0], item[1]))
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    assert pairer.rejects["off_grid"] == 15
+    assert len(samples) > 150
+
+
+def test_pps_phase_change_regrids() -> None:
+    # the receiver's whole second (pulse and sentences) moves 400 ms in our clock,
+    # as when the PPS source is swapped under a running box
+    truth = short(seconds=200)
+    moved = []
+    shift = 400_000_000
+    for mono, order, kind, payload in truth.stream:
+        if kind == "pps" and mono > truth.mono_at[100]:
+            mono = payload = mono + shift
+        elif kind == "fix" and mono > truth.mono_at[100]:
+            mono += shift
+            payload = dataclasses.replace(payload, mono_ns=mono)
+        moved.append((mono, order, kind, payload))
+    truth.stream = sorted(moved, key=lambda item: (item[0], item[1]))
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert pairer.rejects["regrid"] == 1
+    late = [s for s in samples if s.mono_ns > truth.mono_at[100]]
+    assert len(late) > 80
+    for s in late:  # the labels follow the pulses, whose tick moved by 400 ms
+        assert s.utc_s == truth.named(truth.second_of(s.mono_ns - shift))[0]
+
+
+def test_nmea_without_pps_gives_nothing() -> None:
+    truth = short(pps_outages=((0, 1000),))
+    pairer = Pairer("after")
+    assert run(truth, pairer) == []
+    assert pairer.rejects["unpaired"] >= 3 * truth.profile.seconds - 3
+
+
+def test_pps_without_valid_fix_gives_nothing() -> None:
+    truth = short()
+    truth.stream = [
+        (m, o, k, dataclasses.replace(p, valid=False) if k == "fix" else p)
+        for m, o, k, p in truth.stream
+    ]
+    pairer = Pairer("after")
+    assert run(truth, pairer) == []
+    assert pairer.rejects["invalid_fix"] == 3 * truth.profile.seconds
+    assert pairer.rejects["no_fix"] >= truth.profile.seconds - 2
+
+
+def test_fractional_sentences_do_not_label() -> None:
+    pairer = Pairer("after", confirm=1)
+    pairer.pps(0)
+    assert pairer.fix(Fix(100_000_000, 77, 200_000_000, True, "RMC", True)) == []
+    assert pairer.stats["fractional"] == 1
+    assert pairer.fix(Fix(120_000_000, 77, 0, True, "RMC", True)) == [Sample(0, 77)]
+
+
+def test_leap_second_is_not_paired_across() -> None:
+    truth = short(seconds=40, leap_at=20)
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    seconds = [truth.second_of(s.mono_ns) for s in samples]
+    assert 20 not in seconds  # 23:59:60 itself gives no sample
+    assert pairer.rejects["leap"] == 1
+    assert pairer.rejects["date_jump"] == 0
+    # resumed on the new day's POSIX labels within `confirm` seconds
+    assert [k for k in seconds if k > 20][0] <= 21 + pairer.confirm
+
+
+@pytest.mark.parametrize("jump", [1, -1, 86_400, 619_315_200])
+def test_date_jump_is_refused_then_followed_after_confirmation(jump: int) -> None:
+    truth = short(seconds=100, label_jumps=((50, jump),))
+    pairer = Pairer("after", confirm=3)
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)  # before: old labels; after: the new ones
+    assert pairer.rejects["date_jump"] == 1
+    seconds = [truth.second_of(s.mono_ns) for s in samples]
+    assert 49 in seconds and 52 in seconds
+    # every sample after the jump was confirmed by three consistent seconds
+    assert all(truth.named(k)[0] - k == truth.named(99)[0] - 99 for k in seconds if k >= 50)
+
+
+def test_a_single_wrong_second_costs_seconds_not_a_wrong_sample() -> None:
+    truth = short(seconds=60)
+    truth.stream = [
+        (
+            m,
+            o,
+            k,
+            dataclasses.replace(p, utc_s=p.utc_s + 1)
+            if k == "fix" and p.utc_s == 1767225030
+            else p,
+        )
+        for m, o, k, p in truth.stream
+    ]
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert all(s.utc_s == truth.named(truth.second_of(s.mono_ns))[0] for s in samples)
+    assert pairer.rejects["conflict"] + pairer.rejects["date_jump"] >= 1
+    assert 30 not in [truth.second_of(s.mono_ns) for s in samples]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fuzz_never_shifts_a_label(seed: int) -> None:
+    rng = random.Random(seed)
+    prof = Profile(
+        seconds=200,
+        seed=seed,
+        offset_ppm=rng.uniform(-60, 60),
+        convention=rng.choice(["after", "before"]),
+        latency_ns=(rng.randint(40, 300) * 1_000_000, rng.randint(300, 850) * 1_000_000),
+        kinds=rng.choice([("RMC",), ("RMC", "GGA"), ("GGA", "RMC", "ZDA")]),
+        outlier_rate=0.05,
+        missing_rate=rng.uniform(0, 0.1),
+        double_rate=rng.uniform(0, 0.1),
+        pps_outages=((rng.randint(20, 150), rng.randint(1, 40)),),
+        nmea_outages=((rng.randint(20, 150), rng.randint(1, 10)),),
+        label_jumps=((rng.randint(30, 180), rng.choice([1, -1, 3600])),),
+        leap_at=rng.choice([None, rng.randint(10, 190)]),
+    )
+    truth = generate(prof)
+    # and some sentences that are not valid, and some glitch pulses
+    stream = []
+    for m, o, k, p in truth.stream:
+        if k == "fix" and rng.random() < 0.05:
+            p = dataclasses.replace(p, valid=False)
+        stream.append((m, o, k, p))
+        if k == "pps" and rng.random() < 0.02:
+            g = m + rng.randint(120_000_000, 880_000_000)
+            stream.append((g, 0, "pps", g))
+    truth.stream = sorted(stream, key=lambda item: (item[0], item[1]))
+    pairer = Pairer(prof.convention)
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    assert not pairer.mismatch
+    assert len(samples) > prof.seconds // 3
+
+
+def test_status_is_json_able() -> None:
+    import json
+
+    truth = short(seconds=30)
+    pairer = Pairer("after")
+    run(truth, pairer)
+    st = pairer.status()
+    json.dumps(st)
+    assert 50_000_000 < st["phase_ns"] < 650_000_000
+
+
+def test_bad_convention_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        Pairer("sideways")
