@@ -1,0 +1,122 @@
+"""Capture files: a box's raw inputs as JSON Lines, version 1 (a public contract).
+
+    {"format": "checkpoint-capture", "version": 1, "box": "box07", "checkpoint": "PC3"}
+    {"type": "pps", "mono_ns": 5000000123}
+    {"type": "nmea", "mono_ns": 5080000000, "line": "$GPRMC,170320.00,A,...*5C"}
+    {"type": "edge", "mono_ns": 5123456789, "input": "beam", "active": true}
+    {"type": "sysclock", "mono_ns": 5000000000, "realtime_ns": 1713719000000000000}
+
+Records are in arrival order. `sysclock` (an extension within version 1) carries a
+CLOCK_MONOTONIC/CLOCK_REALTIME pair, the only time an unsynced box has; replay
+without it stamps unsynced passages from tick 0. Unknown record types are
+skipped with a warning by readers, so later versions can add types.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from checkpoint import CAPTURE_FORMAT, CAPTURE_VERSION
+from checkpoint.errors import CaptureError
+
+log = logging.getLogger("checkpoint.capture")
+
+_FIELDS: dict[str, dict[str, type]] = {
+    "pps": {"mono_ns": int},
+    "nmea": {"mono_ns": int, "line": str},
+    "edge": {"mono_ns": int, "input": str, "active": bool},
+    "sysclock": {"mono_ns": int, "realtime_ns": int},
+}
+
+
+def header(box: str, checkpoint: str) -> dict[str, Any]:
+    return {
+        "format": CAPTURE_FORMAT,
+        "version": CAPTURE_VERSION,
+        "box": box,
+        "checkpoint": checkpoint,
+    }
+
+
+def check_record(rec: Any, where: str) -> dict[str, Any] | None:
+    """The record if well-formed, None for an unknown type; CaptureError if broken."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):
+        raise CaptureError(f"{where}: a record must be an object with a string 'type'")
+    fields = _FIELDS.get(rec["type"])
+    if fields is None:
+        return None
+    for name, kind in fields.items():
+        value = rec.get(name)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise CaptureError(f"{where}: {rec['type']} record needs {name} as {kind.__name__}")
+    return rec
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """Open a capture: (header, iterator over well-formed records)."""
+    path = Path(path)
+    try:
+        f = path.open(encoding="utf-8")
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot open: {e.strerror}") from None
+    first = f.readline()
+    try:
+        head = json.loads(first)
+    except ValueError:
+        f.close()
+        raise CaptureError(f"{path}:1: not a checkpoint capture (header is not JSON)") from None
+    if not isinstance(head, dict) or head.get("format") != CAPTURE_FORMAT:
+        f.close()
+        raise CaptureError(f"{path}:1: not a checkpoint capture (format is not {CAPTURE_FORMAT})")
+    if head.get("version") != CAPTURE_VERSION:
+        f.close()
+        raise CaptureError(f"{path}:1: capture version {head.get('version')!r} is not supported")
+
+    def records() -> Iterator[dict[str, Any]]:
+        with f:
+            for n, line in enumerate(f, start=2):
+                if not line.strip():
+                    continue
+                where = f"{path}:{n}"
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    raise CaptureError(f"{where}: not JSON") from None
+                checked = check_record(rec, where)
+                if checked is None:
+                    log.warning("%s: skipping unknown record type %r", where, rec["type"])
+                    continue
+                yield checked
+
+    return head, records()
+
+
+class Writer:
+    """Appends records to a capture file, flushed per record.
+
+    Flushing (not fsyncing) each line keeps what the daemon saw up to a crash of
+    the process; recording is a diagnostic aid, and fsync per edge would cost the
+    SD card more than the store's own commits.
+    """
+
+    def __init__(self, path: str | Path, box: str, checkpoint: str) -> None:
+        self.path = Path(path)
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._f: IO[str] = self.path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise CaptureError(f"{self.path}: cannot write capture: {e.strerror}") from None
+        if new:
+            self.write(header(box, checkpoint))
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()

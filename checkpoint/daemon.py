@@ -1,0 +1,644 @@
+"""The box daemon: wires edges, GPS, the timing pipeline, the store and MQTT.
+
+Threads (see docs/architecture.md): the gpiozero callback thread, the serial
+reader and paho's network thread only put items on one queue. The core thread
+owns the Store and does everything else, in this order per turn: feed records to
+the pipeline, commit raw inputs and events in one transaction, and only then
+publish. A passage is on disk before anything is sent.
+
+If the store fails (disk full, read-only card), events stay in memory, are still
+published, and the status message carries an alarm saying what to do; the batch is
+retried every second, so nothing is lost once the card is writable again.
+
+Seq floor. Events published from memory while the store failed are at HQ but not in
+the store; if the process restarts before the store recovers, the store's last seq is
+behind what HQ holds, and reusing those seqs for new events would make HQ reject the
+new events as conflicts. So before this run publishes any seq above the store's last
+seq at start, it learns what the broker knows about this store: HQ's retained ack
+(`{"store":S,"upto":N}` on `.../ack`) and the box's own retained high-water mark
+(`{"store":S,"last_seq":N}` on `.../hwm`, published before any seq that is not yet on
+disk). Seqs up to that floor are never reused: the store gets a `skipped` placeholder
+for each seq never assigned here, events this run had already numbered inside the
+range are issued again under new seqs (`reissue_of` names the old one; later
+corrections that name it are renumbered too), and an alarm says what happened. HQ
+asking for a skipped seq gets the placeholder, never different content.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from checkpoint import EVENT_SCHEMA, __version__, capture
+from checkpoint.config import Config
+from checkpoint.edges import EdgeSource
+from checkpoint.errors import CommandError, StoreError
+from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
+from checkpoint.nmea import SerialReader
+from checkpoint.outbox import Outbox
+from checkpoint.store import Store
+from checkpoint.timing import Pipeline, params_for
+
+log = logging.getLogger("checkpoint.daemon")
+
+_SYSCLOCK_EVERY_NS = 60 * 10**9
+_MAX_BATCH = 2000
+_PAYLOAD_CACHE = 4096
+_MAX_RAW_UNSTORED = 100_000
+# After a failed commit, retry at most this often: every retry re-serialises the whole
+# in-memory batch, and a full card should not cost the core thread its turns.
+_STORE_RETRY_NS = 1_000_000_000
+# After the broker granted our subscriptions, the retained ack and hwm (if any) follow at
+# once; waiting this long for them is generous.
+_FLOOR_GRACE_NS = 1_000_000_000
+# An ack or hwm more than this far beyond our last seq is not a plausible earlier run of
+# this store (a box makes a few thousand events a day): it is refused, not obeyed.
+_MAX_SKIP = 10_000
+_LOG_REPEAT_NS = 30 * 10**9
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def payload_bytes(event: dict[str, Any]) -> bytes:
+    """The one serialisation of an event, as published and as stored."""
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+class Topics:
+    def __init__(self, prefix: str, box: str) -> None:
+        base = f"{prefix}/{box}"
+        self.event, self.status = f"{base}/event", f"{base}/status"
+        self.ack, self.cmd = f"{base}/ack", f"{base}/cmd"
+        # The box's own retained high-water mark: the highest seq it ever published.
+        self.hwm = f"{base}/hwm"
+
+
+class BoxDaemon:
+    """One box. `run()` blocks in the core loop until `stop()`."""
+
+    def __init__(self, cfg: Config, *, password: str | None = None) -> None:
+        self.cfg = cfg
+        self.q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.boot = Store.boot_id()
+        self.topics = Topics(cfg.mqtt.prefix, cfg.box)
+        self.store, moved = Store.open_or_replace(cfg.store, box=cfg.box, checkpoint=cfg.checkpoint)
+        self.alarms: dict[str, str] = {}
+        if self.store.moved_warning:
+            log.warning("%s", self.store.moved_warning)
+        if moved is not None:
+            # Its own key: a later successful commit must not clear it (the "store" alarm
+            # is cleared when the card takes writes again).
+            self.alarms["store_replaced"] = (
+                f"database was corrupt; moved aside to {moved} (kept for recovery: hand it "
+                f"to HQ for salvage) and a new store {self.store.store_id} was started"
+            )
+            log.error("%s", self.alarms["store_replaced"])
+        last = self.store.last_seq()
+        self.pipeline = Pipeline(
+            box=cfg.box,
+            checkpoint=cfg.checkpoint,
+            store=self.store.store_id,
+            inputs=cfg.inputs,
+            convention=cfg.gps.convention,
+            next_seq=last + 1,
+            clock_params=params_for(cfg.gps.convention, dict(cfg.clock)),
+        )
+        self.outbox = Outbox(
+            store_id=self.store.store_id,
+            max_inflight=cfg.mqtt.max_inflight,
+            redeliver_after_ns=cfg.mqtt.redeliver_after_s * 10**9,
+        )
+        self.outbox.load(last, self.store.acked_upto())
+        self.recorder = (
+            capture.Writer(cfg.capture, cfg.box, cfg.checkpoint) if cfg.capture else None
+        )
+        self._unstored: list[dict[str, Any]] = []
+        self._durable_last = last  # highest seq known to be on disk
+        self._store_retry_ns = 0
+        self._store_logged_ns: int | None = None
+        # Seq floor (module docstring): until checked, seqs above `_start_last` stay unsent.
+        self._start_last = last
+        self._floor_done = False
+        self._floor_due_ns: int | None = None
+        self._floor_seen = 0  # highest seq of this store the broker told us about
+        self._floor_ack: int | None = None  # an HQ ack held back until the check is done
+        self._foreign: list[tuple[int, int]] = []  # seq ranges HQ may hold other content for
+        self._remap: dict[int, int] = {}  # reissued seq -> new seq, for ref_seq
+        self._hwm_sent = 0
+        self.skipped_seqs = 0
+        self.reissued = 0
+        self._capture_failed = False
+        self._raw_edges: list[tuple[str, int, bool]] = []
+        self._raw_pps: list[int] = []
+        self._raw_dropped = 0
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._events: list[dict[str, Any]] = []
+        self.bad_commands = 0
+        self._last_status: dict[str, Any] = {}
+        self._next_status_ns = 0
+        self._next_sysclock_ns = 0
+        self.link = Link(
+            cfg.mqtt.broker,
+            f"checkpoint-{cfg.box}",
+            lambda ev: self.q.put(("link", ev)),
+            will=(self.topics.status, b'{"state":"lost"}', True),
+            username=cfg.mqtt.username,
+            password=password,
+            ca_file=cfg.mqtt.ca_file,
+            keepalive=cfg.mqtt.keepalive_s,
+            subscriptions=[(self.topics.ack, 1), (self.topics.cmd, 1), (self.topics.hwm, 1)],
+        )
+        self.edges = EdgeSource(
+            cfg.inputs,
+            pps_pin=cfg.gps.pps_pin,
+            pps_edge=cfg.gps.pps_edge,
+            on_edge=lambda name, mono, active: self.q.put(
+                ("rec", {"type": "edge", "mono_ns": mono, "input": name, "active": active})
+            ),
+            on_pps=lambda mono: self.q.put(("rec", {"type": "pps", "mono_ns": mono})),
+            pin_factory=cfg.pin_factory,
+        )
+        self.serial = SerialReader(
+            cfg.gps.port,
+            cfg.gps.baudrate,
+            lambda line, mono: self.q.put(("rec", {"type": "nmea", "mono_ns": mono, "line": line})),
+        )
+
+    # -- control from other threads ----------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self.q.put(("wake", None))
+
+    def correction(self, kind: str, ref_seq: int, value: str) -> None:
+        """Queue a marshal's `assign` (value = car) or `void` (value = reason)."""
+        self.q.put(("correction", (kind, ref_seq, value)))
+
+    # -- the core thread ----------------------------------------------------
+    def run(self) -> None:
+        self._sysclock()
+        self.serial.start()
+        self.link.start()
+        log.info(
+            "box %s at %s: store %s, next seq %d, broker %s",
+            self.cfg.box,
+            self.cfg.checkpoint,
+            self.store.store_id,
+            self.pipeline.next_seq,
+            self.cfg.mqtt.broker,
+        )
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                self._turn()
+            self._turn(block=False)
+        finally:
+            self._shutdown()
+
+    def _timeout(self) -> float:
+        due = self.pipeline.detector.next_due()
+        wait = 0.2
+        if due is not None:
+            wait = min(wait, max(0.0, (due - time.monotonic_ns()) / 1e9))
+        return wait
+
+    def _turn(self, block: bool = True) -> None:
+        # Every event of this turn, in the order its seq was assigned (an HQ ack can
+        # add placeholders between two records' events: see _skip).
+        self._events = events = []
+        items: list[tuple[str, Any]] = []
+        try:
+            items.append(self.q.get(timeout=self._timeout()) if block else self.q.get_nowait())
+            while len(items) < _MAX_BATCH:
+                items.append(self.q.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic_ns()
+        for kind, item in items:
+            if kind == "rec":
+                events += self._record(item)
+            elif kind == "link":
+                self._link_event(item, now)
+            elif kind == "correction":
+                events += self._correction(*item)
+        if now >= self._next_sysclock_ns:
+            events += self._sysclock()
+        self.edges.poll(now)
+        events += self.pipeline.advance(now)
+        if not self._floor_done and self._floor_due_ns is not None and now >= self._floor_due_ns:
+            self._finish_floor_check()
+        self._commit(events, now)
+        self._publish(now)
+        self._status(now)
+
+    def _record(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.recorder is not None:
+            try:
+                self.recorder.write(rec)
+            except (OSError, ValueError) as e:
+                # The capture is a diagnostic aid on the same card: a full or read-only
+                # card must not stop the timing. A half-written line may end the file.
+                self._capture_failed = True
+                self.alarms["capture"] = (
+                    f"capture recording stopped: {e}; passages are not affected "
+                    "(free space or fix the card, then restart the daemon to record again)"
+                )
+                log.error("%s", self.alarms["capture"])
+                try:
+                    self.recorder.close()
+                except (OSError, ValueError):
+                    pass
+                self.recorder = None
+        if len(self._raw_edges) + len(self._raw_pps) < _MAX_RAW_UNSTORED:
+            if rec["type"] == "edge":
+                self._raw_edges.append((rec["input"], rec["mono_ns"], rec["active"]))
+            elif rec["type"] == "pps":
+                self._raw_pps.append(rec["mono_ns"])
+        else:
+            self._raw_dropped += 1
+        return self.pipeline.feed(rec)
+
+    def _sysclock(self) -> list[dict[str, Any]]:
+        rec = {"type": "sysclock", "mono_ns": time.monotonic_ns(), "realtime_ns": time.time_ns()}
+        self._next_sysclock_ns = rec["mono_ns"] + _SYSCLOCK_EVERY_NS
+        return self._record(rec)
+
+    def _correction(self, kind: str, ref_seq: int, value: str) -> list[dict[str, Any]]:
+        try:
+            if kind == "assign":
+                return self.pipeline.assign(ref_seq, value)
+            return self.pipeline.void(ref_seq, value)
+        except CommandError as e:
+            log.warning("correction refused: %s", e)
+            return []
+
+    def _commit(self, events: list[dict[str, Any]], now: int) -> None:
+        for ev in events:
+            ref = ev.get("ref_seq")
+            if ref in self._remap:
+                # A correction or restamp naming an event that was issued again.
+                ev["ref_seq"] = self._remap[ref]
+            self._cache[ev["seq"]] = payload_bytes(ev)
+            if ev["type"] == "passage":
+                log.info(
+                    "passage seq %d %s %s (%s ±%d ns)",
+                    ev["seq"],
+                    ev["input"],
+                    ev["utc"],
+                    ev["clock"],
+                    ev["uncertainty_ns"],
+                )
+        self._unstored += events
+        samples = [(s.mono_ns, s.utc_s) for s in self.pipeline.new_samples]
+        pending = self._unstored or self._raw_edges or self._raw_pps or samples
+        if pending and now >= self._store_retry_ns:
+            self._store_batch(samples, now)
+        # Even when the card refuses writes the events are published: HQ having
+        # them is better than both copies waiting on a full disk. The hwm published
+        # before them keeps a restarted box from numbering new events with their seqs.
+        if events:
+            self.outbox.committed(events[-1]["seq"])
+        while len(self._cache) > _PAYLOAD_CACHE and next(iter(self._cache)) < (
+            self._unstored[0]["seq"] if self._unstored else 1 << 62
+        ):
+            self._cache.popitem(last=False)
+
+    def _store_batch(self, samples: list[tuple[int, int]], now: int) -> None:
+        """One attempt to put everything kept in memory on disk, in one transaction."""
+        try:
+            self.store.record(
+                boot=self.boot,
+                edges=self._raw_edges,
+                pps=self._raw_pps,
+                samples=samples,
+                events=self._unstored,
+            )
+        except StoreError as e:
+            self._store_retry_ns = now + _STORE_RETRY_NS
+            n = len(self._unstored)
+            first = "store" not in self.alarms
+            self.alarms["store"] = (
+                f"{e} -- {n} events are kept in memory and still sent to HQ; they are "
+                "written as soon as the store takes writes again (do not switch the box off)"
+            )
+            if (
+                first
+                or self._store_logged_ns is None
+                or now - self._store_logged_ns > _LOG_REPEAT_NS
+            ):
+                log.error("store: %s (keeping %d events in memory)", e, n)
+                self._store_logged_ns = now
+        else:
+            if self._unstored:
+                self._durable_last = self._unstored[-1]["seq"]
+            n = len(self._unstored)
+            self._unstored, self._raw_edges, self._raw_pps = [], [], []
+            self.pipeline.new_samples.clear()
+            self._store_logged_ns = None
+            if self.alarms.pop("store", None):
+                log.warning("store writable again; the %d events kept in memory are on disk", n)
+
+    def _payload(self, seq: int) -> bytes | None:
+        for lo, hi in self._foreign:
+            if lo <= seq <= hi:
+                # HQ may hold other content under this seq (an earlier run's): never
+                # send ours, send the placeholder.
+                return payload_bytes(self._placeholder(seq))
+        data = self._cache.get(seq)
+        if data is not None:
+            return data
+        try:
+            rows = self.store.event_payloads(seq, seq + 499)
+        except StoreError as e:
+            self.alarms["store"] = f"{e} (while reading events to send)"
+            return None
+        for s, text in rows:
+            self._cache[s] = text.encode()
+        data = self._cache.get(seq)
+        if data is None:
+            log.error("event seq %d missing from the store; cannot publish it", seq)
+            self.alarms["outbox"] = f"event seq {seq} missing from store"
+        return data
+
+    def _publish(self, now: int) -> None:
+        seqs = self.outbox.next_to_send(now)
+        if not self._floor_done:
+            # Seqs above the store's last at start may collide with what an earlier run
+            # published from memory: hold them until the floor is known.
+            seqs = [s for s in seqs if s <= self._start_last]
+        if seqs and seqs[-1] > max(self._durable_last, self._hwm_sent):
+            # About to send seqs that are not on disk: first tell the broker (retained)
+            # how far this store's numbering has gone, in the same ordered stream.
+            hwm = self.pipeline.next_seq - 1
+            body = {"store": self.store.store_id, "last_seq": hwm}
+            if self.link.publish(self.topics.hwm, payload_bytes(body), qos=1, retain=True) is None:
+                return
+            self._hwm_sent = hwm
+        for seq in seqs:
+            data = self._payload(seq)
+            if data is None:
+                break
+            mid = self.link.publish(self.topics.event, data, qos=1)
+            if mid is None:
+                break
+            self.outbox.sent(seq, mid, now)
+
+    # -- seq floor ------------------------------------------------------------
+    def _placeholder(self, seq: int) -> dict[str, Any]:
+        return {
+            "schema": EVENT_SCHEMA,
+            "type": "skipped",
+            "box": self.cfg.box,
+            "checkpoint": self.cfg.checkpoint,
+            "store": self.store.store_id,
+            "seq": seq,
+            "reason": "seq used by an earlier run of this store (published from memory "
+            "while the store failed, then restarted); not reused",
+        }
+
+    def _finish_floor_check(self) -> None:
+        """The broker has told us what it knows (or had its chance): settle the floor."""
+        self._floor_done = True
+        floor = self._floor_seen
+        if floor > self._start_last:
+            self._skip(floor, self._start_last + 1)
+        else:
+            log.info("seq floor: nothing beyond seq %d known for this store", self._start_last)
+        if self._floor_ack is not None:
+            upto, self._floor_ack = self._floor_ack, None
+            self._ack(upto)
+
+    def _skip(self, floor: int, lo: int) -> None:
+        """Never use seqs lo..floor here: placeholders, reissues, alarm (module docstring)."""
+        top = self.pipeline.next_seq - 1
+        if floor - top > _MAX_SKIP:
+            self._bad_command(
+                f"{self.topics.ack} or hwm", f"seq {floor} is far beyond this store's last {top}"
+            )
+            self.alarms["seq"] = (
+                f"the broker says seq {floor} of store {self.store.store_id} was used, but "
+                f"this store is at {top}: ignored as implausible; check HQ for a copy of this "
+                "store's card, and start a fresh store file if in doubt"
+            )
+            return
+        events = self._events  # this turn's, committed at its end
+        pending = {ev["seq"]: ev for ev in events}
+        for _ in range(top + 1, floor + 1):
+            events.append(self._placeholder(self.pipeline.next_seq))
+            self.pipeline.next_seq += 1
+        reissued = []
+        for old in range(lo, min(floor, top) + 1):
+            if old in pending:
+                ev = dict(pending[old])
+            else:
+                data = self._cache.get(old) or self._payload(old)
+                if data is None:
+                    continue
+                ev = json.loads(data)
+            ev["seq"], ev["reissue_of"] = self.pipeline.next_seq, old
+            self.pipeline.next_seq += 1
+            self._remap[old] = ev["seq"]
+            reissued.append(ev)
+        self._foreign.append((lo, floor))
+        self.skipped_seqs += floor - lo + 1
+        self.reissued += len(reissued)
+        events += reissued
+        self.outbox.skip(floor)
+        msg = (
+            f"seqs {lo}..{floor} of store {self.store.store_id} were already used by an earlier "
+            "run (published while the store failed); not reused. HQ has those events, this "
+            "store does not"
+        )
+        if reissued:
+            msg += (
+                f"; {len(reissued)} events numbered {lo}..{min(floor, top)} here were issued "
+                f"again as {reissued[0]['seq']}..{reissued[-1]['seq']}"
+            )
+        self.alarms["seq"] = msg
+        log.error("seq floor: %s", msg)
+
+    def _ack(self, upto: int) -> None:
+        if upto > self.pipeline.next_seq - 1:
+            # HQ holds seqs this store never numbered: a restart after publishing from
+            # memory whose hwm/ack arrived late, or a restored copy of the card.
+            self._skip(upto, self.pipeline.next_seq)
+            if upto > self.pipeline.next_seq - 1:
+                return  # refused as implausible
+        if self.outbox.hq_ack(self.store.store_id, upto):
+            try:
+                self.store.set_acked(self.outbox.acked_upto)
+            except StoreError as e:
+                self.alarms["store"] = str(e)
+
+    def _link_event(self, ev: LinkEvent, now: int) -> None:
+        if isinstance(ev, Connected):
+            log.info("broker connected")
+            self.outbox.connected(now)
+            self._last_status = {}
+        elif isinstance(ev, Disconnected):
+            log.warning("broker link lost: %s", ev.reason)
+            self.outbox.disconnected()
+            self._floor_due_ns = None
+        elif isinstance(ev, SubAck):
+            if not self._floor_done and self._floor_due_ns is None:
+                # Retained ack and hwm follow the SUBACK at once.
+                self._floor_due_ns = now + _FLOOR_GRACE_NS
+        elif isinstance(ev, PubAck):
+            self.outbox.puback(ev.mid, ev.ok, now, reason=ev.reason)
+            if not ev.ok:
+                self.alarms["publish"] = f"broker refused an event: {ev.reason}"
+                log.error("%s", self.alarms["publish"])
+            elif self.outbox.alarm is None:
+                self.alarms.pop("publish", None)
+        elif isinstance(ev, Message):
+            self._message(ev)
+
+    def _message(self, msg: Message) -> None:
+        if not msg.payload and msg.topic in (self.topics.ack, self.topics.hwm):
+            return  # a retained message being cleared
+        try:
+            data = json.loads(msg.payload)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            self._bad_command(msg.topic, f"not JSON: {str(e)[:100]}")
+            return
+        if msg.topic == self.topics.ack:
+            store, upto = data.get("store"), data.get("upto")
+            if not isinstance(store, str) or not _is_int(upto) or upto < 0:
+                self._bad_command(msg.topic, "ack needs store (string) and upto (integer >= 0)")
+                return
+            if store != self.store.store_id:
+                # A retained ack of an earlier store (replaced card) is normal at start.
+                log.info("ack for store %r ignored: this store is %s", store, self.store.store_id)
+                return
+            if not self._floor_done:
+                self._floor_seen = max(self._floor_seen, upto)
+                self._floor_ack = max(self._floor_ack or 0, upto)
+                return
+            self._ack(upto)
+        elif msg.topic == self.topics.hwm:
+            store, last = data.get("store"), data.get("last_seq")
+            if not isinstance(store, str) or not _is_int(last) or last < 0:
+                self._bad_command(msg.topic, "hwm needs store (string) and last_seq (integer)")
+                return
+            if store != self.store.store_id:
+                return
+            if not self._floor_done:
+                self._floor_seen = max(self._floor_seen, last)
+            elif last > self.pipeline.next_seq - 1:
+                self._skip(last, self.pipeline.next_seq)
+        elif msg.topic == self.topics.cmd:
+            self._command(data)
+
+    def _command(self, data: dict[str, Any]) -> None:
+        if data.get("cmd") != "resend":
+            self._bad_command(self.topics.cmd, f"unknown cmd {data.get('cmd')!r}")
+            return
+        lo, hi, store = data.get("from"), data.get("to"), data.get("store")
+        if store != self.store.store_id:
+            # HQ still asks for gaps of an earlier store after a card swap: nothing we
+            # can serve; counted so a misaddressed HQ shows.
+            self._bad_command(
+                self.topics.cmd,
+                f"resend for store {str(store)[:40]!r}, this is {self.store.store_id}",
+            )
+            return
+        if not (_is_int(lo) and _is_int(hi)) or lo > hi or hi < 1:
+            self._bad_command(self.topics.cmd, "resend needs integers 1 <= from <= to")
+            return
+        n = self.outbox.resend(lo, hi)
+        log.info("HQ asked for seq %d..%d: %d scheduled", lo, hi, n)
+
+    def _bad_command(self, topic: str, why: str) -> None:
+        self.bad_commands += 1
+        # Rate-limited in effect by the sender; a flood shows in the counter, not the log.
+        if self.bad_commands <= 100 or self.bad_commands % 1000 == 0:
+            log.warning("ignored message on %s: %s (%d so far)", topic, why, self.bad_commands)
+
+    # -- status -------------------------------------------------------------
+    def status(self, now: int | None = None) -> dict[str, Any]:
+        now = time.monotonic_ns() if now is None else now
+        pipe = self.pipeline.status()
+        clock = pipe["clock_detail"]
+        levels = self.edges.levels()
+        faults = self.edges.faults(now)
+        alarms = dict(self.alarms)
+        for name, dropped in faults.items():
+            alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
+        if self.pipeline.pairer.mismatch:
+            alarms["gps"] = "NMEA/PPS convention mismatch: check gps.convention"
+        if self._raw_dropped:
+            alarms["raw"] = (
+                f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
+                "store failed; events are not affected, replays of this period will be incomplete"
+            )
+        return {
+            "state": "ready",
+            "box": self.cfg.box,
+            "checkpoint": self.cfg.checkpoint,
+            "store": self.store.store_id,
+            "version": __version__,
+            "clock": pipe["clock"],
+            "uncertainty_ns": clock.get("uncertainty_ns"),
+            "fix": self.pipeline.parser.stats(),
+            "gps_port": self.serial.connected,
+            "pps_pulses": self.edges.pps_pulses,
+            "backlog": self.outbox.backlog,
+            "inflight": self.outbox.inflight,
+            "last_seq": self.pipeline.next_seq - 1,
+            "acked_upto": self.outbox.acked_upto,
+            "unstored": len(self._unstored),
+            "skipped_seqs": self.skipped_seqs,
+            "reissued": self.reissued,
+            "inputs": {
+                name: {"broken": levels.get(name), "fault": name in faults, **stats}
+                for name, stats in pipe["inputs"].items()
+            },
+            "alarms": alarms,
+            "bad_commands": self.bad_commands,
+        }
+
+    def _status(self, now: int) -> None:
+        for t_ns, old, new in self.pipeline.transitions:
+            log.warning("clock %s -> %s at tick %d", old, new, t_ns)
+        self.pipeline.transitions.clear()
+        if not self.link.connected:
+            return
+        st = self.status(now)
+        # Publish on what a marshal or HQ must see at once; counters ride along
+        # with the periodic message.
+        key = {
+            "clock": st["clock"],
+            "alarms": st["alarms"],
+            "inputs": {n: (i["broken"], i["fault"]) for n, i in st["inputs"].items()},
+        }
+        if key != self._last_status or now >= self._next_status_ns:
+            self.link.publish(self.topics.status, payload_bytes(st), qos=1, retain=True)
+            self._last_status = key
+            self._next_status_ns = now + self.cfg.status_interval_s * 10**9
+
+    def _shutdown(self) -> None:
+        self.serial.stop()
+        self.edges.close()
+        if self.link.connected:
+            offline = {"state": "offline", "box": self.cfg.box, "store": self.store.store_id}
+            self.link.publish(self.topics.status, payload_bytes(offline), qos=1, retain=True)
+        self.link.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self._unstored:
+            log.error(
+                "exiting with %d events not on disk: %s",
+                len(self._unstored),
+                self.alarms.get("store", "store unavailable"),
+            )
+        self.store.close()

@@ -1,0 +1,267 @@
+"""The pure heart of a box: raw input records in, box events out.
+
+Records are exactly the capture file's records (`pps`, `nmea`, `edge`,
+`sysclock`), so the daemon and `checkpoint replay` run this same code on the same
+inputs and publish the same events. No I/O, no clock reads: time advances only
+with the records' own `mono_ns` and explicit `advance(now_ns)` calls.
+
+Raw and cooked time are kept apart: a passage keeps its leading edge's kernel tick
+(`mono_ns`) and UTC is derived from the clock model. A passage stamped before the
+clock locked is re-derived once it has, and a `restamp` event (own seq) tells HQ.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+from checkpoint import EVENT_SCHEMA
+from checkpoint.clock import ClockModel, ClockParams, ClockState, Stamp
+from checkpoint.config import InputConfig
+from checkpoint.detector import Detector, Passage
+from checkpoint.errors import CommandError
+from checkpoint.nmea import NmeaParser
+from checkpoint.pairing import Pairer, Sample
+
+_MAX_PENDING_RESTAMPS = 10_000
+_CAR = 16
+
+
+def params_for(convention: str, overrides: dict[str, Any] | None = None) -> ClockParams:
+    """The clock model's thresholds for a receiver convention, with config overrides.
+
+    Knowing the convention halves the prior on NMEA latency: "after" sentences
+    arrive 0..1 s after the second they name, "before" ones up to 1 s ahead.
+    """
+    prior = (
+        {"nmea_latency_min_ns": 0, "nmea_latency_max_ns": 1_000_000_000}
+        if convention == "after"
+        else {"nmea_latency_min_ns": -1_000_000_000, "nmea_latency_max_ns": 0}
+    )
+    return ClockParams(**{**prior, **(overrides or {})})
+
+
+def format_utc(utc_ns: int) -> str:
+    """ISO 8601 UTC with nanoseconds, from integer ns (never via float)."""
+    s, ns = divmod(utc_ns, 1_000_000_000)
+    t = _dt.datetime.fromtimestamp(s, _dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
+
+
+class Pipeline:
+    """One box's timing logic, fed record by record.
+
+    Every method returns the events it produced, each a dict with its `seq`
+    already assigned (contiguous from `next_seq`). `new_samples` collects the
+    paired clock samples since the caller last drained it, for the store.
+    """
+
+    def __init__(
+        self,
+        *,
+        box: str,
+        checkpoint: str,
+        store: str,
+        inputs: Sequence[InputConfig],
+        convention: str = "after",
+        next_seq: int = 1,
+        clock_params: ClockParams | None = None,
+    ) -> None:
+        self.box, self.checkpoint, self.store = box, checkpoint, store
+        self.next_seq = next_seq
+        self.parser = NmeaParser()
+        self.pairer = Pairer(convention)
+        self.clock = ClockModel(clock_params or params_for(convention))
+        self.detector = Detector(
+            {
+                i.name: (i.source, i.min_break_ms * 1_000_000, i.lockout_ms * 1_000_000)
+                for i in inputs
+            }
+        )
+        self.now_ns: int | None = None
+        self.new_samples: list[Sample] = []
+        self.skipped: Counter[str] = Counter()
+        self.last_passage: dict[str, Any] | None = None
+        self._unlocked: deque[tuple[int, int, int]] = deque()
+        self._last_state: ClockState | None = None
+        self.transitions: list[tuple[int, str, str]] = []
+
+    # -- records -----------------------------------------------------------
+    def feed(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Feed one capture-format record; unknown types are counted and skipped."""
+        kind = rec.get("type")
+        if kind == "pps":
+            return self.pps(rec["mono_ns"])
+        if kind == "nmea":
+            return self.nmea(rec["mono_ns"], rec["line"])
+        if kind == "edge":
+            return self.edge(rec["input"], rec["mono_ns"], rec["active"])
+        if kind == "sysclock":
+            return self.sysclock(rec["mono_ns"], rec["realtime_ns"])
+        self.skipped[str(kind)] += 1
+        return []
+
+    def pps(self, mono_ns: int) -> list[dict[str, Any]]:
+        out = self._at(mono_ns)
+        self._samples(self.pairer.pps(mono_ns))
+        return out + self._restamps()
+
+    def nmea(self, mono_ns: int, line: str) -> list[dict[str, Any]]:
+        out = self._at(mono_ns)
+        fix = self.parser.feed(line, mono_ns)
+        if fix is not None:
+            self.clock.add_fix(fix)
+            self._samples(self.pairer.fix(fix))
+        return out + self._restamps()
+
+    def edge(self, name: str, mono_ns: int, active: bool) -> list[dict[str, Any]]:
+        out = self._at(mono_ns)
+        return out + self._passages(self.detector.edge(name, mono_ns, active))
+
+    def sysclock(self, mono_ns: int, realtime_ns: int) -> list[dict[str, Any]]:
+        self.clock.add_sysclock(mono_ns, realtime_ns)
+        return self._at(mono_ns)
+
+    def advance(self, now_ns: int) -> list[dict[str, Any]]:
+        """Report passages whose break has lasted `min_break` by `now_ns`.
+
+        The daemon calls this from its timer so a passage goes out while the car
+        is still in the beam. It changes nothing else: the pipeline's own notion
+        of time moves only with records, and a passage is stamped as of the
+        instant it became certain (leading edge + min_break), so replaying the
+        capture gives the same events whenever the timer happened to fire.
+        """
+        return self._passages(self.detector.advance(now_ns))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """End of input (replay): decide breaks still open, emit pending restamps."""
+        out: list[dict[str, Any]] = []
+        if self.now_ns is not None:
+            out += self._passages(self.detector.advance(self.now_ns + 3_600 * 10**9))
+        return out + self._restamps()
+
+    def _at(self, mono_ns: int) -> list[dict[str, Any]]:
+        """A record arrived at `mono_ns`: move time on and decide what is due."""
+        if self.now_ns is None or mono_ns > self.now_ns:
+            self.now_ns = mono_ns
+        self._note_state()
+        return self.advance(self.now_ns)
+
+    # -- marshal corrections ---------------------------------------------------
+    def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
+        """An `assign` event: passage `ref_seq` was car `car`."""
+        car = str(car).strip()
+        if not (1 <= len(car) <= _CAR) or not car.isprintable():
+            raise CommandError(f"car number must be 1-{_CAR} printable characters, got {car!r}")
+        self._check_ref(ref_seq)
+        return [self._event("assign", ref_seq=ref_seq, car=car, by=by)]
+
+    def void(self, ref_seq: int, reason: str, by: str = "marshal") -> list[dict[str, Any]]:
+        """A `void` event: passage `ref_seq` was a false trigger."""
+        reason = str(reason).strip()
+        if not reason or len(reason) > 200:
+            raise CommandError("void needs a reason of 1-200 characters")
+        self._check_ref(ref_seq)
+        return [self._event("void", ref_seq=ref_seq, reason=reason, by=by)]
+
+    def _check_ref(self, ref_seq: int) -> None:
+        if not isinstance(ref_seq, int) or not 1 <= ref_seq < self.next_seq:
+            raise CommandError(f"no event with seq {ref_seq} in this store")
+
+    # -- internals -------------------------------------------------------------
+    def _samples(self, samples: list[Sample]) -> None:
+        for s in samples:
+            self.clock.add_sample(s)
+            self.new_samples.append(s)
+
+    def _note_state(self) -> None:
+        if self.now_ns is None:
+            return
+        state = self.clock.state(self.now_ns)
+        if state != self._last_state:
+            old = self._last_state.value if self._last_state else "start"
+            self.transitions.append((self.now_ns, old, state.value))
+            self._last_state = state
+
+    def _stamp(self, mono_ns: int, as_of: int) -> Stamp:
+        return self.clock.stamp(mono_ns, max(as_of, mono_ns))
+
+    def _passages(self, passages: list[Passage]) -> list[dict[str, Any]]:
+        out = []
+        for p in passages:
+            stamp = self._stamp(p.mono_ns, p.mono_ns + self.detector.min_break_ns(p.input))
+            ev = self._event(
+                "passage",
+                input=p.input,
+                source=p.source,
+                mono_ns=p.mono_ns,
+                **_stamp_fields(stamp),
+            )
+            if stamp.clock != ClockState.LOCKED:
+                if len(self._unlocked) >= _MAX_PENDING_RESTAMPS:
+                    self._unlocked.popleft()
+                    self.skipped["restamp_overflow"] += 1
+                self._unlocked.append((ev["seq"], p.mono_ns, stamp.uncertainty_ns))
+            self.last_passage = ev
+            out.append(ev)
+        return out
+
+    def _restamps(self) -> list[dict[str, Any]]:
+        """Re-derive passages stamped before lock (or in an outage) once locked.
+
+        A tick before the first pulse, or inside an outage, can only be reached by
+        extrapolating or bridging the fit, so its new stamp is labelled holdover;
+        what matters to HQ is the bound. A restamp goes out once the bound is at
+        most half the published one, i.e. it is worth replacing the time.
+        """
+        if not self._unlocked or self.now_ns is None:
+            return []
+        if self.clock.state(self.now_ns) != ClockState.LOCKED:
+            return []
+        out: list[dict[str, Any]] = []
+        keep: deque[tuple[int, int, int]] = deque()
+        for ref_seq, mono_ns, published_unc in self._unlocked:
+            stamp = self._stamp(mono_ns, self.now_ns)
+            better = stamp.clock in (ClockState.LOCKED, ClockState.HOLDOVER)
+            if better and stamp.uncertainty_ns * 2 <= published_unc:
+                out.append(self._event("restamp", ref_seq=ref_seq, **_stamp_fields(stamp)))
+            else:
+                keep.append((ref_seq, mono_ns, published_unc))
+        self._unlocked = keep
+        return out
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        ev = {
+            "schema": EVENT_SCHEMA,
+            "type": kind,
+            "box": self.box,
+            "checkpoint": self.checkpoint,
+            "store": self.store,
+            "seq": self.next_seq,
+            **fields,
+        }
+        self.next_seq += 1
+        return ev
+
+    def status(self) -> dict[str, Any]:
+        """Clock and detector state for the box's status message."""
+        now = self.now_ns or 0
+        return {
+            "clock": self.clock.state(now).value,
+            "clock_detail": self.clock.status(now),
+            "nmea": {"accepted": self.parser.accepted, "rejects": dict(self.parser.rejects)},
+            "pairing": dict(self.pairer.rejects),
+            "inputs": self.detector.stats(),
+            "pending_restamps": len(self._unlocked),
+        }
+
+
+def _stamp_fields(stamp: Stamp) -> dict[str, Any]:
+    return {
+        "utc_ns": stamp.utc_ns,
+        "utc": format_utc(stamp.utc_ns),
+        "clock": stamp.clock.value,
+        "uncertainty_ns": stamp.uncertainty_ns,
+    }

@@ -1,0 +1,232 @@
+"""A simulated box for end-to-end tests: the real daemon process, fed at the hardware edge.
+
+Edges go in through the `checkpoint-sim` gpiozero pin factory (a Unix socket the
+rig listens on), NMEA through a real pty. The box clock is this machine's
+CLOCK_MONOTONIC; the rig's truth maps it to UTC with a chosen oscillator error,
+so every injected tick has an exact true UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+NS = 1_000_000_000
+
+
+def nmea_checksum(body: str) -> str:
+    c = 0
+    for ch in body:
+        c ^= ord(ch)
+    return f"{c:02X}"
+
+
+def sentence(body: str) -> str:
+    return f"${body}*{nmea_checksum(body)}\r\n"
+
+
+def rmc(utc_s: int, valid: bool = True) -> str:
+    t = dt.datetime.fromtimestamp(utc_s, dt.UTC)
+    return sentence(
+        f"GPRMC,{t:%H%M%S}.00,{'A' if valid else 'V'},3251.0000,N,11716.0000,W,0.0,0.0,"
+        f"{t:%d%m%y},,,A"
+    )
+
+
+def gga(utc_s: int, valid: bool = True) -> str:
+    t = dt.datetime.fromtimestamp(utc_s, dt.UTC)
+    q = 1 if valid else 0
+    return sentence(f"GPGGA,{t:%H%M%S}.00,3251.0000,N,11716.0000,W,{q},08,0.9,100.0,M,-30.0,M,,")
+
+
+class Truth:
+    """True UTC of the box's CLOCK_MONOTONIC, for an oscillator `ppm` fast."""
+
+    def __init__(self, ppm: int = 20, utc0_ns: int = 1_776_000_000 * NS) -> None:
+        self.ppm = ppm
+        self.mono0 = time.monotonic_ns()
+        self.utc0 = utc0_ns + 123_456_789
+
+    def utc(self, mono: int) -> int:
+        d = mono - self.mono0
+        return self.utc0 + d - d * self.ppm // 1_000_000
+
+    def mono(self, utc: int) -> int:
+        x = utc - self.utc0
+        return self.mono0 + x * 1_000_000 // (1_000_000 - self.ppm)
+
+
+DEFAULT_INPUTS = """[[inputs]]
+name = "beam"
+pin = "GPIO17"
+"""
+
+
+class BoxRig:
+    """Builds a config, starts `python -m checkpoint run`, feeds it, stops it."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        broker_url: str,
+        *,
+        box: str = "box07",
+        redeliver_after_s: int = 600,
+        extra: str = "",
+        keepalive_s: int = 5,
+        store: str = "box.db",
+        inputs: str | None = None,
+    ) -> None:
+        """`extra` is appended to the config. The reliability tests also set the MQTT
+        `keepalive_s`, the `store` path (relative to `tmp`, or absolute) and `inputs`
+        (TOML ``[[inputs]]`` tables replacing the one beam on GPIO17)."""
+        self.tmp = tmp
+        self.box = box
+        self.store_path = tmp / store
+        self.sock_path = str(tmp / "feed.sock")
+        self.master, slave = os.openpty()
+        self.tty = os.ttyname(slave)
+        self._slave = slave
+        self.config = tmp / "box.toml"
+        self.config.write_text(
+            f"""
+[box]
+id = "{box}"
+checkpoint = "PC3"
+status_interval_s = 1
+[store]
+path = "{store}"
+[gpio]
+pin_factory = "checkpoint-sim"
+[gps]
+port = "{self.tty}"
+[mqtt]
+broker = "{broker_url}"
+keepalive_s = {keepalive_s}
+redeliver_after_s = {redeliver_after_s}
+[clock]
+min_lock_samples = 10
+{inputs if inputs is not None else DEFAULT_INPUTS}
+{extra}
+"""
+        )
+        self.proc: subprocess.Popen | None = None
+        self.conn: socket.socket | None = None
+        self._server: socket.socket | None = None
+        self.log = tmp / "daemon.log"
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._server is None:
+            self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._server.bind(self.sock_path)
+            self._server.listen(1)
+        env = dict(os.environ, CHECKPOINT_SIM_FEED=self.sock_path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "checkpoint", "run", "--config", str(self.config)],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self._server.settimeout(20)
+        conn, _ = self._server.accept()
+        with self.lock:
+            self.conn = conn
+
+    def pin(self, pin: str, mono_ns: int, state: int) -> None:
+        wait = (mono_ns - time.monotonic_ns()) / NS
+        if wait > 0:
+            time.sleep(wait)
+        line = json.dumps({"pin": pin, "mono_ns": mono_ns, "state": state}) + "\n"
+        with self.lock:
+            assert self.conn is not None
+            try:
+                self.conn.sendall(line.encode())
+            except OSError:
+                pass  # the daemon was killed; the test knows
+
+    def nmea(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def close(self) -> None:
+        self.stop()
+        for fd in (self.master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._server is not None:
+            self._server.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        """The running daemon's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """True while the daemon process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class GpsFeeder(threading.Thread):
+    """PPS on GPIO18 once per true second, RMC+GGA 80 ms after it ('after' convention)."""
+
+    def __init__(
+        self, rig: BoxRig, truth: Truth, *, delay_ms: int = 80, valid: bool = True
+    ) -> None:
+        super().__init__(daemon=True)
+        self.rig, self.truth, self.delay_ms, self.valid = rig, truth, delay_ms, valid
+        self.pps_on = True
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        s = self.truth.utc(time.monotonic_ns()) // NS + 1
+        while not self.stop_event.is_set():
+            tick = self.truth.mono(s * NS)
+            if self.pps_on:
+                self.rig.pin("GPIO18", tick, 1)
+                self.rig.pin("GPIO18", tick + 20_000_000, 0)
+            arrive = tick + self.delay_ms * 1_000_000
+            wait = (arrive - time.monotonic_ns()) / NS
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                self.rig.nmea(rmc(s, self.valid) + gga(s, self.valid))
+            except OSError:
+                return
+            s += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=3)

@@ -1,0 +1,190 @@
+"""End to end: the real daemon process, a real Mosquitto, a real pty, real signals.
+
+Only the hardware edge is simulated (the checkpoint-sim pin factory and the pty
+feed); every injected tick has an exact true UTC, so the published stamps are
+checked against the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from boxrig import NS, BoxRig, GpsFeeder, Truth
+
+from checkpoint.mqtt import Link, Message
+
+pytestmark = pytest.mark.slow
+
+
+class Subscriber:
+    def __init__(self, url: str, topics: list[str]) -> None:
+        self.q: queue.Queue = queue.Queue()
+        self.link = Link(
+            url,
+            f"test-sub-{time.monotonic_ns()}",
+            self.q.put,
+            subscriptions=[(t, 1) for t in topics],
+        )
+        self.link.start()
+        deadline = time.monotonic() + 10
+        while not self.link.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def messages(self, topic_suffix: str, n: int, timeout: float) -> list[dict]:
+        out, deadline = [], time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            try:
+                ev = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(ev, Message) and ev.topic.endswith(topic_suffix):
+                out.append(json.loads(ev.payload))
+        return out
+
+    def wait_status(self, pred, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ev = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(ev, Message) and ev.topic.endswith("/status"):
+                st = json.loads(ev.payload)
+                if pred(st):
+                    return st
+        return None
+
+    def close(self) -> None:
+        self.link.stop()
+
+
+def car(rig: BoxRig, mono: int, hold_ms: int = 150) -> None:
+    rig.pin("GPIO17", mono, 0)  # active-low beam: broken
+    rig.pin("GPIO17", mono + hold_ms * 1_000_000, 1)
+
+
+@pytest.fixture
+def rig(tmp_path, broker):
+    r = BoxRig(tmp_path, broker.url, extra='[record]\ncapture = "capture.jsonl"\n')
+    yield r
+    r.close()
+
+
+def test_passages_reach_a_subscriber_locked_in_seq_order_within_10us(rig, broker):
+    truth = Truth(ppm=20)
+    sub = Subscriber(broker.url, ["rally/box07/event", "rally/box07/status"])
+    rig.start()
+    gps = GpsFeeder(rig, truth)
+    gps.start()
+    try:
+        st = sub.wait_status(lambda s: s.get("clock") == "locked", timeout=60)
+        assert st is not None, rig.log_text()[-3000:]
+        assert st["state"] == "ready" and st["box"] == "box07"
+        sent = []
+        t0 = time.monotonic_ns() + NS // 3
+        for i in range(8):
+            mono = t0 + i * 1_300_000_000 + 137 * i
+            car(rig, mono)
+            sent.append(mono)
+        events = sub.messages("/event", 8, timeout=30)
+    finally:
+        gps.stop()
+        sub.close()
+    assert [e["seq"] for e in events] == list(range(1, 9))
+    for ev, mono in zip(events, sent, strict=True):
+        assert ev["schema"] == "checkpoint/event/1" and ev["type"] == "passage"
+        assert ev["box"] == "box07" and ev["checkpoint"] == "PC3" and ev["input"] == "beam"
+        assert ev["source"] == "beam" and ev["mono_ns"] == mono
+        assert ev["clock"] == "locked"
+        err = ev["utc_ns"] - truth.utc(mono)
+        assert abs(err) <= 10_000, f"error {err} ns"
+        assert abs(err) <= ev["uncertainty_ns"]
+        assert ev["utc"].endswith("Z") and len(ev["utc"]) == 30
+    assert rig.stop() == 0
+
+    # The capture the daemon recorded replays to exactly the events it published.
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "checkpoint",
+            "replay",
+            str(rig.tmp / "capture.jsonl"),
+            "--config",
+            str(rig.config),
+            "--store",
+            events[0]["store"],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    replayed = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert replayed == events
+
+
+def test_broker_down_at_startup_loses_nothing(tmp_path, broker):
+    broker.stop()
+    rig = BoxRig(tmp_path, broker.url)
+    truth = Truth()
+    try:
+        rig.start()
+        gps = GpsFeeder(rig, truth)
+        gps.start()
+        sent = []
+        t0 = time.monotonic_ns() + NS // 2
+        for i in range(3):
+            sent.append(t0 + i * 1_200_000_000)
+            car(rig, sent[-1])
+        time.sleep(0.5)
+        broker.start()
+        sub = Subscriber(broker.url, ["rally/box07/event"])
+        try:
+            events = sub.messages("/event", 3, timeout=30)
+        finally:
+            gps.stop()
+            sub.close()
+        # Published before any lock: stamped from NMEA or the system clock, flagged so.
+        assert [e["mono_ns"] for e in events] == sent
+        assert all(e["clock"] in ("nmea", "unsynced", "locked") for e in events)
+        assert all(
+            abs(e["utc_ns"] - truth.utc(m)) <= e["uncertainty_ns"]
+            for e, m in zip(events, sent, strict=True)
+            if e["clock"] != "unsynced"
+        )
+    finally:
+        rig.close()
+
+
+def test_sigkill_keeps_committed_passages_and_seq_continues(tmp_path, broker):
+    truth = Truth()
+    rig = BoxRig(tmp_path, broker.url)
+    sub = Subscriber(broker.url, ["rally/box07/event"])
+    try:
+        rig.start()
+        gps = GpsFeeder(rig, truth)
+        gps.start()
+        t0 = time.monotonic_ns() + NS // 2
+        car(rig, t0)
+        car(rig, t0 + 1_500_000_000)
+        first = sub.messages("/event", 2, timeout=20)
+        assert [e["seq"] for e in first] == [1, 2]
+        rig.kill(signal.SIGKILL)
+        rig.start()
+        t1 = time.monotonic_ns() + NS
+        car(rig, t1)
+        # With no HQ acking, the restarted box re-sends 1 and 2 from its store first.
+        later = sub.messages("/event", 3, timeout=20)
+        gps.stop()
+    finally:
+        sub.close()
+        rig.close()
+    assert [e["seq"] for e in later] == [1, 2, 3]
+    assert later[:2] == first
+    assert later[2]["mono_ns"] == t1 and later[2]["store"] == first[0]["store"]

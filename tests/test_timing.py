@@ -1,0 +1,119 @@
+"""The pure pipeline on known truth: records in, events out, restamps after lock."""
+
+import random
+
+import pytest
+from boxrig import gga, rmc
+
+from checkpoint.config import InputConfig
+from checkpoint.errors import CommandError
+from checkpoint.timing import Pipeline, format_utc, params_for
+
+NS = 1_000_000_000
+UTC0 = 1_776_000_000 * NS
+
+
+class World:
+    """Box clock = mono; true UTC runs 30 ppm slow against it, from UTC0 at mono 10 s."""
+
+    ppm = 30
+
+    def utc(self, mono: int) -> int:
+        d = mono - 10 * NS
+        return UTC0 + d - d * self.ppm // 1_000_000
+
+    def mono(self, utc: int) -> int:
+        return 10 * NS + (utc - UTC0) * 1_000_000 // (1_000_000 - self.ppm)
+
+
+def pipeline(**kw):
+    return Pipeline(
+        box="box07",
+        checkpoint="PC3",
+        store="s1",
+        inputs=[InputConfig(name="beam", pin="GPIO17")],
+        clock_params=params_for("after", {"min_lock_samples": 10}),
+        **kw,
+    )
+
+
+def run(world, pipe, seconds, *, fix_from, pps_from, cars):
+    """Feed `seconds` of GPS (fix valid from fix_from, PPS from pps_from) and cars."""
+    rng = random.Random(7)
+    records = [{"type": "sysclock", "mono_ns": 10 * NS, "realtime_ns": UTC0 + 3 * NS}]
+    for k in range(seconds):
+        tick = world.mono(UTC0 + k * NS)
+        if k >= pps_from:
+            records.append({"type": "pps", "mono_ns": tick + round(rng.gauss(0, 1000))})
+        utc_s = UTC0 // NS + k
+        text = rmc(utc_s, k >= fix_from) + gga(utc_s, k >= fix_from)
+        for i, line in enumerate(text.split("\r\n")[:2]):
+            records.append({"type": "nmea", "mono_ns": tick + 80_000_000 + i * 10**6, "line": line})
+    for c in cars:
+        m = world.mono(UTC0 + c)
+        records += [
+            {"type": "edge", "mono_ns": m, "input": "beam", "active": True},
+            {"type": "edge", "mono_ns": m + 200_000_000, "input": "beam", "active": False},
+        ]
+    records.sort(key=lambda r: r["mono_ns"])
+    events = []
+    for r in records:
+        events += pipe.feed(r)
+    return events + pipe.flush()
+
+
+def test_locked_passages_are_within_a_microsecond_and_bounded():
+    w = World()
+    cars = [int((40 + 3.3 * i) * NS) for i in range(10)]
+    events = run(w, pipeline(), 80, fix_from=0, pps_from=0, cars=cars)
+    passages = [e for e in events if e["type"] == "passage"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert len(passages) == 10
+    for ev, c in zip(passages, cars, strict=True):
+        assert ev["clock"] == "locked"
+        err = ev["utc_ns"] - (UTC0 + c)
+        assert abs(err) <= 1_000 and abs(err) <= ev["uncertainty_ns"]
+        assert ev["uncertainty_ns"] <= 10_000
+        assert ev["utc"] == format_utc(ev["utc_ns"])
+
+
+def test_cold_start_passages_get_restamps_within_their_bound():
+    w = World()
+    cars = [5 * NS, 14 * NS, 27 * NS, 60 * NS]
+    events = run(w, pipeline(), 70, fix_from=10, pps_from=20, cars=cars)
+    passages = {e["seq"]: e for e in events if e["type"] == "passage"}
+    restamps = {e["ref_seq"]: e for e in events if e["type"] == "restamp"}
+    by_car = dict(zip(cars, sorted(passages), strict=True))
+    # Before any fix: the system clock (3 s off here), flagged unsynced with no real bound.
+    assert passages[by_car[5 * NS]]["clock"] == "unsynced"
+    # Fix but no PPS: stamped from sentence arrival, ms-grade, honestly bounded.
+    nmea = passages[by_car[14 * NS]]
+    assert nmea["clock"] == "nmea"
+    assert abs(nmea["utc_ns"] - (UTC0 + 14 * NS)) <= nmea["uncertainty_ns"] <= NS
+    # Every passage published before lock gets a restamp, tight and true.
+    for c in cars[:3]:
+        rs = restamps[by_car[c]]
+        assert rs["clock"] in ("locked", "holdover")
+        err = rs["utc_ns"] - (UTC0 + c)
+        assert abs(err) <= rs["uncertainty_ns"] <= 100_000
+    assert by_car[60 * NS] not in restamps and passages[by_car[60 * NS]]["clock"] == "locked"
+
+
+def test_replay_is_deterministic_and_corrections_are_checked():
+    w = World()
+    a = run(w, pipeline(), 40, fix_from=0, pps_from=0, cars=[30 * NS])
+    b = run(w, pipeline(), 40, fix_from=0, pps_from=0, cars=[30 * NS])
+    assert a == b
+    pipe = pipeline(next_seq=5)
+    ev = pipe.assign(2, "42")[0]
+    assert ev["type"] == "assign" and ev["seq"] == 5 and ev["ref_seq"] == 2 and ev["car"] == "42"
+    with pytest.raises(CommandError):
+        pipe.assign(99, "42")
+    with pytest.raises(CommandError):
+        pipe.void(1, "")
+
+
+def test_unknown_record_types_are_skipped():
+    pipe = pipeline()
+    assert pipe.feed({"type": "future-thing", "mono_ns": 1}) == []
+    assert pipe.skipped["future-thing"] == 1
