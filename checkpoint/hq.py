@@ -26,6 +26,16 @@ requested with `{"cmd": "resend", ...}` on `{prefix}/{box}/cmd`, again after
 *tail* (the box's last events never arrived, while the box thinks they were
 delivered) is invisible from events alone; it is detected from the box's status
 when that carries `store`, `last_seq` and `backlog: 0`.
+
+Chain verification (`checkpoint.chain`): an event whose seal does not match its own
+content is quarantined on arrival (`chain_hash`): it is not what the box made. Links
+(`prev` = hash of the seq before) are checked as each store's contiguous prefix
+grows, so out-of-order arrival is fine. A broken link is recorded in `chain_breaks`,
+counted in `hq status` and listed in `hq rejects` (`chain_break`); the event itself
+is kept and not quarantined: both events are self-consistent, so which one is wrong
+(or whether the box itself lost its chain head in a crash) is for the officials to
+judge with the box's SD card and `checkpoint verify`. A store whose events carry no
+seal at all (older box software) is counted as unsealed, not as broken.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA
+from checkpoint import EVENT_SCHEMA, chain
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hqstore import MAX_CAR, HQStore, iso_now
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, SubAck
@@ -202,6 +212,10 @@ def parse_event(topic_box: str, payload: bytes) -> Parsed:
     problem = _content_problem(ev)
     if problem is not None:
         return Parsed(ev, text, quarantine=problem[0], detail=problem[1])
+    if chain.is_sealed(ev):
+        bad_seal = chain.seal_problem(ev)
+        if bad_seal is not None:
+            return Parsed(ev, text, quarantine="chain_hash", detail=bad_seal)
     return Parsed(ev, text)
 
 
@@ -297,6 +311,7 @@ class Stats:
     connects: int = 0
     batches: int = 0
     errors: int = 0
+    chain_breaks: int = 0
     new_stores: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -334,6 +349,7 @@ class Ingest:
     def load(self) -> None:
         """(Re)build the in-memory state from the database."""
         self.trackers: dict[tuple[str, str], SeqTracker] = {}
+        self.chains: dict[tuple[str, str], chain.ChainState] = {}
         self.gaps: dict[tuple[str, str], list[Gap]] = {}
         self.current: dict[str, str] = {}
         self.status_store: dict[str, str] = {}
@@ -346,6 +362,14 @@ class Ingest:
             for s in self.store.seqs(*key):
                 t.add(s)
             self.trackers[key] = t
+            self.chains[key] = chain.ChainState(
+                row["store"],
+                upto=row.get("chain_upto") or 0,
+                head=row.get("chain_head"),
+                sealed=row.get("chain_sealed") or 0,
+                unsealed=row.get("chain_unsealed") or 0,
+                breaks=row.get("chain_breaks") or 0,
+            )
             self.current[row["box"]] = row["store"]  # rows in first-seen order: latest wins
             self.gaps[key] = merge_gaps([], t.missing(), now, self.gap_wait_s)
         for b in self.store.box_rows():
@@ -537,6 +561,45 @@ class Ingest:
                 if last > t.hint:
                     t.hint = last
                     self._dirty.add((box, store))
+            self._check_anchor(box, store, st.get("chain"), at)
+
+    def _check_anchor(self, box: str, store: str, anchor: object, at: str) -> None:
+        """Compare the box's own chain head (status `chain`: {"seq", "head"}) with HQ's
+        copy of that event: a different hash means HQ holds another event under that
+        seq than the box does (a forgery that arrived first, or an edited database)."""
+        if not isinstance(anchor, dict):
+            return
+        seq, head = anchor.get("seq"), anchor.get("head")
+        if not _is_int(seq) or not 1 <= seq <= MAX_SEQ or not chain.is_hash(head):
+            return
+        rows = self.store.event_payloads(box, store, seq, seq, limit=1)
+        if not rows:
+            return  # not arrived yet
+        try:
+            ours = json.loads(rows[0][1]).get(chain.HASH)
+        except (ValueError, AttributeError):  # pragma: no cover - parsed on arrival
+            ours = None
+        if ours == head or self.store.has_chain_break(box, store, seq, "forked"):
+            return
+        detail = (
+            f"the box's chain head at seq {seq} is {head[:16]}..., HQ's event has "
+            f"{str(ours)[:16]}...: HQ holds a different event than the box"
+        )
+        c = self.chains.setdefault((box, store), chain.ChainState(store))
+        c.breaks += 1
+        self._dirty.add((box, store))
+        self.stats.chain_breaks += 1
+        self.store.add_chain_break(
+            box=box, store=store, seq=seq, reason="forked", detail=detail, at=at
+        )
+        log.warning("box %s store %s seq %d: CHAIN BREAK forked: %s", box, store, seq, detail)
+        self._reject(
+            f"{self.prefix}/{box}/event",
+            rows[0][1].encode(),
+            "chain_break",
+            f"seq {seq}: forked: {detail}",
+            box,
+        )
 
     # -- after a batch ------------------------------------------------------------
 
@@ -545,6 +608,7 @@ class Ingest:
         now = self.clock()
         for key in self._dirty:
             t = self.trackers[key]
+            self._walk_chain(key, t.upto)
             ranges = t.missing()
             self.gaps[key] = merge_gaps(self.gaps.get(key, []), ranges, now, self.gap_wait_s)
             self.store.update_store_progress(
@@ -556,6 +620,55 @@ class Ingest:
                 gaps=gaps_text(ranges),
             )
         self._dirty.clear()
+
+    def _walk_chain(self, key: tuple[str, str], upto: int) -> None:
+        """Verify the links of the store's events up to its contiguous `upto`."""
+        box, store = key
+        c = self.chains.get(key)
+        if c is None:
+            c = self.chains[key] = chain.ChainState(store)
+        at = iso_now()
+        while c.upto < upto:
+            rows = self.store.event_payloads(box, store, c.upto + 1, upto)
+            if not rows or rows[0][0] != c.upto + 1:  # pragma: no cover - upto says contiguous
+                log.error("box %s store %s: seq %d not in the database", box, store, c.upto + 1)
+                return
+            for seq, text in rows:
+                try:
+                    ev = json.loads(text)
+                except ValueError:  # pragma: no cover - stored payloads parsed on arrival
+                    ev = {"seq": seq}
+                problem = c.step(ev)
+                if problem is None:
+                    continue
+                reason, detail = problem
+                if reason == "unsealed" and c.sealed == 0:
+                    continue  # a store of box software before the chain: counted, not broken
+                c.breaks += 1
+                self.stats.chain_breaks += 1
+                self.store.add_chain_break(
+                    box=box, store=store, seq=seq, reason=reason, detail=detail, at=at
+                )
+                log.warning(
+                    "box %s store %s seq %d: CHAIN BREAK %s: %s", box, store, seq, reason, detail
+                )
+                if reason not in ("edited", "malformed"):  # those were quarantined on arrival
+                    self._reject(
+                        f"{self.prefix}/{box}/event",
+                        text.encode(),
+                        "chain_break",
+                        f"seq {seq}: {reason}: {detail} (event kept)",
+                        box,
+                    )
+        self.store.update_chain(
+            box,
+            store,
+            upto=c.upto,
+            head=c.head,
+            sealed=c.sealed,
+            unsealed=c.unsealed,
+            breaks=c.breaks,
+        )
 
     def ack_topic(self, box: str) -> str:
         """`{prefix}/{box}/ack`."""
@@ -615,6 +728,8 @@ class Collector:
         username: str | None = None,
         password: str | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         client_id: str | None = None,
         gap_wait_s: float = DEFAULT_GAP_WAIT_S,
         gap_backoff_max_s: float = DEFAULT_GAP_BACKOFF_MAX_S,
@@ -656,6 +771,8 @@ class Collector:
             username=username,
             password=password,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
             keepalive=keepalive,
             session_expiry_s=session_expiry_s,
             subscriptions=[(f"{prefix}/+/event", 1), (f"{prefix}/+/status", 1)],

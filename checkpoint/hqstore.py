@@ -16,6 +16,9 @@ Tables (schema via `sqlite_utils.Migrations("checkpoint-hq")`):
 * `stores`    one row per (box, store): contiguous high-water mark, gaps, resends.
 * `corrections` audit trail of assign / void / unvoid / restamp, source hq or box.
 * `hq_state`  key/value: collector heartbeat and link state, for `hq status`.
+* `chain_breaks` every break of a box's hash chain HQ found (m002): which seq,
+              why (`checkpoint.chain` reasons), when. `stores.chain_*` hold how far
+              each store's chain is verified, so a restarted HQ goes on from there.
 
 Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
@@ -158,6 +161,33 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["hq_state"].create({"key": str, "value": str}, pk="key")
 
 
+@MIGRATIONS()
+def m002_chain(db: sqlite_utils.Database) -> None:
+    """Hash-chain verification: progress per store and the breaks found."""
+    stores = db["stores"]
+    # How far the store's chain is walked (contiguously from seq 1) and the hash the
+    # next event's prev must equal (NULL: genesis at 0, re-anchor after unsealed).
+    stores.add_column("chain_upto", int, not_null_default=0)
+    stores.add_column("chain_head", str)
+    stores.add_column("chain_sealed", int, not_null_default=0)
+    stores.add_column("chain_unsealed", int, not_null_default=0)
+    stores.add_column("chain_breaks", int, not_null_default=0)
+    db["chain_breaks"].create(
+        {
+            "id": int,
+            "at": str,
+            "box": str,
+            "store": str,
+            "seq": int,
+            "reason": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"at", "box", "store", "reason"},
+    )
+    db["chain_breaks"].create_index(["box", "store"])
+
+
 def iso_now() -> str:
     """HQ's wall clock as ISO 8601 UTC with microseconds (for received_at and audit)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -184,6 +214,10 @@ class BoxSummary:
     duplicates: int
     conflicts: int
     rejects: int
+    #: Breaks of the box's hash chain found so far (all its stores).
+    chain_breaks: int = 0
+    #: "ok" (sealed, no break), "broken", "unsealed" (older box software) or "-" (nothing yet).
+    chain: str = "-"
 
 
 class HQStore:
@@ -386,6 +420,58 @@ class HQStore:
             (at, box, store),
         )
 
+    def update_chain(
+        self,
+        box: str,
+        store: str,
+        *,
+        upto: int,
+        head: str | None,
+        sealed: int,
+        unsealed: int,
+        breaks: int,
+    ) -> None:
+        """Persist how far the store's chain is verified (see m002_chain)."""
+        self.db.execute(
+            "UPDATE stores SET chain_upto=?, chain_head=?, chain_sealed=?, chain_unsealed=?,"
+            " chain_breaks=? WHERE box=? AND store=?",
+            (upto, head, sealed, unsealed, breaks, box, store),
+        )
+
+    def add_chain_break(
+        self, *, box: str, store: str, seq: int | None, reason: str, detail: str, at: str
+    ) -> None:
+        """Record one break of a box's chain."""
+        self.db.execute(
+            "INSERT INTO chain_breaks (at, box, store, seq, reason, detail) VALUES (?,?,?,?,?,?)",
+            (at, box, store, seq, reason, detail),
+        )
+
+    def has_chain_break(self, box: str, store: str, seq: int, reason: str) -> bool:
+        """True if this break was already recorded (a status repeats its anchor)."""
+        row = self.db.execute(
+            "SELECT 1 FROM chain_breaks WHERE box=? AND store=? AND seq=? AND reason=? LIMIT 1",
+            (box, store, seq, reason),
+        ).fetchone()
+        return row is not None
+
+    def chain_breaks(self) -> list[dict[str, Any]]:
+        """Every chain break found, oldest first."""
+        return list(self.db.query("SELECT * FROM chain_breaks ORDER BY id"))
+
+    def event_payloads(
+        self, box: str, store: str, lo: int, hi: int, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        """`(seq, payload)` of stored events lo <= seq <= hi of one store, ascending."""
+        return [
+            (int(r[0]), r[1])
+            for r in self.db.execute(
+                "SELECT seq, payload FROM events WHERE box=? AND store=? AND seq BETWEEN ? AND ?"
+                " ORDER BY seq LIMIT ?",
+                (box, store, lo, hi, limit),
+            )
+        ]
+
     def set_state(self, key: str, value: str) -> None:
         """Set one `hq_state` value (collector heartbeat, link state)."""
         self.db.execute(
@@ -501,6 +587,15 @@ class HQStore:
                 (s for s in stores.get(b["box"], []) if s["store"] == b["current_store"]), None
             )
             all_stores = stores.get(b["box"], [])
+            breaks = sum(s["chain_breaks"] or 0 for s in all_stores)
+            if breaks:
+                chain = "broken"
+            elif any(s["chain_sealed"] for s in all_stores):
+                chain = "ok"
+            elif any(s["chain_unsealed"] for s in all_stores):
+                chain = "unsealed"
+            else:
+                chain = "-"
             out.append(
                 BoxSummary(
                     box=b["box"],
@@ -524,9 +619,15 @@ class HQStore:
                     duplicates=b["duplicates"] or 0,
                     conflicts=b["conflicts"] or 0,
                     rejects=rejects.get(b["box"], 0),
+                    chain_breaks=breaks,
+                    chain=chain,
                 )
             )
         return out
+
+    def total_chain_breaks(self) -> int:
+        """Chain breaks found in all boxes' chains."""
+        return int(self.db.execute("SELECT count(*) FROM chain_breaks").fetchone()[0])
 
     def total_rejects(self) -> int:
         """All rejects, including those with no box (unparseable topic)."""

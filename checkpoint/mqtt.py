@@ -219,6 +219,8 @@ class Link:
     session (clean_start=False), so the broker queues QoS 1 messages for us while we
     are offline; a stable `client_id` is then required. `max_queued` caps paho's own
     buffer of unacknowledged messages (0: no cap); publish returns None beyond it.
+    `cert_file` (and `key_file`, unless the key is in the same PEM) is a client
+    certificate for brokers that authenticate clients by certificate (mqtts:// only).
     """
 
     def __init__(
@@ -231,6 +233,8 @@ class Link:
         username: str | None = None,
         password: str | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         keepalive: int = 15,
         session_expiry_s: int = 0,
         subscriptions: Sequence[tuple[str, int]] = (),
@@ -247,6 +251,10 @@ class Link:
             raise LinkError(
                 f"ca_file {ca_file!r} is set but the broker URL is plain mqtt://; use mqtts://"
             )
+        if (cert_file is not None or key_file is not None) and not self.broker.tls:
+            raise LinkError("a client certificate needs mqtts://, but the broker URL is mqtt://")
+        if key_file is not None and cert_file is None:
+            raise LinkError(f"key_file {key_file!r} is set without cert_file")
         if keepalive < 1:
             raise LinkError(f"keepalive must be >= 1 s, got {keepalive}")
         if not self.broker.tls and not _is_loopback(self.broker.host):
@@ -287,9 +295,12 @@ class Link:
         if self.broker.tls:
             try:
                 # PROTOCOL_TLS_CLIENT: certificate and host name are both verified.
-                client.tls_set(ca_certs=ca_file)
+                client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
             except (OSError, ssl.SSLError, ValueError) as err:
-                raise LinkError(f"TLS setup failed (ca_file {ca_file!r}): {err}") from err
+                raise LinkError(
+                    f"TLS setup failed (ca_file {ca_file!r}, cert_file {cert_file!r}, "
+                    f"key_file {key_file!r}): {err}"
+                ) from err
         client.on_socket_open = _no_delay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
