@@ -1,0 +1,71 @@
+"""Starting the marshal page from the box's config and daemon (`checkpoint run`).
+
+Two steps so that a bad PIN file stops `checkpoint run` before the daemon opens
+anything (like an unsafe MQTT key does), while a page that cannot bind its address
+never stops the timing: the box times cars without its page, and says so in an alarm.
+
+    pin = marshal_pin(cfg)                        # ConfigError: refuse to start
+    daemon = BoxDaemon(cfg, ...)
+    page = start_marshal(cfg, daemon, pin)        # None when [web] is off or failed
+    try:
+        daemon.run()
+    finally:
+        if page is not None:
+            page.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from checkpoint.web.auth import load_secret
+
+if TYPE_CHECKING:
+    from checkpoint.web.marshal import MarshalServer
+
+log = logging.getLogger("checkpoint.web")
+
+
+def _web(cfg: Any) -> Any:
+    web = getattr(cfg, "web", None)
+    return web if web is not None and getattr(web, "enabled", False) else None
+
+
+def marshal_pin(cfg: Any) -> str | None:
+    """The PIN from `[web] pin_file` when the page is enabled (ConfigError if unusable)."""
+    web = _web(cfg)
+    if web is None:
+        return None
+    return load_secret(web.pin_file, "web.pin_file")
+
+
+def start_marshal(cfg: Any, daemon: Any, pin: str | None) -> MarshalServer | None:
+    """Serve the marshal page for `daemon`; None when disabled or the address is unusable.
+
+    Reads `daemon.snapshot` (latest status dict) and `daemon.recent` (tuple of recent
+    passages, corrections applied) on every look, and hands corrections to
+    `daemon.correction`, which only enqueues for the core thread.
+    """
+    web = _web(cfg)
+    if web is None or pin is None:
+        return None
+    from checkpoint.web.marshal import MarshalServer
+    from checkpoint.web.server import WebError
+
+    server = MarshalServer(
+        lambda: daemon.snapshot,
+        lambda: daemon.recent,
+        daemon.correction,
+        host=web.host,
+        port=web.port,
+        pin=pin,
+    )
+    try:
+        server.start()
+    except WebError as e:
+        log.error("%s", e)
+        # The daemon publishes its alarms in every status: HQ and doctor see this.
+        daemon.alarms["web"] = f"marshal page not served: {e}; timing is not affected"
+        return None
+    return server
