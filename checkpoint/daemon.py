@@ -26,18 +26,22 @@ asking for a skipped seq gets the placeholder, never different content.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, __version__, capture
+from checkpoint import EVENT_SCHEMA, __version__, capture, chain
 from checkpoint.config import Config
 from checkpoint.edges import EdgeSource
 from checkpoint.errors import CommandError, StoreError
+from checkpoint.fieldkit import FieldKit
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
 from checkpoint.nmea import SerialReader
 from checkpoint.outbox import Outbox
@@ -48,6 +52,8 @@ log = logging.getLogger("checkpoint.daemon")
 
 _SYSCLOCK_EVERY_NS = 60 * 10**9
 _MAX_BATCH = 2000
+_HOLDBACK_FLOOR_NS = 2_000_000
+_HOLDBACK_MAX_NS = 2_000_000_000
 _PAYLOAD_CACHE = 4096
 _MAX_RAW_UNSTORED = 100_000
 # After a failed commit, retry at most this often: every retry re-serialises the whole
@@ -60,6 +66,29 @@ _FLOOR_GRACE_NS = 1_000_000_000
 # this store (a box makes a few thousand events a day): it is refused, not obeyed.
 _MAX_SKIP = 10_000
 _LOG_REPEAT_NS = 30 * 10**9
+_RECENT = 50  # passages the marshal page shows
+_SNAPSHOT_EVERY_NS = 500_000_000
+# Running on a read-only view of the store: try to reopen it for writing this often.
+_REOPEN_NS = 5 * 10**9
+
+
+_SKIPPED = {
+    "reason": "seq used by an earlier run of this store (published from memory while the "
+    "store failed, then restarted): not reused; HQ has that event, this store does not"
+}
+
+
+def _unwritable_media(path: Path) -> str | None:
+    """Why the filesystem holding `path` cannot take writes (read-only, full), or None."""
+    try:
+        st = os.statvfs(path.absolute().parent)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "the filesystem is read-only"
+    if st.f_bavail * st.f_frsize < 64 * 1024:
+        return "the filesystem is full"
+    return None
 
 
 def _is_int(v: object) -> bool:
@@ -86,12 +115,21 @@ class BoxDaemon:
     def __init__(self, cfg: Config, *, password: str | None = None) -> None:
         self.cfg = cfg
         self.q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.holdback_ns = _HOLDBACK_FLOOR_NS
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.boot = Store.boot_id()
         self.topics = Topics(cfg.mqtt.prefix, cfg.box)
-        self.store, moved = Store.open_or_replace(cfg.store, box=cfg.box, checkpoint=cfg.checkpoint)
         self.alarms: dict[str, str] = {}
+        # False while running on a read-only view of the store (see _open_read_only).
+        self._writable = True
+        self._reopen_ns = 0
+        try:
+            self.store, moved = Store.open_or_replace(
+                cfg.store, box=cfg.box, checkpoint=cfg.checkpoint
+            )
+        except StoreError as e:
+            self.store, moved = self._open_read_only(e), None
         if self.store.moved_warning:
             log.warning("%s", self.store.moved_warning)
         if moved is not None:
@@ -111,6 +149,8 @@ class BoxDaemon:
             convention=cfg.gps.convention,
             next_seq=last + 1,
             clock_params=params_for(cfg.gps.convention, dict(cfg.clock)),
+            # The chain continues from the store's last event across restarts.
+            chain_head=self.store.chain_head(),
         )
         self.outbox = Outbox(
             store_id=self.store.store_id,
@@ -119,7 +159,16 @@ class BoxDaemon:
         )
         self.outbox.load(last, self.store.acked_upto())
         self.recorder = (
-            capture.Writer(cfg.capture, cfg.box, cfg.checkpoint) if cfg.capture else None
+            capture.Writer(
+                cfg.capture,
+                cfg.box,
+                cfg.checkpoint,
+                convention=cfg.gps.convention,
+                clock=dict(cfg.clock),
+                inputs=[dataclasses.asdict(i) for i in cfg.inputs],
+            )
+            if cfg.capture
+            else None
         )
         self._unstored: list[dict[str, Any]] = []
         self._durable_last = last  # highest seq known to be on disk
@@ -130,13 +179,14 @@ class BoxDaemon:
         self._floor_done = False
         self._floor_due_ns: int | None = None
         self._floor_seen = 0  # highest seq of this store the broker told us about
+        self._floor_hwm: tuple[int, str | None] = (0, None)  # the hwm's seq and chain head
         self._floor_ack: int | None = None  # an HQ ack held back until the check is done
         self._foreign: list[tuple[int, int]] = []  # seq ranges HQ may hold other content for
+        self._placeholders: set[int] = set()  # seqs holding a `skipped` placeholder
         self._remap: dict[int, int] = {}  # reissued seq -> new seq, for ref_seq
         self._hwm_sent = 0
         self.skipped_seqs = 0
         self.reissued = 0
-        self._capture_failed = False
         self._raw_edges: list[tuple[str, int, bool]] = []
         self._raw_pps: list[int] = []
         self._raw_dropped = 0
@@ -145,6 +195,15 @@ class BoxDaemon:
         self.bad_commands = 0
         self._last_status: dict[str, Any] = {}
         self._next_status_ns = 0
+        # Published for the marshal page (checkpoint/web), read from its thread: each is
+        # replaced by one assignment, never mutated, so a reader needs no lock. Kept
+        # only when the page is enabled: otherwise the core thread does no extra work.
+        self._web = cfg.web.enabled
+        self.snapshot: dict[str, Any] = {}
+        self.recent: tuple[dict[str, Any], ...] = (
+            tuple(self.store.passages(limit=_RECENT)) if self._web else ()
+        )
+        self._next_snapshot_ns = 0
         self._next_sysclock_ns = 0
         self.link = Link(
             cfg.mqtt.broker,
@@ -157,14 +216,13 @@ class BoxDaemon:
             keepalive=cfg.mqtt.keepalive_s,
             subscriptions=[(self.topics.ack, 1), (self.topics.cmd, 1), (self.topics.hwm, 1)],
         )
+        threads_before = set(threading.enumerate())
         self.edges = EdgeSource(
             cfg.inputs,
             pps_pin=cfg.gps.pps_pin,
             pps_edge=cfg.gps.pps_edge,
-            on_edge=lambda name, mono, active: self.q.put(
-                ("rec", {"type": "edge", "mono_ns": mono, "input": name, "active": active})
-            ),
-            on_pps=lambda mono: self.q.put(("rec", {"type": "pps", "mono_ns": mono})),
+            on_edge=self._on_edge,
+            on_pps=self._on_pps,
             pin_factory=cfg.pin_factory,
         )
         self.serial = SerialReader(
@@ -172,14 +230,108 @@ class BoxDaemon:
             cfg.gps.baudrate,
             lambda line, mono: self.q.put(("rec", {"type": "nmea", "mono_ns": mono, "line": line})),
         )
+        # Threads the pin factory started (lgpio's callback thread, the sim feed): the
+        # watchdog starves if one dies, since no edge would ever reach us again.
+        gpio_threads = [t for t in threading.enumerate() if t not in threads_before]
+        self.field = FieldKit(self, gpio_threads=gpio_threads)
+
+    def _open_read_only(self, err: StoreError) -> Store:
+        """The store cannot be opened for writing (a card the kernel remounted read-only,
+        a full card that cannot even take the WAL's index): run on a read-only view, so
+        the box still times, numbers after the store's last seq and publishes, keeping
+        events in memory until the store can be reopened for writing.
+
+        Re-raises `err` when the store cannot be read either, or when its last commits
+        sit in a -wal file that cannot be read: numbering would then reuse seqs.
+        """
+        cfg = self.cfg
+        path = Path(cfg.store)
+        why = _unwritable_media(path)
+        if why is None:
+            # Locked by another daemon, a newer schema, a network filesystem...: running
+            # beside the problem would be worse than stopping with the error.
+            raise err
+        log.error("store: %s (%s); trying a read-only view", err, why)
+        try:
+            store = Store(path, box=cfg.box, checkpoint=cfg.checkpoint, readonly=True)
+        except StoreError:
+            wal = Path(f"{path}-wal")
+            if not path.exists() or (wal.exists() and wal.stat().st_size > 0):
+                raise err from None
+            try:
+                store = Store(
+                    path, box=cfg.box, checkpoint=cfg.checkpoint, readonly=True, immutable=True
+                )
+            except StoreError:
+                raise err from None
+        self._writable = False
+        self.alarms["store"] = (
+            f"{err} -- running on a read-only view of store {store.store_id}: events are "
+            "kept in memory and still sent to HQ; make the card writable (or free space) "
+            "and they are written within seconds (do not switch the box off)"
+        )
+        return store
+
+    def _reopen(self, now: int) -> bool:
+        """Try to swap the read-only view for a writable store; True when writable."""
+        if self._writable:
+            return True
+        if now < self._reopen_ns:
+            return False
+        self._reopen_ns = now + _REOPEN_NS
+        cfg = self.cfg
+        try:
+            store = Store(cfg.store, box=cfg.box, checkpoint=cfg.checkpoint)
+        except StoreError as e:
+            log.debug("store still not writable: %s", e)
+            return False
+        if store.store_id != self.store.store_id:
+            # Someone put another store file in its place: never mix numberings.
+            self.alarms["store_swapped"] = (
+                f"{cfg.store} now holds store {store.store_id}, not {self.store.store_id} "
+                "this box is numbering: events stay in memory; restart the daemon to start "
+                "on the new file (the events in memory are at HQ)"
+            )
+            store.close()
+            return False
+        old, self.store, self._writable = self.store, store, True
+        old.close()
+        log.warning("store %s is writable again", store.store_id)
+        return True
 
     # -- control from other threads ----------------------------------------
     def stop(self) -> None:
         self._stop.set()
         self.q.put(("wake", None))
 
+    def _on_edge(self, name: str, mono: int, active: bool, fault: bool) -> None:
+        self._delivered(mono)
+        self.q.put(("rec", capture.edge_record(name, mono, active, fault)))
+
+    def _on_pps(self, mono: int) -> None:
+        self._delivered(mono)
+        self.q.put(("rec", {"type": "pps", "mono_ns": mono}))
+
+    def _delivered(self, tick: int) -> None:
+        """Track how late GPIO edges reach us (callback thread; a plain int store).
+
+        The timer decides a break only once `now - holdback` has passed its
+        min_break, so a release edge queued behind a late leading edge is seen
+        first. The hold-back jumps to any lateness seen and decays slowly, so a
+        stall costs latency for a while rather than a false passage.
+        """
+        late = time.monotonic_ns() - tick
+        if late > self.holdback_ns:
+            self.holdback_ns = min(late + _HOLDBACK_FLOOR_NS, _HOLDBACK_MAX_NS)
+
     def correction(self, kind: str, ref_seq: int, value: str) -> None:
-        """Queue a marshal's `assign` (value = car) or `void` (value = reason)."""
+        """Queue a marshal's `assign` (value = car) or `void` (value = reason).
+
+        Called from the control socket's thread. A seq not yet issued is refused here,
+        so the marshal hears it at once (next_seq only grows, so this read is safe).
+        """
+        if not 1 <= ref_seq < self.pipeline.next_seq:
+            raise CommandError(f"no event with seq {ref_seq} in this store")
         self.q.put(("correction", (kind, ref_seq, value)))
 
     # -- the core thread ----------------------------------------------------
@@ -195,6 +347,7 @@ class BoxDaemon:
             self.pipeline.next_seq,
             self.cfg.mqtt.broker,
         )
+        self.field.start()
         self.ready.set()
         try:
             while not self._stop.is_set():
@@ -207,7 +360,7 @@ class BoxDaemon:
         due = self.pipeline.detector.next_due()
         wait = 0.2
         if due is not None:
-            wait = min(wait, max(0.0, (due - time.monotonic_ns()) / 1e9))
+            wait = min(wait, max(0.0, (due + self.holdback_ns - time.monotonic_ns()) / 1e9))
         return wait
 
     def _turn(self, block: bool = True) -> None:
@@ -232,31 +385,52 @@ class BoxDaemon:
         if now >= self._next_sysclock_ns:
             events += self._sysclock()
         self.edges.poll(now)
-        events += self.pipeline.advance(now)
+        decided = self.pipeline.advance(now - self.holdback_ns)
+        if decided and self.recorder is not None:
+            # When the timer decided is part of the input: replay applies it at
+            # the same point, so it sees exactly what the daemon knew.
+            self._capture({"type": "advance", "mono_ns": now - self.holdback_ns})
+        events += decided
+        # Decay the hold-back by 1/64 per turn towards its floor.
+        self.holdback_ns = max(_HOLDBACK_FLOOR_NS, self.holdback_ns - self.holdback_ns // 64)
         if not self._floor_done and self._floor_due_ns is not None and now >= self._floor_due_ns:
             self._finish_floor_check()
         self._commit(events, now)
         self._publish(now)
         self._status(now)
+        self.field.turn(now, events)
+        if self._web:
+            self._publish_web(events, now)
+
+    def _publish_web(self, events: list[dict[str, Any]], now: int) -> None:
+        """The marshal page's data: latest status twice a second, recent passages."""
+        self._publish_recent(events)
+        if now >= self._next_snapshot_ns:
+            self._next_snapshot_ns = now + _SNAPSHOT_EVERY_NS
+            self.snapshot = {**self.status(now), "link": self.link.connected, "mono_ns": now}
+
+    def _capture(self, rec: dict[str, Any]) -> None:
+        """Append a record to the capture file, if recording; never raises."""
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.write(rec)
+        except (OSError, ValueError) as e:
+            # The capture is a diagnostic aid on the same card: a full or read-only
+            # card must not stop the timing. A half-written line may end the file.
+            self.alarms["capture"] = (
+                f"capture recording stopped: {e}; passages are not affected "
+                "(free space or fix the card, then restart the daemon to record again)"
+            )
+            log.error("%s", self.alarms["capture"])
+            try:
+                self.recorder.close()
+            except (OSError, ValueError):
+                pass
+            self.recorder = None
 
     def _record(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.recorder is not None:
-            try:
-                self.recorder.write(rec)
-            except (OSError, ValueError) as e:
-                # The capture is a diagnostic aid on the same card: a full or read-only
-                # card must not stop the timing. A half-written line may end the file.
-                self._capture_failed = True
-                self.alarms["capture"] = (
-                    f"capture recording stopped: {e}; passages are not affected "
-                    "(free space or fix the card, then restart the daemon to record again)"
-                )
-                log.error("%s", self.alarms["capture"])
-                try:
-                    self.recorder.close()
-                except (OSError, ValueError):
-                    pass
-                self.recorder = None
+        self._capture(rec)
         if len(self._raw_edges) + len(self._raw_pps) < _MAX_RAW_UNSTORED:
             if rec["type"] == "edge":
                 self._raw_edges.append((rec["input"], rec["mono_ns"], rec["active"]))
@@ -272,20 +446,31 @@ class BoxDaemon:
         return self._record(rec)
 
     def _correction(self, kind: str, ref_seq: int, value: str) -> list[dict[str, Any]]:
-        try:
-            if kind == "assign":
-                return self.pipeline.assign(ref_seq, value)
-            return self.pipeline.void(ref_seq, value)
-        except CommandError as e:
-            log.warning("correction refused: %s", e)
-            return []
+        # A record like any input, so the capture replays to the same seqs.
+        rec = {
+            "type": "correction",
+            "mono_ns": time.monotonic_ns(),
+            "kind": kind,
+            "ref_seq": ref_seq,
+            "value": value,
+        }
+        out = self._record(rec)
+        if not out and self.pipeline.refused:
+            log.warning("correction refused: %s", self.pipeline.refused[-1])
+        return out
 
     def _commit(self, events: list[dict[str, Any]], now: int) -> None:
-        for ev in events:
+        changed = None
+        for i, ev in enumerate(events):
             ref = ev.get("ref_seq")
             if ref in self._remap:
                 # A correction or restamp naming an event that was issued again.
                 ev["ref_seq"] = self._remap[ref]
+                changed = i if changed is None else changed
+        if changed is not None:
+            # This turn's events are the newest, none published yet: seal them again.
+            self.pipeline.reseal(events[changed:])
+        for ev in events:
             self._cache[ev["seq"]] = payload_bytes(ev)
             if ev["type"] == "passage":
                 log.info(
@@ -313,7 +498,16 @@ class BoxDaemon:
 
     def _store_batch(self, samples: list[tuple[int, int]], now: int) -> None:
         """One attempt to put everything kept in memory on disk, in one transaction."""
+        if not self._reopen(now):
+            return
         try:
+            if self._store_retry_ns and self._unstored:
+                # A failed attempt may have committed after all (an I/O error reported
+                # after the commit frame was written): never offer those seqs again, or
+                # every later batch would be refused as not following the store's last.
+                last = self.store.last_seq()
+                self._durable_last = max(self._durable_last, last)
+                self._unstored = [ev for ev in self._unstored if ev["seq"] > last]
             self.store.record(
                 boot=self.boot,
                 edges=self._raw_edges,
@@ -337,6 +531,7 @@ class BoxDaemon:
                 log.error("store: %s (keeping %d events in memory)", e, n)
                 self._store_logged_ns = now
         else:
+            self._store_retry_ns = 0
             if self._unstored:
                 self._durable_last = self._unstored[-1]["seq"]
             n = len(self._unstored)
@@ -348,10 +543,15 @@ class BoxDaemon:
 
     def _payload(self, seq: int) -> bytes | None:
         for lo, hi in self._foreign:
-            if lo <= seq <= hi:
-                # HQ may hold other content under this seq (an earlier run's): never
-                # send ours, send the placeholder.
-                return payload_bytes(self._placeholder(seq))
+            if lo <= seq <= hi and seq not in self._placeholders:
+                # HQ may hold other content under this seq (an earlier run's), and this
+                # event went out again under a new seq: send a placeholder in its place
+                # (sealed on the same prev), never the event twice.
+                ev = self._stored_event(seq)
+                if ev is None:
+                    return None
+                body = self._placeholder_body(seq)
+                return payload_bytes(chain.seal(body, ev[chain.PREV]) if chain.PREV in ev else body)
         data = self._cache.get(seq)
         if data is not None:
             return data
@@ -368,6 +568,14 @@ class BoxDaemon:
             self.alarms["outbox"] = f"event seq {seq} missing from store"
         return data
 
+    def _stored_event(self, seq: int) -> dict[str, Any] | None:
+        self._foreign, foreign = [], self._foreign
+        try:
+            data = self._payload(seq)
+        finally:
+            self._foreign = foreign
+        return json.loads(data) if data is not None else None
+
     def _publish(self, now: int) -> None:
         seqs = self.outbox.next_to_send(now)
         if not self._floor_done:
@@ -378,7 +586,8 @@ class BoxDaemon:
             # About to send seqs that are not on disk: first tell the broker (retained)
             # how far this store's numbering has gone, in the same ordered stream.
             hwm = self.pipeline.next_seq - 1
-            body = {"store": self.store.store_id, "last_seq": hwm}
+            # The chain head lets a restarted box chain its next event to the real one.
+            body = {"store": self.store.store_id, "last_seq": hwm, "head": self.pipeline.head}
             if self.link.publish(self.topics.hwm, payload_bytes(body), qos=1, retain=True) is None:
                 return
             self._hwm_sent = hwm
@@ -392,7 +601,8 @@ class BoxDaemon:
             self.outbox.sent(seq, mid, now)
 
     # -- seq floor ------------------------------------------------------------
-    def _placeholder(self, seq: int) -> dict[str, Any]:
+    def _placeholder_body(self, seq: int) -> dict[str, Any]:
+        """An unsealed `skipped` event for `seq` (envelope as timing.Pipeline makes it)."""
         return {
             "schema": EVENT_SCHEMA,
             "type": "skipped",
@@ -400,8 +610,7 @@ class BoxDaemon:
             "checkpoint": self.cfg.checkpoint,
             "store": self.store.store_id,
             "seq": seq,
-            "reason": "seq used by an earlier run of this store (published from memory "
-            "while the store failed, then restarted); not reused",
+            **_SKIPPED,
         }
 
     def _finish_floor_check(self) -> None:
@@ -409,44 +618,45 @@ class BoxDaemon:
         self._floor_done = True
         floor = self._floor_seen
         if floor > self._start_last:
-            self._skip(floor, self._start_last + 1)
+            # The hwm's chain head names event `floor` only if nothing went beyond it.
+            last, head = self._floor_hwm
+            self._skip(floor, self._start_last + 1, head if last == floor else None)
         else:
             log.info("seq floor: nothing beyond seq %d known for this store", self._start_last)
         if self._floor_ack is not None:
             upto, self._floor_ack = self._floor_ack, None
             self._ack(upto)
 
-    def _skip(self, floor: int, lo: int) -> None:
+    def _skip(self, floor: int, lo: int, head: str | None = None) -> None:
         """Never use seqs lo..floor here: placeholders, reissues, alarm (module docstring)."""
         top = self.pipeline.next_seq - 1
         if floor - top > _MAX_SKIP:
-            self._bad_command(
-                f"{self.topics.ack} or hwm", f"seq {floor} is far beyond this store's last {top}"
-            )
-            self.alarms["seq"] = (
-                f"the broker says seq {floor} of store {self.store.store_id} was used, but "
-                f"this store is at {top}: ignored as implausible; check HQ for a copy of this "
-                "store's card, and start a fresh store file if in doubt"
-            )
-            return
+            return  # refused on arrival (_plausible); top only grows
         events = self._events  # this turn's, committed at its end
         pending = {ev["seq"]: ev for ev in events}
         for _ in range(top + 1, floor + 1):
-            events.append(self._placeholder(self.pipeline.next_seq))
-            self.pipeline.next_seq += 1
+            ev = self.pipeline.issue("skipped", dict(_SKIPPED))
+            self._placeholders.add(ev["seq"])
+            events.append(ev)
         reissued = []
         for old in range(lo, min(floor, top) + 1):
             if old in pending:
-                ev = dict(pending[old])
+                fields = dict(pending[old])
             else:
                 data = self._cache.get(old) or self._payload(old)
                 if data is None:
                     continue
-                ev = json.loads(data)
-            ev["seq"], ev["reissue_of"] = self.pipeline.next_seq, old
-            self.pipeline.next_seq += 1
+                fields = json.loads(data)
+            if fields.get("ref_seq") in self._remap:
+                fields["ref_seq"] = self._remap[fields["ref_seq"]]
+            ev = self.pipeline.issue(fields["type"], {**fields, "reissue_of": old})
             self._remap[old] = ev["seq"]
             reissued.append(ev)
+        if head is not None and not reissued and floor > top:
+            # The broker's hwm named the real event `floor` (published by the earlier
+            # run): chain on from it, so HQ's chain stays whole. The store's chain
+            # shows the break instead, at the placeholders it holds for those events.
+            self.pipeline.head = head
         self._foreign.append((lo, floor))
         self.skipped_seqs += floor - lo + 1
         self.reissued += len(reissued)
@@ -465,6 +675,19 @@ class BoxDaemon:
         self.alarms["seq"] = msg
         log.error("seq floor: %s", msg)
 
+    def _plausible(self, topic: str, seq: int) -> bool:
+        """False (counted, alarmed) for a seq of this store far beyond any it numbered."""
+        top = self.pipeline.next_seq - 1
+        if seq - top <= _MAX_SKIP:
+            return True
+        self._bad_command(topic, f"seq {seq} is far beyond this store's last {top}")
+        self.alarms["seq"] = (
+            f"{topic} says seq {seq} of store {self.store.store_id} was used, but this store "
+            f"is at {top}: ignored as implausible; check HQ for a copy of this store's card, "
+            "and start a fresh store file if in doubt"
+        )
+        return False
+
     def _ack(self, upto: int) -> None:
         if upto > self.pipeline.next_seq - 1:
             # HQ holds seqs this store never numbered: a restart after publishing from
@@ -476,7 +699,8 @@ class BoxDaemon:
             try:
                 self.store.set_acked(self.outbox.acked_upto)
             except StoreError as e:
-                self.alarms["store"] = str(e)
+                # The store's own alarm (with what to do) says it better, if there is one.
+                self.alarms.setdefault("store", str(e))
 
     def _link_event(self, ev: LinkEvent, now: int) -> None:
         if isinstance(ev, Connected):
@@ -520,6 +744,8 @@ class BoxDaemon:
                 # A retained ack of an earlier store (replaced card) is normal at start.
                 log.info("ack for store %r ignored: this store is %s", store, self.store.store_id)
                 return
+            if not self._plausible(msg.topic, upto):
+                return
             if not self._floor_done:
                 self._floor_seen = max(self._floor_seen, upto)
                 self._floor_ack = max(self._floor_ack or 0, upto)
@@ -530,12 +756,15 @@ class BoxDaemon:
             if not isinstance(store, str) or not _is_int(last) or last < 0:
                 self._bad_command(msg.topic, "hwm needs store (string) and last_seq (integer)")
                 return
-            if store != self.store.store_id:
+            if store != self.store.store_id or not self._plausible(msg.topic, last):
                 return
+            head = data.get("head") if chain.is_hash(data.get("head")) else None
             if not self._floor_done:
+                if last >= self._floor_hwm[0]:
+                    self._floor_hwm = (last, head)
                 self._floor_seen = max(self._floor_seen, last)
             elif last > self.pipeline.next_seq - 1:
-                self._skip(last, self.pipeline.next_seq)
+                self._skip(last, self.pipeline.next_seq, head)
         elif msg.topic == self.topics.cmd:
             self._command(data)
 
@@ -552,8 +781,10 @@ class BoxDaemon:
                 f"resend for store {str(store)[:40]!r}, this is {self.store.store_id}",
             )
             return
-        if not (_is_int(lo) and _is_int(hi)) or lo > hi or hi < 1:
-            self._bad_command(self.topics.cmd, "resend needs integers 1 <= from <= to")
+        top = self.pipeline.next_seq - 1
+        if not (_is_int(lo) and _is_int(hi)) or not 1 <= lo <= hi <= top:
+            # HQ only asks for seqs it saw or the status named: never beyond our last.
+            self._bad_command(self.topics.cmd, f"resend needs integers 1 <= from <= to <= {top}")
             return
         n = self.outbox.resend(lo, hi)
         log.info("HQ asked for seq %d..%d: %d scheduled", lo, hi, n)
@@ -626,7 +857,35 @@ class BoxDaemon:
             self._last_status = key
             self._next_status_ns = now + self.cfg.status_interval_s * 10**9
 
+    def _publish_recent(self, events: list[dict[str, Any]]) -> None:
+        """Replace `self.recent` when this turn added passages or corrected one."""
+        kinds = ("passage", "assign", "void", "restamp")
+        if not any(ev["type"] in kinds for ev in events):
+            return
+        rows = {r["seq"]: r for r in self.recent}
+        for ev in events:
+            kind, ref = ev["type"], ev.get("ref_seq")
+            if kind == "passage":
+                rows[ev["seq"]] = {**ev, "void": False}
+            elif kind in kinds and ref in rows:
+                row = dict(rows[ref])  # a copy: published rows are never changed
+                if kind == "assign":
+                    row["car"] = ev["car"]
+                elif kind == "void":
+                    row["void"], row["void_reason"] = True, ev.get("reason")
+                else:
+                    for f in ("utc_ns", "utc", "clock", "uncertainty_ns"):
+                        row[f] = ev[f]
+                rows[ref] = row
+        self.recent = tuple(rows[s] for s in sorted(rows)[-_RECENT:])
+
     def _shutdown(self) -> None:
+        try:
+            self.field.close()
+        except OSError as e:
+            # A read-only or full card must not stop the shutdown before the store
+            # and the link are closed properly.
+            log.warning("closing the field kit: %s", e)
         self.serial.stop()
         self.edges.close()
         if self.link.connected:
@@ -634,7 +893,10 @@ class BoxDaemon:
             self.link.publish(self.topics.status, payload_bytes(offline), qos=1, retain=True)
         self.link.stop()
         if self.recorder is not None:
-            self.recorder.close()
+            try:
+                self.recorder.close()
+            except (OSError, ValueError) as e:
+                log.warning("closing the capture: %s", e)
         if self._unstored:
             log.error(
                 "exiting with %d events not on disk: %s",

@@ -200,6 +200,16 @@ class Outbox:
         """Every seq <= `seq` is durable in the store and may be sent."""
         self._committed = max(self._committed, seq)
 
+    def skip(self, upto: int) -> None:
+        """Every seq <= `upto` is taken and counts as sent: an earlier run of this store
+        published seqs up to `upto` that never reached the store (see daemon: seq floor).
+
+        They are not sent now; only a resend request from HQ or a redelivery sweep sends
+        them again (whatever the caller then publishes for them).
+        """
+        self._committed = max(self._committed, upto)
+        self._cursor = max(self._cursor, upto + 1)
+
     def connected(self, now_ns: int) -> None:
         """The link is up (again)."""
         self._connected = True

@@ -44,6 +44,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
+from checkpoint.chain import is_hash
 from checkpoint.errors import StoreError
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -235,6 +236,7 @@ class Store:
         box: str,
         checkpoint: str,
         readonly: bool = False,
+        immutable: bool = False,
     ) -> None:
         """Open (creating if needed) and migrate the store at `path`.
 
@@ -243,6 +245,11 @@ class Store:
 
         `readonly=True` (for CLI inspection while the daemon runs) never creates, migrates
         or writes the file; writes then fail with a read-only StoreError.
+
+        `immutable=True` (with `readonly`) opens with SQLite's ``immutable=1``: no locks and
+        no -shm file, which is the only way to read a WAL-mode store on read-only media
+        when its -shm is gone (a card remounted read-only after a clean shutdown). SQLite
+        then ignores any -wal file, so use it only when there is none with content.
 
         Raises StoreError (StoreCorruptError for a damaged file).
         """
@@ -256,7 +263,7 @@ class Store:
         try:
             if readonly:
                 uri = "file:" + urllib.parse.quote(os.fspath(self.path.absolute())) + "?mode=ro"
-                conn = sqlite3.connect(uri, uri=True)
+                conn = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True)
             else:
                 conn = sqlite3.connect(os.fspath(self.path))
         except sqlite3.Error as err:
@@ -544,6 +551,23 @@ class Store:
         """The highest stored event seq, 0 when there are none."""
         with self._sqlite("reading the last seq") as db:
             return self._last_seq(db)
+
+    def chain_head(self) -> str | None:
+        """The `hash` of the last stored event: where this store's chain continues.
+
+        None when there are no events, or the last one is not sealed (written by
+        software before the chain): the pipeline then starts from the genesis, and
+        `checkpoint verify` reports the unsealed events. A malformed hash is None too.
+        """
+        with self._sqlite("reading the chain head") as db:
+            row = db.execute("SELECT payload FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        try:
+            head = json.loads(row[0]).get("hash")
+        except (ValueError, AttributeError):
+            return None
+        return head if is_hash(head) else None
 
     def acked_upto(self) -> int:
         """The highest seq HQ has acknowledged (with all below it), 0 when none."""

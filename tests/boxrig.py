@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 
 NS = 1_000_000_000
@@ -84,15 +85,20 @@ class BoxRig:
         keepalive_s: int = 5,
         store: str = "box.db",
         inputs: str | None = None,
+        mqtt_extra: str = "",
     ) -> None:
         """`extra` is appended to the config. The reliability tests also set the MQTT
         `keepalive_s`, the `store` path (relative to `tmp`, or absolute) and `inputs`
-        (TOML ``[[inputs]]`` tables replacing the one beam on GPIO17)."""
+        (TOML ``[[inputs]]`` tables replacing the one beam on GPIO17). `mqtt_extra`
+        adds keys to the ``[mqtt]`` table (credentials, TLS files)."""
         self.tmp = tmp
         self.box = box
         self.store_path = tmp / store
         self.sock_path = str(tmp / "feed.sock")
         self.master, slave = os.openpty()
+        # Raw from the start: a fresh pty echoes what the GPS writes back into the
+        # master, which nobody reads, until writes block and the GPS "goes silent".
+        tty.setraw(slave)
         self.tty = os.ttyname(slave)
         self._slave = slave
         self.config = tmp / "box.toml"
@@ -112,6 +118,7 @@ port = "{self.tty}"
 broker = "{broker_url}"
 keepalive_s = {keepalive_s}
 redeliver_after_s = {redeliver_after_s}
+{mqtt_extra}
 [clock]
 min_lock_samples = 10
 {inputs if inputs is not None else DEFAULT_INPUTS}
@@ -130,6 +137,7 @@ min_lock_samples = 10
             self._server.bind(self.sock_path)
             self._server.listen(1)
         env = dict(os.environ, CHECKPOINT_SIM_FEED=self.sock_path)
+        started = self._starts()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "checkpoint", "run", "--config", str(self.config)],
             env=env,
@@ -140,6 +148,20 @@ min_lock_samples = 10
         conn, _ = self._server.accept()
         with self.lock:
             self.conn = conn
+        # The pin factory connects to the feed before the daemon has set up its pins:
+        # an edge sent now could find no callback and vanish. The daemon logs its
+        # start line once inputs, GPS and MQTT are wired; wait for it.
+        deadline = time.monotonic() + 20
+        while self._starts() == started:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon did not start:\n{self.log_text()[-2000:]}")
+            time.sleep(0.01)
+
+    def _starts(self) -> int:
+        try:
+            return self.log_text().count(f"box {self.box} at ")
+        except OSError:
+            return 0
 
     def pin(self, pin: str, mono_ns: int, state: int) -> None:
         wait = (mono_ns - time.monotonic_ns()) / NS
