@@ -6,10 +6,15 @@
     {"type": "edge", "mono_ns": 5123456789, "input": "beam", "active": true}
     {"type": "sysclock", "mono_ns": 5000000000, "realtime_ns": 1713719000000000000}
 
-Records are in arrival order. `sysclock` (an extension within version 1) carries a
-CLOCK_MONOTONIC/CLOCK_REALTIME pair, the only time an unsynced box has; replay
-without it stamps unsynced passages from tick 0. Unknown record types are
-skipped with a warning by readers, so later versions can add types.
+Records are in arrival order. Extensions within version 1 (readers of the base
+format skip them): the header may carry the box's `convention`, `clock` overrides
+and `inputs` so replay needs no config; `sysclock` carries a
+CLOCK_MONOTONIC/CLOCK_REALTIME pair, the only time an unsynced box has; an edge
+may carry `"fault": true` where the rate limiter cut a chattering input;
+`correction` is a marshal's assign/void (`kind`, `ref_seq`, `value`); `advance`
+marks where the daemon's timer decided pending breaks, so replay decides them at
+the same point. Unknown record types are skipped with a warning, so later
+versions can add types.
 """
 
 from __future__ import annotations
@@ -30,15 +35,27 @@ _FIELDS: dict[str, dict[str, type]] = {
     "nmea": {"mono_ns": int, "line": str},
     "edge": {"mono_ns": int, "input": str, "active": bool},
     "sysclock": {"mono_ns": int, "realtime_ns": int},
+    "correction": {"mono_ns": int, "kind": str, "ref_seq": int, "value": str},
+    "advance": {"mono_ns": int},
 }
 
 
-def header(box: str, checkpoint: str) -> dict[str, Any]:
+def edge_record(name: str, mono_ns: int, active: bool, fault: bool = False) -> dict[str, Any]:
+    """An `edge` record; `fault` only when the rate limiter flagged it (chatter)."""
+    rec: dict[str, Any] = {"type": "edge", "mono_ns": mono_ns, "input": name, "active": active}
+    if fault:
+        rec["fault"] = True
+    return rec
+
+
+def header(box: str, checkpoint: str, **settings: Any) -> dict[str, Any]:
+    """The first line; `settings` (convention, clock, inputs) let replay run without a config."""
     return {
         "format": CAPTURE_FORMAT,
         "version": CAPTURE_VERSION,
         "box": box,
         "checkpoint": checkpoint,
+        **settings,
     }
 
 
@@ -104,7 +121,7 @@ class Writer:
     SD card more than the store's own commits.
     """
 
-    def __init__(self, path: str | Path, box: str, checkpoint: str) -> None:
+    def __init__(self, path: str | Path, box: str, checkpoint: str, **settings: Any) -> None:
         self.path = Path(path)
         try:
             new = not self.path.exists() or self.path.stat().st_size == 0
@@ -112,7 +129,7 @@ class Writer:
         except OSError as e:
             raise CaptureError(f"{self.path}: cannot write capture: {e.strerror}") from None
         if new:
-            self.write(header(box, checkpoint))
+            self.write(header(box, checkpoint, **settings))
 
     def write(self, rec: dict[str, Any]) -> None:
         self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")

@@ -44,6 +44,7 @@ class _InputState:
     last_passage_ns: int | None = None
     glitches: int = 0
     suppressed: int = 0
+    chatter: int = 0
     passages: int = 0
 
 
@@ -61,9 +62,19 @@ class Detector:
             for name, (src, mb, lo) in inputs.items()
         }
 
-    def edge(self, name: str, mono_ns: int, active: bool) -> list[Passage]:
-        """Feed one edge; returns the passage it completes, if any."""
+    def edge(self, name: str, mono_ns: int, active: bool, fault: bool = False) -> list[Passage]:
+        """Feed one edge; returns the passage it completes, if any.
+
+        `fault` marks an edge at which the rate limiter started or stopped
+        dropping this input's edges: the level is right but what happened in
+        between is unknown, so no break spanning it can be a passage.
+        """
         st = self._inputs.get(name)
+        if st is not None and fault:
+            st.chatter += 1
+            st.active, st.decided = active, True
+            st.lead_ns = mono_ns if active else st.lead_ns
+            return []
         if st is None or active == st.active:
             # Unknown input, or a repeated level (an edge lost in the kernel's
             # 16-event queue): nothing new to learn from it.
@@ -119,7 +130,12 @@ class Detector:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {
-            name: {"passages": st.passages, "glitches": st.glitches, "suppressed": st.suppressed}
+            name: {
+                "passages": st.passages,
+                "glitches": st.glitches,
+                "suppressed": st.suppressed,
+                "chatter": st.chatter,
+            }
             for name, st in self._inputs.items()
         }
 
@@ -127,10 +143,12 @@ class Detector:
 class RateLimiter:
     """Admits at most `max_per_s` edges per one-second window of kernel ticks.
 
-    Excess edges are counted and dropped, except the most recent one, which is
-    admitted when the next window opens if it leaves the input at a different
-    level than the last admitted edge did. That way a chattering input costs
-    O(1) memory and the detector still ends up knowing the true final level.
+    The first edge over the limit is admitted flagged as a fault (the detector
+    then refuses to make a passage of the break it is in); later ones are counted
+    and dropped, except the most recent, which is released, also flagged, when
+    the next window opens. A chattering input thus costs O(1) memory, the
+    detector still learns its true final level, and the dropped stretch can never
+    look like one long break.
     """
 
     def __init__(self, max_per_s: int) -> None:
@@ -138,39 +156,40 @@ class RateLimiter:
         self.dropped = 0
         self._window_start: int | None = None
         self._count = 0
-        self._level: bool | None = None
         self._held: tuple[int, bool] | None = None
         self.faulted_until_ns: int = 0
 
-    def offer(self, mono_ns: int, active: bool) -> list[tuple[int, bool]]:
-        """An edge arrives; returns the edges to pass on, in order."""
+    def offer(self, mono_ns: int, active: bool) -> list[tuple[int, bool, bool]]:
+        """An edge arrives; returns the edges to pass on as (tick, level, fault)."""
         out = self.poll(mono_ns)
         if self._window_start is None or mono_ns - self._window_start >= _SECOND_NS:
             self._window_start, self._count = mono_ns, 0
-        if self._count < self.max_per_s:
-            self._count += 1
-            self._level = active
-            out.append((mono_ns, active))
+        self._count += 1
+        if self._count <= self.max_per_s:
+            out.append((mono_ns, active, False))
+        elif self._count == self.max_per_s + 1:
+            out.append((mono_ns, active, True))
+            self._flag(mono_ns)
         else:
             self.dropped += 1
             self._held = (mono_ns, active)
-            # Stay flagged for a while after the chatter stops, so the status
-            # message and the LED show it to the marshal.
-            self.faulted_until_ns = mono_ns + 10 * _SECOND_NS
+            self._flag(mono_ns)
         return out
 
-    def poll(self, now_ns: int) -> list[tuple[int, bool]]:
+    def _flag(self, mono_ns: int) -> None:
+        # Stay flagged for a while after the chatter stops, so the status
+        # message and the LED show it to the marshal.
+        self.faulted_until_ns = mono_ns + 10 * _SECOND_NS
+
+    def poll(self, now_ns: int) -> list[tuple[int, bool, bool]]:
         """Release the held-back final edge once its window has passed."""
         if self._held is None or self._window_start is None:
             return []
         if now_ns - self._window_start < _SECOND_NS:
             return []
-        held, self._held = self._held, None
+        (mono_ns, active), self._held = self._held, None
         self._window_start, self._count = now_ns, 1
-        if held[1] == self._level:
-            return []
-        self._level = held[1]
-        return [held]
+        return [(mono_ns, active, True)]
 
     def faulted(self, now_ns: int) -> bool:
         return now_ns < self.faulted_until_ns

@@ -29,7 +29,7 @@ from checkpoint.errors import ConfigError
 
 log = logging.getLogger("checkpoint.edges")
 
-EdgeSink = Callable[[str, int, bool], None]
+EdgeSink = Callable[[str, int, bool, bool], None]
 PpsSink = Callable[[int], None]
 
 
@@ -90,14 +90,14 @@ class _Input:
         active = bool(state) != self.cfg.active_low
         with self.lock:
             admitted = self.limiter.offer(tick_ns(ticks), active)
-        for mono_ns, level in admitted:
-            self.sink(self.cfg.name, mono_ns, level)
+        for mono_ns, level, fault in admitted:
+            self.sink(self.cfg.name, mono_ns, level, fault)
 
     def poll(self, now_ns: int) -> None:
         with self.lock:
             admitted = self.limiter.poll(now_ns)
-        for mono_ns, level in admitted:
-            self.sink(self.cfg.name, mono_ns, level)
+        for mono_ns, level, fault in admitted:
+            self.sink(self.cfg.name, mono_ns, level, fault)
 
     def level(self) -> bool:
         return bool(self.pin.state) != self.cfg.active_low
@@ -113,7 +113,7 @@ class _Pps:
     def changed(self, ticks: float, state: int) -> None:
         # A PPS line ringing at kHz would otherwise flood the queue just like a
         # chattering beam; 20/s is far above any real pulse rate.
-        for mono_ns, _ in self.limiter.offer(tick_ns(ticks), True):
+        for mono_ns, _, _ in self.limiter.offer(tick_ns(ticks), True):
             self.pulses += 1
             self.sink(mono_ns)
 
@@ -121,7 +121,7 @@ class _Pps:
 class EdgeSource:
     """Beam/button inputs and the PPS input, read through one gpiozero factory.
 
-    `on_edge(input, mono_ns, active)` and `on_pps(mono_ns)` are called on the
+    `on_edge(input, mono_ns, active, fault)` and `on_pps(mono_ns)` are called on the
     factory's callback thread; they must only enqueue.
     """
 

@@ -8,6 +8,11 @@ with the records' own `mono_ns` and explicit `advance(now_ns)` calls.
 Raw and cooked time are kept apart: a passage keeps its leading edge's kernel tick
 (`mono_ns`) and UTC is derived from the clock model. A passage stamped before the
 clock locked is re-derived once it has, and a `restamp` event (own seq) tells HQ.
+
+Every event is sealed into its store's hash chain as it is made (`checkpoint.chain`):
+it carries `prev` (the previous event's `hash`, or the store's genesis) and its own
+`hash`. The pipeline holds the chain head; the daemon starts it from the store's last
+event (`Store.chain_head()`), replay from the genesis of the `--store` id.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA
+from checkpoint import EVENT_SCHEMA, chain
 from checkpoint.clock import ClockModel, ClockParams, ClockState, Stamp
 from checkpoint.config import InputConfig
 from checkpoint.detector import Detector, Passage
@@ -54,8 +59,14 @@ class Pipeline:
     """One box's timing logic, fed record by record.
 
     Every method returns the events it produced, each a dict with its `seq`
-    already assigned (contiguous from `next_seq`). `new_samples` collects the
-    paired clock samples since the caller last drained it, for the store.
+    already assigned (contiguous from `next_seq`) and sealed into the chain
+    (`prev`, `hash`; `head` is the last hash). `new_samples` collects the paired
+    clock samples since the caller last drained it, for the store.
+
+    `chain_head` is the `hash` of the store's event `next_seq - 1` (None: start
+    from the store's genesis, right for a new store and for replay). An event
+    handed out must not be changed afterwards, or its hash no longer matches:
+    use `reseal` when a caller has to.
     """
 
     def __init__(
@@ -68,9 +79,15 @@ class Pipeline:
         convention: str = "after",
         next_seq: int = 1,
         clock_params: ClockParams | None = None,
+        chain_head: str | None = None,
     ) -> None:
         self.box, self.checkpoint, self.store = box, checkpoint, store
         self.next_seq = next_seq
+        if chain_head is not None and not chain.is_hash(chain_head):
+            raise ValueError(f"chain_head must be 64 lowercase hex digits, got {chain_head!r}")
+        # None when the store has no sealed last event (new store, or events written
+        # by software before the chain): a new chain starts from the genesis.
+        self.head: str = chain_head if chain_head is not None else chain.genesis(store)
         self.parser = NmeaParser()
         self.pairer = Pairer(convention)
         self.clock = ClockModel(clock_params or params_for(convention))
@@ -83,6 +100,7 @@ class Pipeline:
         self.now_ns: int | None = None
         self.new_samples: list[Sample] = []
         self.skipped: Counter[str] = Counter()
+        self.refused: deque[str] = deque(maxlen=20)
         self.last_passage: dict[str, Any] | None = None
         self._unlocked: deque[tuple[int, int, int]] = deque()
         self._last_state: ClockState | None = None
@@ -97,41 +115,67 @@ class Pipeline:
         if kind == "nmea":
             return self.nmea(rec["mono_ns"], rec["line"])
         if kind == "edge":
-            return self.edge(rec["input"], rec["mono_ns"], rec["active"])
+            return self.edge(rec["input"], rec["mono_ns"], rec["active"], rec.get("fault", False))
         if kind == "sysclock":
             return self.sysclock(rec["mono_ns"], rec["realtime_ns"])
+        if kind == "correction":
+            return self.correction(rec)
+        if kind == "advance":
+            return self.advance(rec["mono_ns"])
         self.skipped[str(kind)] += 1
         return []
 
+    # Events come out only at GPIO records (edges, PPS), at corrections and from
+    # `advance`. GPIO callbacks arrive in tick order, so a GPIO record at tick T
+    # means every edge before T has been seen; an NMEA line or a late edge says
+    # nothing about edges still in flight, and deciding a break on them could
+    # turn a glitch whose release edge is queued behind it into a passage.
     def pps(self, mono_ns: int) -> list[dict[str, Any]]:
-        out = self._at(mono_ns)
+        self._time(mono_ns)
+        out = self.advance(mono_ns)
         self._samples(self.pairer.pps(mono_ns))
         return out + self._restamps()
 
     def nmea(self, mono_ns: int, line: str) -> list[dict[str, Any]]:
-        out = self._at(mono_ns)
+        self._time(mono_ns)
         fix = self.parser.feed(line, mono_ns)
         if fix is not None:
             self.clock.add_fix(fix)
             self._samples(self.pairer.fix(fix))
-        return out + self._restamps()
+        return []
 
-    def edge(self, name: str, mono_ns: int, active: bool) -> list[dict[str, Any]]:
-        out = self._at(mono_ns)
-        return out + self._passages(self.detector.edge(name, mono_ns, active))
+    def edge(
+        self, name: str, mono_ns: int, active: bool, fault: bool = False
+    ) -> list[dict[str, Any]]:
+        self._time(mono_ns)
+        out = self._passages(self.detector.edge(name, mono_ns, active, fault))
+        return out + self.advance(mono_ns)
 
     def sysclock(self, mono_ns: int, realtime_ns: int) -> list[dict[str, Any]]:
+        self._time(mono_ns)
         self.clock.add_sysclock(mono_ns, realtime_ns)
-        return self._at(mono_ns)
+        return []
+
+    def correction(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
+        """A marshal's correction record; a refused one is counted, never fatal."""
+        try:
+            if rec["kind"] == "assign":
+                return self.assign(rec["ref_seq"], rec["value"], rec.get("by", "marshal"))
+            if rec["kind"] == "void":
+                return self.void(rec["ref_seq"], rec["value"], rec.get("by", "marshal"))
+            raise CommandError(f"unknown correction {rec['kind']!r}")
+        except CommandError as e:
+            self.skipped["correction_refused"] += 1
+            self.refused.append(str(e))
+            return []
 
     def advance(self, now_ns: int) -> list[dict[str, Any]]:
         """Report passages whose break has lasted `min_break` by `now_ns`.
 
-        The daemon calls this from its timer so a passage goes out while the car
-        is still in the beam. It changes nothing else: the pipeline's own notion
-        of time moves only with records, and a passage is stamped as of the
-        instant it became certain (leading edge + min_break), so replaying the
-        capture gives the same events whenever the timer happened to fire.
+        The daemon calls this from its timer (with `now_ns` held back by the
+        edges' delivery delay) so a passage goes out while the car is still in
+        the beam. A passage is stamped as of the instant it became certain
+        (leading edge + min_break), whenever this happens to be called.
         """
         return self._passages(self.detector.advance(now_ns))
 
@@ -142,12 +186,11 @@ class Pipeline:
             out += self._passages(self.detector.advance(self.now_ns + 3_600 * 10**9))
         return out + self._restamps()
 
-    def _at(self, mono_ns: int) -> list[dict[str, Any]]:
-        """A record arrived at `mono_ns`: move time on and decide what is due."""
+    def _time(self, mono_ns: int) -> None:
+        """A record arrived: the pipeline's clock (for the clock model) moves on."""
         if self.now_ns is None or mono_ns > self.now_ns:
             self.now_ns = mono_ns
         self._note_state()
-        return self.advance(self.now_ns)
 
     # -- marshal corrections ---------------------------------------------------
     def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
@@ -167,7 +210,10 @@ class Pipeline:
         return [self._event("void", ref_seq=ref_seq, reason=reason, by=by)]
 
     def _check_ref(self, ref_seq: int) -> None:
-        if not isinstance(ref_seq, int) or not 1 <= ref_seq < self.next_seq:
+        # bool is an int to Python; `true` from a command must not become seq 1.
+        if isinstance(ref_seq, bool) or not isinstance(ref_seq, int):
+            raise CommandError(f"seq must be an integer, got {ref_seq!r}")
+        if not 1 <= ref_seq < self.next_seq:
             raise CommandError(f"no event with seq {ref_seq} in this store")
 
     # -- internals -------------------------------------------------------------
@@ -232,6 +278,39 @@ class Pipeline:
         self._unlocked = keep
         return out
 
+    # -- events made outside the timing logic ----------------------------------
+    def issue(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """An event of `kind` with the next seq, sealed into the chain.
+
+        For events the daemon makes itself (a seq-floor `skipped` placeholder, an
+        event issued again under a new seq): going through here keeps seq and
+        chain in step. Envelope and seal keys in `fields` are replaced.
+        """
+        own = {"schema", "type", "box", "checkpoint", "store", "seq", chain.PREV, chain.HASH}
+        return self._event(kind, **{k: v for k, v in fields.items() if k not in own})
+
+    def reseal(self, events: list[dict[str, Any]]) -> None:
+        """Seal again, in place, the newest events after the caller changed them.
+
+        `events` must be the last events made (contiguous seqs ending at
+        `next_seq - 1`), none of them published yet: their hashes change. The
+        first keeps its `prev`; the head moves to the last one's new hash.
+        """
+        if not events:
+            return
+        seqs = [ev.get("seq") for ev in events]
+        if seqs != list(range(self.next_seq - len(events), self.next_seq)):
+            raise ValueError(
+                f"reseal needs the newest events in seq order ending at {self.next_seq - 1}, "
+                f"got seqs {seqs[:3]}...{seqs[-1:]}"
+            )
+        prev = events[0][chain.PREV]
+        for ev in events:
+            ev[chain.PREV] = prev
+            ev.pop(chain.HASH, None)
+            ev[chain.HASH] = prev = chain.digest(ev)
+        self.head = prev
+
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         ev = {
             "schema": EVENT_SCHEMA,
@@ -243,6 +322,8 @@ class Pipeline:
             **fields,
         }
         self.next_seq += 1
+        ev = chain.seal(ev, self.head)
+        self.head = ev[chain.HASH]
         return ev
 
     def status(self) -> dict[str, Any]:

@@ -77,18 +77,33 @@ def test_rate_limiter_bounds_edges_and_keeps_the_final_level():
     for i in range(5000):  # 5 kHz chatter for one second
         level = not level
         passed += lim.offer(i * 200_000, level)
-    assert len(passed) == 100
-    assert lim.dropped == 4900
+    assert len(passed) == 101
+    assert [f for _, _, f in passed] == [False] * 100 + [True]
+    assert lim.dropped == 4899
     assert lim.faulted(1_000 * MS)
-    # The last edge (level False after an even count) must come out once the window passes.
-    final = lim.poll(2_000 * MS)
-    last_admitted = passed[-1][1]
-    expected_final = level
-    if last_admitted != expected_final:
-        assert final == [((5000 - 1) * 200_000, expected_final)]
-    else:
-        assert final == []
+    # The final level comes out, flagged, once the window has passed.
+    assert lim.poll(2_000 * MS) == [((5000 - 1) * 200_000, level, True)]
     assert not lim.faulted(20_000 * MS)
+
+
+def test_chatter_never_makes_a_passage_even_when_the_limit_cuts_a_break():
+    # The limit falls on a "broken" edge and the release comes ~1 s later: without
+    # the fault flag the detector would see one long break and call it a car.
+    d = det()
+    lim = RateLimiter(max_per_s=10)
+    out = []
+    for i in range(400):
+        for t, a, f in lim.offer(i * 2 * MS, i % 2 == 0):
+            out += d.edge("beam", t, a, f)
+        out += d.advance(i * 2 * MS)
+    for t, a, f in lim.poll(2_000 * MS):
+        out += d.edge("beam", t, a, f)
+    out += d.advance(3_000 * MS)
+    assert out == []
+    assert d.stats()["beam"]["chatter"] == 2
+    # A real car afterwards still counts.
+    out = d.edge("beam", 5_000 * MS, True) + d.edge("beam", 5_100 * MS, False)
+    assert out == [Passage("beam", "beam", 5_000 * MS)]
 
 
 def test_rate_limiter_passes_normal_traffic_untouched():
@@ -97,4 +112,4 @@ def test_rate_limiter_passes_normal_traffic_untouched():
     out = []
     for t, a in edges:
         out += lim.offer(t, a)
-    assert out == edges and lim.dropped == 0
+    assert out == [(t, a, False) for t, a in edges] and lim.dropped == 0

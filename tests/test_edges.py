@@ -19,7 +19,7 @@ def source(inputs, **kw):
         inputs,
         pps_pin="GPIO18",
         pps_edge="rising",
-        on_edge=lambda n, t, a: edges.append((n, t, a)),
+        on_edge=lambda n, t, a, f: edges.append((n, t, a) if not f else (n, t, a, "fault")),
         on_pps=pps.append,
         pin_factory="checkpoint-sim",
         **kw,
@@ -71,9 +71,10 @@ def test_chattering_input_is_rate_limited_and_flagged_while_others_get_through()
         if i == 2000:
             f.inject("GPIO22", 500_000_000, 0)
     chatter = [e for e in edges if e[0] == "beam"]
-    assert len(chatter) == 50
+    # 50 edges, then the first one over the limit, flagged so the detector distrusts it.
+    assert len(chatter) == 51 and len(chatter[-1]) == 4 and all(len(e) == 3 for e in chatter[:50])
     assert ("beam2", 500_000_000, True) in edges
-    assert src.faults(1_000_000_000) == {"beam": 3950}
+    assert src.faults(1_000_000_000) == {"beam": 3949}
     src.close()
 
 
