@@ -42,17 +42,46 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
+def check_private(path: str | None, what: str) -> None:
+    """Refuse a secret file (password, private key) that group or others can access.
+
+    A box's SD card or HQ's laptop is shared by several accounts and services; a
+    readable secret is a stolen identity. The message says what to do, never the content.
+    """
+    if path is None:
+        return
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"{what} {p}: cannot read: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{what} {p} is readable by others (mode {oct(mode & 0o777)}): chmod 600")
+
+
+def check_sign_key(path: str | None) -> None:
+    """Refuse to start with a signing key others can read, that is no Ed25519 key, or
+    when the optional `cryptography` package is missing (say how to install it)."""
+    if path is None:
+        return
+    from checkpoint import chain
+
+    check_private(path, "integrity.sign_key")
+    try:
+        chain.load_signing_key(Path(path).read_bytes())
+    except OSError as e:
+        raise ConfigError(f"integrity.sign_key {path}: cannot read: {e.strerror}") from None
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"integrity.sign_key {path}: {e}") from None
+
+
 def read_secret(path: str | None, what: str) -> str | None:
     """Read a password file, refusing one that others can read."""
     if path is None:
         return None
     p = Path(path)
+    check_private(path, what)
     try:
-        mode = p.stat().st_mode
-        if mode & 0o077:
-            raise ConfigError(
-                f"{what} {p} is readable by others (mode {oct(mode & 0o777)}): chmod 600"
-            )
         return p.read_text().strip()
     except OSError as e:
         raise ConfigError(f"{what} {p}: cannot read: {e.strerror}") from None
@@ -65,6 +94,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     cfg = configmod.load(args.config)
+    # A client key others can read is refused like a password file (checked here,
+    # before the daemon opens anything, so the box does not start half-configured).
+    check_private(cfg.mqtt.key_file, "mqtt.key_file")
+    if cfg.mqtt.cert_file and not cfg.mqtt.key_file:
+        check_private(cfg.mqtt.cert_file, "mqtt.cert_file (holds the private key)")
+    check_sign_key(cfg.integrity.sign_key)
+    pin = None
+    if cfg.web.enabled:
+        from checkpoint.web.boxhook import marshal_pin
+
+        pin = marshal_pin(cfg)  # a missing or readable PIN file stops us here
     daemon = BoxDaemon(cfg, password=read_secret(cfg.mqtt.password_file, "mqtt.password_file"))
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -73,11 +113,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.run()
+    page = None
+    if pin is not None:
+        from checkpoint.web.boxhook import start_marshal
+
+        page = start_marshal(cfg, daemon, pin)  # None (and an alarm) if it cannot listen
+    try:
+        daemon.run()
+    finally:
+        if page is not None:
+            page.stop()
     return 0
 
 
-def _replay_inputs(path: str) -> tuple[InputConfig, ...]:
+def _replay_inputs(path: str, head: dict[str, Any]) -> tuple[InputConfig, ...]:
+    """Inputs from the capture header, else one default input per name seen."""
+    if isinstance(head.get("inputs"), list):
+        try:
+            return tuple(InputConfig(**i) for i in head["inputs"])
+        except TypeError as e:
+            raise ConfigError(f"{path}: header inputs are not input settings: {e}") from None
     _, records = capture.read(path)
     names: dict[str, None] = {}
     for rec in records:
@@ -92,18 +147,30 @@ def _replay_inputs(path: str) -> tuple[InputConfig, ...]:
 def replay_events(
     path: str, cfg: Config | None = None, *, store: str = "replay"
 ) -> Iterator[dict[str, Any]]:
-    """Every event the daemon would have published for this capture, in order."""
+    """Every event the daemon would have published for this capture, in order.
+
+    Settings come from `cfg` if given, else from the capture's header, else defaults.
+    """
     from checkpoint.timing import Pipeline, params_for
 
     head, records = capture.read(path)
-    inputs = cfg.inputs if cfg is not None else _replay_inputs(path)
+    if cfg is not None:
+        box, cp, inputs = cfg.box, cfg.checkpoint, cfg.inputs
+        convention, clock = cfg.gps.convention, dict(cfg.clock)
+    else:
+        box, cp = str(head.get("box", "box")), str(head.get("checkpoint", "?"))
+        inputs = _replay_inputs(path, head)
+        convention = head.get("convention", "after")
+        clock = head.get("clock") if isinstance(head.get("clock"), dict) else {}
+        if convention not in ("after", "before"):
+            raise ConfigError(f"{path}: header convention must be after or before")
     pipe = Pipeline(
-        box=cfg.box if cfg else str(head.get("box", "box")),
-        checkpoint=cfg.checkpoint if cfg else str(head.get("checkpoint", "?")),
+        box=box,
+        checkpoint=cp,
         store=store,
         inputs=inputs,
-        convention=cfg.gps.convention if cfg else "after",
-        clock_params=params_for(cfg.gps.convention, dict(cfg.clock)) if cfg else None,
+        convention=convention,
+        clock_params=params_for(convention, clock),
     )
     for rec in records:
         yield from pipe.feed(rec)
@@ -152,6 +219,22 @@ def cmd_passages(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the hash chains of a box store, an HQ database or an event export (JSONL)."""
+    from checkpoint import verify
+
+    try:
+        result = verify.verify_path(args.path, keys=args.keys)
+    except verify.VerifyError as e:
+        print(f"checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(verify.as_json(result), indent=2))
+    else:
+        sys.stdout.write(verify.render(result))
+    return 0 if result.ok else 1
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate a config file; say what is wrong and where."""
     cfg = configmod.load(args.file)
@@ -187,18 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="one JSON object per line")
     r.set_defaults(func=cmd_passages)
 
+    r = sub.add_parser("verify", help=cmd_verify.__doc__)
+    r.add_argument("path", help="box store, HQ database, or JSON Lines of events")
+    r.add_argument("--json", action="store_true", help="machine-readable report")
+    r.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="boxes' Ed25519 public keys (DIR/BOX.pub): check their signed chain heads",
+    )
+    r.set_defaults(func=cmd_verify)
+
     c = sub.add_parser("config", help="config file tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     r = csub.add_parser("check", help=cmd_config_check.__doc__)
     r.add_argument("file")
     r.set_defaults(func=cmd_config_check)
 
-    try:
-        from checkpoint.hq_cli import add_hq_commands
-    except ImportError:  # HQ not installed in this build
-        pass
-    else:
-        add_hq_commands(sub)
+    from checkpoint.field_cli import add_field_commands
+
+    add_field_commands(sub)
+
+    from checkpoint.hq_cli import add_hq_commands
+
+    add_hq_commands(sub)
     return p
 
 

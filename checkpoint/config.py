@@ -52,6 +52,58 @@ class MqttConfig:
     username: str | None = None
     password_file: str | None = None
     ca_file: str | None = None
+    # Client certificate (CN = box id) for brokers that authenticate boxes by
+    # certificate; key_file may be omitted when the key is in cert_file's PEM.
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class IndicatorConfig:
+    """Optional status LED and passage buzzer on output pins (None: not fitted)."""
+
+    led_pin: str | None = None
+    buzzer_pin: str | None = None
+    active_low: bool = False
+    chirp_ms: int = 60
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The daemon's control socket for marshal corrections ("" = control.sock beside the store)."""
+
+    socket: str = ""
+
+
+@dataclass(frozen=True)
+class ChronyConfig:
+    """Where the daemon sends chrony its locked time ("" = do not feed chrony)."""
+
+    socket: str = "/run/chrony.checkpoint.sock"
+
+
+@dataclass(frozen=True)
+class IntegrityConfig:
+    """Tamper evidence beyond the hash chain (optional)."""
+
+    # Ed25519 private key (PEM) the box signs its chain head with, in its status
+    # (needs `pip install checkpoint[sign]`); None: heads are published unsigned.
+    sign_key: str | None = None
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The marshal's phone page (checkpoint/web): off unless enabled.
+
+    `host` "127.0.0.1" serves only the box itself; "0.0.0.0" (or the Wi-Fi address)
+    serves the marshal Wi-Fi. `pin_file` holds the PIN/password (>= 6 characters,
+    chmod 600); it is required when enabled.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    pin_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +119,11 @@ class Config:
     status_interval_s: int = 10
     clock: tuple[tuple[str, int | float], ...] = ()
     source: str = "<defaults>"
+    indicator: IndicatorConfig = field(default_factory=IndicatorConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    chrony: ChronyConfig = field(default_factory=ChronyConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def default_inputs() -> tuple[InputConfig, ...]:
@@ -174,6 +231,27 @@ def _clock(table: dict[str, Any], file: str) -> tuple[tuple[str, int | float], .
     return tuple(out)
 
 
+def _web(table: dict[str, Any], file: str) -> WebConfig:
+    """[web]: the marshal page. Never enabled without a PIN file."""
+    w = _Reader(table, "web", file)
+    web = WebConfig(
+        enabled=w.get("enabled", bool, False),
+        host=w.get("host", str, WebConfig.host),
+        port=w.positive("port", WebConfig.port, lo=1, hi=65_535),
+        pin_file=w.get("pin_file", str, ""),
+    )
+    if not web.host:
+        raise w.fail("host", "must be an address such as 127.0.0.1 or 0.0.0.0")
+    if web.enabled and not web.pin_file:
+        # Anyone on the marshal Wi-Fi can reach the page: never serve it without a PIN.
+        raise w.fail("pin_file", "is required when web.enabled = true")
+    if web.pin_file and not web.pin_file.startswith("/"):
+        # The daemon runs from another folder than the one the config was written in.
+        raise w.fail("pin_file", f"must be an absolute path, got {web.pin_file!r}")
+    w.done()
+    return web
+
+
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     """Turn an already-parsed TOML document into a `Config`, checking every key."""
     top = _Reader(data, "", file)
@@ -215,6 +293,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         username=m.get("username", str, None),
         password_file=m.get("password_file", str, None),
         ca_file=m.get("ca_file", str, None),
+        cert_file=m.get("cert_file", str, None),
+        key_file=m.get("key_file", str, None),
     )
     if not _TOPIC_PREFIX.match(mqtt.prefix) or "+" in mqtt.prefix or "#" in mqtt.prefix:
         raise m.fail(
@@ -224,6 +304,14 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         raise m.fail(
             "broker", f"must be mqtt://host:port or mqtts://host:port (got {mqtt.broker!r})"
         )
+    if "@" in mqtt.broker.split("://", 1)[-1].split("/", 1)[0]:
+        # Never echo it: the part before @ is a password. config check prints the URL.
+        raise m.fail("broker", "must not hold credentials; use mqtt.username and password_file")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if getattr(mqtt, key) and not mqtt.broker.startswith("mqtts://"):
+            raise m.fail(key, f"needs a TLS broker (mqtts://), but broker is {mqtt.broker!r}")
+    if mqtt.key_file and not mqtt.cert_file:
+        raise m.fail("key_file", "is set without mqtt.cert_file")
     m.done()
 
     rec = _Reader(top.get("record", dict, {}), "record", file)
@@ -234,6 +322,41 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     inputs = _inputs(top.table.pop("inputs", None), file)
     if gps.pps_pin in {i.pin for i in inputs}:
         raise ConfigError(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
+
+    ind = _Reader(top.get("indicator", dict, {}), "indicator", file)
+    indicator = IndicatorConfig(
+        led_pin=ind.get("led_pin", str, "") or None,
+        buzzer_pin=ind.get("buzzer_pin", str, "") or None,
+        active_low=ind.get("active_low", bool, False),
+        chirp_ms=ind.positive("chirp_ms", 60, lo=5, hi=2000),
+    )
+    # An output on a pin the daemon reads would fight the sensor (or short it).
+    taken = {i.pin: f"input {i.name}" for i in inputs} | {gps.pps_pin: "gps.pps_pin"}
+    for key in ("led_pin", "buzzer_pin"):
+        pin = getattr(indicator, key)
+        if pin is not None and pin in taken:
+            raise ind.fail(key, f"{pin} is already used by {taken[pin]}")
+        if pin is not None:
+            taken[pin] = f"indicator.{key}"
+    ind.done()
+
+    ctl = _Reader(top.get("control", dict, {}), "control", file)
+    control = ControlConfig(socket=ctl.get("socket", str, ""))
+    if control.socket and not control.socket.startswith("/"):
+        # The daemon and the CLI run from different folders: only an absolute path
+        # names the same socket for both.
+        raise ctl.fail("socket", f"must be an absolute path or empty, got {control.socket!r}")
+    ctl.done()
+
+    chr_ = _Reader(top.get("chrony", dict, {}), "chrony", file)
+    chrony = ChronyConfig(socket=chr_.get("socket", str, ChronyConfig.socket))
+    if chrony.socket and not chrony.socket.startswith("/"):
+        raise chr_.fail("socket", f"must be an absolute path or empty, got {chrony.socket!r}")
+    chr_.done()
+    integ = _Reader(top.get("integrity", dict, {}), "integrity", file)
+    integrity = IntegrityConfig(sign_key=integ.get("sign_key", str, "") or None)
+    integ.done()
+    web = _web(top.get("web", dict, {}), file)
     top.done()
     return Config(
         box=box_id,
@@ -247,6 +370,11 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         status_interval_s=status_interval,
         clock=clock,
         source=file,
+        indicator=indicator,
+        control=control,
+        integrity=integrity,
+        chrony=chrony,
+        web=web,
     )
 
 

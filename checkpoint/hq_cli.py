@@ -86,6 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     if args.password_file and not args.user:
         raise CommandError("--password-file needs --user")
+    if args.key and not args.cert:
+        raise CommandError("--key needs --cert")
+    from checkpoint.cli import check_private
+
+    check_private(args.key or args.cert, "--key" if args.key else "--cert (holds the private key)")
     collector = Collector(
         args.broker,
         args.db,
@@ -93,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         username=args.user,
         password=_secret(args.password_file),
         ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
         client_id=args.client_id,
         gap_wait_s=args.gap_wait,
     )
@@ -130,7 +137,7 @@ def render_status(store: HQStore, *, colour: bool = False, now: float | None = N
     hq = (
         f"HQ collector: {st.get('link', 'never ran')}, heartbeat "
         f"{_age(st.get('heartbeat_at'), now)}, {store.event_count()} events, "
-        f"{store.total_rejects()} rejects"
+        f"{store.total_rejects()} rejects, {store.total_chain_breaks()} chain breaks"
     )
     header = [
         "box",
@@ -145,6 +152,7 @@ def render_status(store: HQStore, *, colour: bool = False, now: float | None = N
         "acked",
         "dups",
         "rejects",
+        "chain",
         "status",
     ]
     rows: list[list[str]] = []
@@ -170,6 +178,7 @@ def render_status(store: HQStore, *, colour: bool = False, now: float | None = N
                 str(b.upto),
                 dups,
                 str(b.rejects),
+                f"{b.chain_breaks} breaks" if b.chain_breaks else b.chain,
                 _age(b.status_at, now),
             ]
         )
@@ -253,13 +262,24 @@ def export_text(rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export one row per passage, with assignments, voids and restamps applied."""
+    """Export one row per passage, with assignments, voids and restamps applied.
+
+    `--format events` instead writes every stored event exactly as the box sent it
+    (JSON Lines, by box, store, seq): the evidence `checkpoint verify` checks.
+    """
     store = HQStore(args.db, create=False)
     try:
-        rows = store.passages(checkpoint=args.checkpoint)
+        if args.format == "events":
+            text = "".join(
+                r["payload"] + "\n"
+                for r in store.events()
+                if args.checkpoint is None or r["checkpoint"] == args.checkpoint
+            )
+        else:
+            text = export_text(store.passages(checkpoint=args.checkpoint), args.format)
     finally:
         store.close()
-    _write_out(export_text(rows, args.format), args.out)
+    _write_out(text, args.out)
     return 0
 
 
@@ -374,6 +394,8 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--user", help="MQTT user name")
     r.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
     r.add_argument("--ca", metavar="CA", help="CA certificate file for mqtts://")
+    r.add_argument("--cert", metavar="PEM", help="client certificate (certificate login)")
+    r.add_argument("--key", metavar="PEM", help="private key of --cert (chmod 600)")
     r.add_argument("--client-id", help="MQTT client id (default: derived from --db path)")
     r.add_argument(
         "--gap-wait",
@@ -398,7 +420,12 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("export", help=cmd_export.__doc__)
     _db(r)
-    r.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    r.add_argument(
+        "--format",
+        choices=("csv", "jsonl", "events"),
+        default="csv",
+        help="passages as csv/jsonl, or every raw event as received (events, JSONL)",
+    )
     r.add_argument("--checkpoint", metavar="X", help="only passages at this checkpoint")
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     r.set_defaults(func=cmd_export)
@@ -427,6 +454,11 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     _db(r)
     r.add_argument("--limit", type=_positive_int, default=50)
     r.set_defaults(func=cmd_rejects)
+
+    # The live board (checkpoint/web); aiohttp is only imported when it runs.
+    from checkpoint.web.serve_cli import add_serve_command
+
+    add_serve_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

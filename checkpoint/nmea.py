@@ -612,3 +612,11 @@ class SerialReader(threading.Thread):
         if not self._in_outage:
             log.warning("%s; retrying every %g s", message, self.reopen_delay_s)
             self._in_outage = True
+
+
+def open_port(url: str, baudrate: int, *, timeout_s: float = 0.2) -> Any:
+    """Open a GPS port for writing receiver configuration (pyserial URL or path); caller closes."""
+    try:
+        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s)
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise NmeaError("port", f"cannot open {url}: {e}") from None
