@@ -518,7 +518,9 @@ def test_fault_scenario_live(name, live_runs):
     assert v["latency_ms"]["p50"] is not None
     if name == "box_kill":
         assert 0 < v["blind"] <= 4  # the cars that passed while the process was down
-        assert v["restamped"] > 0  # the restarted box timed before its clock locked again
+        # Passages the restarted box timed before its clock locked again end up
+        # re-derived from the new lock: no passage is left at NMEA/system-clock grade.
+        assert set(v["clocks"]) <= {"locked", "holdover"}, v["clocks"]
     if name == "cold_start":
         assert v["restamped"] > 0
     if name in ("broker_restart", "link_cut"):
