@@ -37,6 +37,7 @@ _FIELDS: dict[str, dict[str, type]] = {
     "sysclock": {"mono_ns": int, "realtime_ns": int},
     "correction": {"mono_ns": int, "kind": str, "ref_seq": int, "value": str},
     "advance": {"mono_ns": int},
+    "sample": {"mono_ns": int, "utc_s": int},
 }
 
 

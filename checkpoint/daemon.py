@@ -336,6 +336,7 @@ class BoxDaemon:
 
     # -- the core thread ----------------------------------------------------
     def run(self) -> None:
+        self._reload_samples()
         self._sysclock()
         self.serial.start()
         self.link.start()
@@ -439,6 +440,22 @@ class BoxDaemon:
         else:
             self._raw_dropped += 1
         return self.pipeline.feed(rec)
+
+    def _reload_samples(self) -> None:
+        """Give the clock the samples this boot already paired (a restart, not a reboot)."""
+        try:
+            samples = self.store.recent_samples(
+                self.boot, self.pipeline.clock.params.window_samples
+            )
+        except StoreError as e:
+            log.warning("cannot reload clock samples: %s", e)
+            return
+        now = time.monotonic_ns()
+        for mono_ns, utc_s in samples:
+            if mono_ns <= now:
+                self._record({"type": "sample", "mono_ns": mono_ns, "utc_s": utc_s})
+        if samples:
+            log.info("reloaded %d clock samples from this boot", len(samples))
 
     def _sysclock(self) -> list[dict[str, Any]]:
         rec = {"type": "sysclock", "mono_ns": time.monotonic_ns(), "realtime_ns": time.time_ns()}

@@ -552,6 +552,19 @@ class Store:
         with self._sqlite("reading the last seq") as db:
             return self._last_seq(db)
 
+    def recent_samples(self, boot: str, limit: int = 600) -> list[tuple[int, int]]:
+        """The last `limit` clock samples (mono_ns, utc_s) of this OS boot, oldest first.
+
+        Kernel ticks only compare within one boot; a daemon restarted in the same boot
+        reloads them instead of needing a minute of pulses to lock again.
+        """
+        with self._sqlite("reading clock samples") as db:
+            rows = db.execute(
+                "SELECT mono_ns, utc_s FROM samples WHERE boot = ? ORDER BY id DESC LIMIT ?",
+                [boot, limit],
+            ).fetchall()
+        return [(int(m), int(u)) for m, u in reversed(rows)]
+
     def chain_head(self) -> str | None:
         """The `hash` of the last stored event: where this store's chain continues.
 

@@ -122,6 +122,11 @@ class Pipeline:
             return self.correction(rec)
         if kind == "advance":
             return self.advance(rec["mono_ns"])
+        if kind == "sample":
+            # Already paired and stored before a restart: straight to the clock.
+            self._time(rec["mono_ns"])
+            self.clock.add_sample(Sample(rec["mono_ns"], rec["utc_s"]))
+            return []
         self.skipped[str(kind)] += 1
         return []
 

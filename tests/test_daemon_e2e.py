@@ -159,11 +159,12 @@ def test_broker_down_at_startup_loses_nothing(tmp_path, broker):
 def test_sigkill_keeps_committed_passages_and_seq_continues(tmp_path, broker):
     truth = Truth()
     rig = BoxRig(tmp_path, broker.url)
-    sub = Subscriber(broker.url, ["rally/box07/event"])
+    sub = Subscriber(broker.url, ["rally/box07/event", "rally/box07/status"])
     try:
         rig.start()
         gps = GpsFeeder(rig, truth)
         gps.start()
+        assert sub.wait_status(lambda s: s.get("clock") == "locked", timeout=60)
         t0 = time.monotonic_ns() + NS // 2
         car(rig, t0)
         car(rig, t0 + 1_500_000_000)
@@ -182,3 +183,6 @@ def test_sigkill_keeps_committed_passages_and_seq_continues(tmp_path, broker):
     assert [e["seq"] for e in later] == [1, 2, 3]
     assert later[:2] == first
     assert later[2]["mono_ns"] == t1 and later[2]["store"] == first[0]["store"]
+    # The restarted daemon reloaded this boot's clock samples: no minute of relocking.
+    assert later[2]["clock"] in ("locked", "holdover")
+    assert abs(later[2]["utc_ns"] - truth.utc(t1)) <= later[2]["uncertainty_ns"] <= 100_000
