@@ -1,0 +1,308 @@
+"""Edge to HQ latency at 1, 10 and 100 passages a second, and the naive way beside it.
+
+What is measured, per passage (all CLOCK_MONOTONIC on this one machine):
+
+* the **tick** is the leading edge's kernel tick as injected through the
+  `checkpoint-sim` feed (the bench writes the edge when that tick comes; how late
+  its writes were is reported as `feed`, and is part of every figure);
+* **edge → HQ commit**: tick → arrival, at a bare subscriber of the bench, of HQ's
+  first ack covering the passage's seq. HQ publishes an ack only after the SQLite
+  commit (synchronous=FULL) that holds the event has returned, so this is an upper
+  bound on the commit time, by one loopback hop (HQ → Mosquitto → bench);
+* **edge → HQ received** (lower bound): HQ's own `received_at` (wall clock, µs,
+  taken when its core thread handles the message, before the commit) minus the
+  tick converted to wall clock with this machine's REALTIME-MONOTONIC offset;
+* **edge → event at broker**: tick → arrival of the box's event at the bench's
+  subscriber (the box's share: detection at min_break = 1 ms, the box's own commit,
+  then the publish);
+* **naive**: tick → arrival at the same kind of subscriber of the naive box's
+  publish (bench/naive.py: the edge callback publishes at once, no store).
+
+The real daemon runs as `python -m checkpoint run`, HQ as `checkpoint hq run`,
+Mosquitto on loopback. Four beams (lockout 0, min_break 1 ms) share the load. The
+box and HQ stay up across phases; for the last phase the broker is restarted on the
+same port with the "tuned" profile (bench.common.BROKER_PROFILES) and both reconnect
+by themselves. The naive box then runs the same phases on the same broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BROKER_PROFILES,
+    NS,
+    REPO,
+    BenchError,
+    CpuWindow,
+    HQProc,
+    Watcher,
+    ack_times,
+    memory_mb,
+    summary_ms,
+    wait_until,
+    wall_offset_ns,
+)
+from bench.rig import BenchBox, FeedServer, GpsFeeder, Truth, play, schedule
+from sim.broker import Mosquitto
+
+BOX = "bench01"
+
+#: (label, passages per second, seconds, broker profile) in the order run.
+FULL = [
+    ("1", 1, 20, "defaults"),
+    ("10", 10, 15, "defaults"),
+    ("100", 100, 15, "defaults"),
+    ("100 tuned", 100, 15, "tuned"),
+]
+SMOKE = [(label, rate, 1, broker) for label, rate, _s, broker in FULL]
+
+
+def wait_locked(watcher: Watcher, box: str, timeout_s: float) -> float:
+    """Wait for the box's status to say `locked`; returns seconds waited."""
+    t0 = time.monotonic()
+
+    def locked() -> bool:
+        watcher.update()
+        st = watcher.status.get(box)
+        return bool(st and st[1].get("clock") == "locked")
+
+    wait_until(locked, timeout_s, f"{box} clock to lock", step_s=0.1)
+    return round(time.monotonic() - t0, 1)
+
+
+def checkpoint_phase(
+    box: BenchBox, watcher: Watcher, rate: int, seconds: float, pids: dict[str, int]
+) -> dict[str, Any]:
+    """Inject `rate` passages/s for `seconds`; wait for HQ's acks; per-passage timings."""
+    sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds)
+    cpu = CpuWindow(pids)
+    cpu.start()
+    feed = play(box.send, sched.lines)
+    cpu_share = cpu.stop()
+    leads = set(sched.leads)
+
+    def all_acked() -> bool:
+        watcher.update()
+        seqs = [s for s, (m, _t) in watcher.events.get(box.box, {}).items() if m in leads]
+        return len(seqs) == len(leads) and watcher.upto.get(box.box, 0) >= max(seqs)
+
+    try:
+        wait_until(all_acked, 20, f"HQ acks of {len(leads)} passages", step_s=0.05)
+    except BenchError:
+        pass  # reported below as lost
+    return {"sched": sched, "feed": feed, "cpu": cpu_share}
+
+
+def analyse_checkpoint(
+    phase: dict[str, Any], watcher: Watcher, received: dict[tuple[str, int], int], offset: int
+) -> dict[str, Any]:
+    """Turn one phase's arrivals into the figures (see the module docstring)."""
+    events = watcher.events.get(BOX, {})
+    by_mono = {m: (seq, t) for seq, (m, t) in events.items() if m is not None}
+    first_ack = ack_times(watcher.acks.get(BOX, []))
+    commit, at_broker, at_hq = [], [], []
+    missing = 0
+    for tick in phase["sched"].leads:
+        got = by_mono.get(tick)
+        if got is None:
+            missing += 1
+            continue
+        seq, t_event = got
+        at_broker.append(t_event - tick)
+        t_ack = first_ack(seq)
+        if t_ack is None:
+            missing += 1
+        else:
+            commit.append(t_ack - tick)
+        rec = received.get((BOX, seq))
+        if rec is not None:
+            at_hq.append(rec - (tick + offset))
+    return {
+        "passages": len(phase["sched"].leads),
+        "missing": missing,
+        "edge_to_hq_commit": summary_ms(commit),
+        "edge_to_hq_received": summary_ms(at_hq),
+        "edge_to_event_at_broker": summary_ms(at_broker),
+        "feed": phase["feed"],
+        "cpu_percent": phase["cpu"],
+    }
+
+
+def broker_conf(broker: Mosquitto, profile: str, watchers: list[Watcher]) -> bool:
+    """Restart the broker (same port) with a BROKER_PROFILES config; True if it restarted."""
+    conf = BROKER_PROFILES[profile]
+    if broker.extra_conf == conf:
+        return False
+    for w in watchers:
+        w.expect_resubscribe()
+    broker.extra_conf = conf
+    broker.restart()
+    for w in watchers:
+        w.wait_subscribed(30)
+    return True
+
+
+def naive_run(
+    work: Path, broker: Mosquitto, phases: list[tuple[str, int, float, str]]
+) -> dict[str, dict[str, Any]]:
+    """The naive box through the same phases, measured to a bare subscriber."""
+    feed = FeedServer(work / "naive.sock")
+    watcher = Watcher(broker.url, ["naive/+/event", "naive/+/status"], "naive").start()
+    log = (work / "naive.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.naive", "--broker", broker.url],
+        env=dict(os.environ, CHECKPOINT_SIM_FEED=feed.path),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        feed.accept()
+        wait_until(lambda: watcher.ready_since("naive01", 0), 15, "the naive box")
+        for label, rate, seconds, profile in phases:
+            t_restart = time.monotonic_ns()
+            if broker_conf(broker, profile, [watcher]):
+                wait_until(
+                    lambda t=t_restart: watcher.ready_since("naive01", t),
+                    30,
+                    "the naive box to reconnect",
+                )
+                time.sleep(1)
+            sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds)
+            cpu = CpuWindow({"naive": proc.pid})
+            cpu.start()
+            fed = play(feed.send, sched.lines)
+            share = cpu.stop()
+            leads = set(sched.leads)
+
+            def arrived(leads: set[int] = leads) -> bool:
+                watcher.update()
+                got = {m for m, _t in watcher.events.get("naive01", {}).values()}
+                return leads <= got
+
+            try:
+                wait_until(arrived, 10, "naive publishes")
+            except BenchError:
+                pass
+            by_mono = {m: t for m, t in watcher.events.get("naive01", {}).values()}
+            lat = [by_mono[t] - t for t in sched.leads if t in by_mono]
+            if not lat:
+                log.flush()
+                tail = (work / "naive.log").read_text(errors="replace").splitlines()[-5:]
+                raise BenchError("the naive box published nothing: " + " / ".join(tail))
+            out[label] = {
+                "passages": len(sched.leads),
+                "missing": len(sched.leads) - len(lat),
+                "edge_to_subscriber": summary_ms(lat),
+                "feed": fed,
+                "cpu_percent": share,
+            }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        watcher.stop()
+        feed.close()
+    return out
+
+
+def run(work: Path, smoke: bool = False) -> dict[str, Any]:
+    """The whole latency benchmark; returns its JSON section."""
+    plan = SMOKE if smoke else FULL
+    offset = wall_offset_ns()
+    phases: dict[str, dict[str, Any]] = {}
+    with Mosquitto(workdir=work / "broker", extra_conf=BROKER_PROFILES[plan[0][3]]) as broker:
+        hq = HQProc(work / "hq", broker.url).start()
+        watcher = Watcher(broker.url, ["rally/+/event", "rally/+/ack", "rally/+/status"]).start()
+        box = BenchBox(work / "box", broker.url, box=BOX)
+        gps: GpsFeeder | None = None
+        try:
+            box.start()
+            gps = GpsFeeder(box, Truth())
+            gps.start()
+            wait_until(lambda: watcher.ready_since(BOX, 0), 30, "the box's ready status")
+            lock_s = None if smoke else wait_locked(watcher, BOX, 120)
+            # The daemon holds new events for 1 s after its first connect (the seq-floor
+            # check, checkpoint/daemon.py); the smoke run does not wait for lock, so wait
+            # that out here.
+            time.sleep(1.5 if smoke else 0)
+            for label, rate, seconds, profile in plan:
+                t_restart = time.monotonic_ns()
+                if broker_conf(broker, profile, [watcher]):
+                    # The box and HQ reconnect by themselves: wait for both to be back.
+                    wait_until(lambda t=t_restart: watcher.ready_since(BOX, t), 30, "box back")
+                    wait_until(
+                        lambda t=t_restart: watcher.ack_since(BOX, t),
+                        30,
+                        "HQ back (its re-published ack)",
+                    )
+                    time.sleep(1)
+                pids = {"box": box.pid, "hq": hq.pid, "mosquitto": broker.pid or 0}
+                phases[label] = checkpoint_phase(box, watcher, rate, seconds, pids)
+                time.sleep(0.5)
+            box_mem = memory_mb(box.pid)
+            clock = (watcher.status.get(BOX) or (0, {}))[1].get("clock")
+        finally:
+            if gps is not None:
+                gps.stop()
+            box.close()
+            hq.stop()
+        watcher.update()
+        received = hq.received_ns()
+        watcher.stop()
+        checkpoint = {
+            label: analyse_checkpoint(p, watcher, received, offset) for label, p in phases.items()
+        }
+        broker_conf(broker, plan[0][3], [])
+        naive = naive_run(work, broker, plan)
+    by_label = {}
+    for label, rate, seconds, profile in plan:
+        cp, nv = checkpoint[label], naive[label]
+        c, n = cp["edge_to_hq_commit"], nv["edge_to_subscriber"]
+        by_label[label] = {
+            "rate": rate,
+            "seconds": seconds,
+            "broker": profile,
+            "checkpoint": cp,
+            "naive": nv,
+            "ratio_p50": _ratio(c["p50_ms"], n["p50_ms"]),
+            "ratio_p99": _ratio(c["p99_ms"], n["p99_ms"]),
+        }
+    return {
+        "phases": by_label,
+        "clock_at_end": clock,
+        "lock_wait_s": lock_s,
+        "box_memory_mb": box_mem,
+        "beams": 4,
+        "min_break_ms": 1,
+        "measured": "edge tick -> first HQ ack covering the seq at a bare subscriber "
+        "(HQ acks only after its synchronous=FULL commit); CLOCK_MONOTONIC, one machine",
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 1)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        print(json.dumps(run(Path(d), smoke="--smoke" in sys.argv), indent=1, default=str))

@@ -1,0 +1,318 @@
+"""Results → targets met or not, and the Markdown that `python -m bench` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import clockrun
+from bench.common import BROKER_PROFILES
+
+TARGET_P99_MS = 20.0
+TARGET_IDLE_CPU = 2.0
+TARGET_IDLE_RSS_MB = 60.0
+TARGET_DRAIN = 2000
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _triple(s: dict[str, Any] | None) -> str:
+    if not s or not s.get("n"):
+        return "—"
+    return f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} / {_ms(s['max_ms'])} ms"
+
+
+def _pair(s: dict[str, Any] | None) -> str:
+    if not s or not s.get("n"):
+        return "—"
+    return f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])}"
+
+
+def _yes(ok: bool | None) -> str:
+    return "—" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each issue-9 target with what was measured and whether it is met (None: not run)."""
+    out = []
+    lat = _get(results, "latency", "phases")
+    for label, profile in (("100", "defaults"), ("100 tuned", "tuned")):
+        p99 = _get(lat, label, "checkpoint", "edge_to_hq_commit", "p99_ms")
+        out.append(
+            {
+                "target": f"edge→HQ commit p99 < {TARGET_P99_MS:g} ms at 100 passages/s "
+                f"(synchronous=FULL; Mosquitto {profile})",
+                "measured": None if p99 is None else f"{p99:.1f} ms",
+                "met": None if p99 is None else p99 < TARGET_P99_MS,
+            }
+        )
+    idle = _get(results, "footprint", "idle")
+    cpu = _get(idle, "cpu_percent", "box")
+    rss = _get(idle, "memory_mb", "VmHWM")
+    out.append(
+        {
+            "target": f"box daemon idle < {TARGET_IDLE_CPU:g} % of one core, "
+            f"< {TARGET_IDLE_RSS_MB:g} MB RSS",
+            "measured": None if cpu is None else f"{cpu:.2f} %, peak RSS {rss} MB",
+            "met": None if cpu is None else cpu < TARGET_IDLE_CPU and rss < TARGET_IDLE_RSS_MB,
+        }
+    )
+    drains = _get(results, "throughput", "drain") or []
+    for profile in ("defaults", "tuned"):
+        mine = [d for d in drains if d.get("broker") == profile]
+        target = f"backlog drain ≥ {TARGET_DRAIN:,} events/s (Mosquitto {profile})"
+        if not mine:
+            if profile == "defaults":
+                out.append({"target": target, "measured": None, "met": None})
+            continue
+        rates = [d["events_per_s"] or 0 for d in mine]
+        out.append(
+            {
+                "target": target,
+                "measured": ", ".join(
+                    f"{d['events']:,}: {d['events_per_s'] or 0:,}/s" for d in mine
+                ),
+                "met": all(d["complete"] for d in mine) and min(rates) >= TARGET_DRAIN,
+            }
+        )
+    steps = _get(results, "hqscale", "steps") or []
+    big = [
+        s
+        for s in steps
+        if s["boxes"] >= 200 and s["rate_per_box"] == 5.0 and s["broker"] == "defaults"
+    ]
+    if big:
+        s = big[0]
+        out.append(
+            {
+                "target": "HQ: 200 boxes × 5 passages/s without a growing lag",
+                "measured": f"{s['hq_commit_per_s']}/s committed, lag p50 "
+                f"{s['lag_ms']['p50']} → {s['lag_ms']['p50_last_third']} ms, trend "
+                f"{s['lag_ms']['trend_ms_per_s']} ms/s",
+                "met": bool(s["keeps_up"]),
+            }
+        )
+    else:
+        out.append(
+            {
+                "target": "HQ: 200 boxes × 5 passages/s without a growing lag",
+                "measured": None,
+                "met": None,
+            }
+        )
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The whole report: header, targets, one table per benchmark."""
+    meta, res = doc["meta"], doc["results"]
+    m = meta["machine"]
+    lines = [
+        "## Benchmarks"
+        + (" (smoke: tiny sizes, proves it runs; figures mean nothing)" if meta["smoke"] else ""),
+        "",
+        f"- date: {meta['date']}; took {meta['duration_s']:.0f} s",
+        f"- machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB; "
+        f"Linux {m['kernel']}; Python {m['python']}; SQLite {m['sqlite']}; "
+        f"Mosquitto {m['mosquitto']}",
+        f"- command: `{meta['command']}` at commit {meta.get('commit', '?')}",
+        "- other work on the machine meanwhile (cores busy, not this bench): "
+        + (", ".join(f"{k} {v['other_cores']}" for k, v in meta.get("load", {}).items()) or "—"),
+        "- Mosquitto *defaults*: as installed (what `sim.broker`, the tests and the simulator "
+        "run); *tuned*: "
+        + ", ".join(f"`{line}`" for line in BROKER_PROFILES["tuned"].splitlines()),
+        "",
+        "### Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for t in doc["targets"]:
+        lines.append(f"| {t['target']} | {t['measured'] or 'not run'} | {_yes(t['met'])} |")
+    for name, render in (
+        ("latency", _latency),
+        ("throughput", _throughput),
+        ("footprint", _footprint),
+        ("hqscale", _hqscale),
+        ("clock", _clock),
+    ):
+        if name not in res:
+            continue
+        lines.append("")
+        section = res[name]
+        if isinstance(section, dict) and "error" in section:
+            lines += [f"### {name}", "", f"FAILED: {section['error']}"]
+        else:
+            lines += render(section)
+    return "\n".join(lines) + "\n"
+
+
+def _latency(sec: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Edge → HQ latency (real daemon → Mosquitto → real HQ; 4 beams, min_break 1 ms)",
+        "",
+        "p50 / p99 / max. *HQ commit*: edge tick → HQ's ack covering the passage at a bare "
+        "subscriber (HQ acks only after its synchronous=FULL commit). *HQ received*: HQ's "
+        "`received_at`, before the commit. *At broker*: the box's event at a bare "
+        "subscriber. *Naive*: publish in the edge callback, no store, to a bare subscriber.",
+        "",
+        "| rate /s | Mosquitto | checkpoint: edge → HQ commit | HQ received p50/p99 "
+        "| at broker p50/p99 | naive: edge → subscriber | ratio p50 / p99 | box CPU |",
+        "|---:|---|---|---|---|---|---|---:|",
+    ]
+    for p in sec["phases"].values():
+        cp, nv = p["checkpoint"], p["naive"]
+        lost = cp["missing"] + nv["missing"]
+        lines.append(
+            f"| {p['rate']} | {p['broker']} | {_triple(cp['edge_to_hq_commit'])} "
+            f"| {_pair(cp['edge_to_hq_received'])} | {_pair(cp['edge_to_event_at_broker'])} "
+            f"| {_triple(nv['edge_to_subscriber'])} | ×{p['ratio_p50']} / ×{p['ratio_p99']} "
+            f"| {cp['cpu_percent'].get('box', 0):.1f} %"
+            + (f" ({lost} lost)" if lost else "")
+            + " |"
+        )
+    total = sum(p["checkpoint"]["passages"] for p in sec["phases"].values())
+    lines.append("")
+    lines.append(
+        f"Clock {sec.get('clock_at_end')} (waited {sec.get('lock_wait_s')} s for lock, "
+        f"min_lock_samples = 10); {total} passages."
+    )
+    return lines
+
+
+def _throughput(sec: dict[str, Any]) -> list[str]:
+    st = sec["step"]
+    lines = [
+        "### Throughput: one box stepped up (backlog = injected − HQ-acked)",
+        "",
+        "| rate /s | passages | backlog max | growth in 2nd half | drained after "
+        "| box CPU | HQ CPU | sustained |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in st["steps"]:
+        c = s["cpu_percent"]
+        lines.append(
+            f"| {s['rate']} | {s['passages']} | {s['backlog_max']} "
+            f"| {s['backlog_growth_2nd_half']} | {s['drained_after_s']} s "
+            f"| {c.get('box', 0):.0f} % | {c.get('hq', 0):.0f} % "
+            f"| {_yes(s['sustained'])} |"
+        )
+    best = st["max_sustained_per_s"]
+    lines += [
+        "",
+        f"Highest sustained: **{best}/s**"
+        + ("" if st["limit_reached"] else " (the highest step tried; the limit is above it)"),
+        "",
+        "### Backlog drain after a broker outage (pre-filled store → fresh HQ)",
+        "",
+        "| backlog | Mosquitto | store | start-up to ready | drained in | events/s | box CPU "
+        "| HQ CPU | broker dropped messages to HQ |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for d in sec["drain"]:
+        c = d["cpu_percent"]
+        lines.append(
+            f"| {d['events']:,} | {d['broker']} | {d['store_mb']} MB "
+            f"| {d['startup_to_ready_s']} s "
+            f"| {d['drain_s']} s{'' if d['complete'] else ' (incomplete)'} "
+            f"| **{d['events_per_s'] or 0:,}** | {c.get('box', 0):.0f} % | {c.get('hq', 0):.0f} % "
+            f"| {'yes' if d['broker_dropped'] else 'no'} |"
+        )
+    return lines
+
+
+def _footprint(sec: dict[str, Any]) -> list[str]:
+    idle, load = sec["idle"], sec["load_100_per_s"]
+    g = sec["db_growth"]
+    kb_passages = g["bytes_per_1000_passages"] / 1e3
+    kb_idle = g["bytes_per_1000_idle_s"] / 1e3
+    capture_mb = g["capture_mb_per_day_if_enabled"]
+    su = sec["startup_s"]
+    restarts = ", ".join(f"{x} s" for x in su["restarts"]) or "—"
+    return [
+        "### Box daemon footprint",
+        "",
+        "| | CPU (of one core) | VmHWM / VmRSS | written to storage |",
+        "|---|---:|---:|---:|",
+        f"| idle (PPS + RMC/GGA 1 Hz, clock {sec.get('clock_at_end')}) "
+        f"| {idle['cpu_percent']['box']:.2f} % over {idle['cpu_percent']['window_s']:.0f} s "
+        f"| {idle['memory_mb'].get('VmHWM')} / {idle['memory_mb'].get('VmRSS')} MB "
+        f"| {idle.get('disk_write_kb_per_s', '—')} kB/s ({idle.get('disk_write_mb_per_day', '—')} "
+        "MB/day) |",
+        f"| 100 passages/s | {load['cpu_percent']['box']:.1f} % "
+        f"| {load['memory_mb'].get('VmHWM')} / {load['memory_mb'].get('VmRSS')} MB "
+        f"| {load.get('disk_write_kb_per_s', '—')} kB/s |",
+        "",
+        f"Start-up to first `ready` status at the broker: {su['first_start_new_store']} s "
+        f"(new store), restarts {restarts}.",
+        "",
+        "| database growth | |",
+        "|---|---:|",
+        f"| per 1,000 passages (event + 2 raw edges) | {kb_passages:.0f} kB |",
+        f"| per 1,000 s idle (PPS + clock sample rows) | {kb_idle:.0f} kB |",
+        f"| per idle day | {g['idle_mb_per_day']} MB |",
+        f"| per day with {g['passages_per_day_assumed']:,} passages | {g['busy_mb_per_day']} MB |",
+        f"| per week (same) | {g['week_mb']} MB = {g['week_share_of_16gb_percent']} % of 16 GB |",
+        f"| 16 GB full after | {g['days_to_fill_16gb']:,} days |",
+        f"| capture file, if `[record] capture` is on | {capture_mb} MB/day |",
+    ]
+
+
+def _hqscale(sec: dict[str, Any]) -> list[str]:
+    lines = [
+        "### HQ at scale (emulated boxes, each its own MQTT connection, store and seqs)",
+        "",
+        "Lag = publish → HQ's ack covering the event, at the publisher.",
+        "",
+        "| boxes × rate | Mosquitto | offered /s | HQ commits /s | lag p50 / p99 / max "
+        "| lag p50 first → last third | trend | HQ CPU | emulator late p99 | keeps up |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---|",
+    ]
+    for s in sec["steps"]:
+        lag = s["lag_ms"]
+        lines.append(
+            f"| {s['boxes']} × {s['rate_per_box']:g}/s | {s['broker']} | {s['offered_per_s']} "
+            f"| {s['hq_commit_per_s']} "
+            f"| {_ms(lag['p50'])} / {_ms(lag['p99'])} / {_ms(lag['max'])} ms "
+            f"| {_ms(lag['p50_first_third'])} → {_ms(lag['p50_last_third'])} ms "
+            f"| {lag['trend_ms_per_s']} ms/s | {s['cpu_percent'].get('hq', 0):.0f} % "
+            f"| {_ms(s['publish_late_p99_ms'])} ms "
+            f"| {_yes(s['keeps_up'])}"
+            + (f" ({s['unacked']} unacked)" if s["unacked"] else "")
+            + " |"
+        )
+    return lines
+
+
+def _clock(sec: dict[str, Any]) -> list[str]:
+    if not sec.get("available"):
+        return ["### Clock", "", f"not available: {sec.get('reason')}"]
+    lines = [
+        "### Clock (bench/clock_bench.py" + (" --quick" if sec.get("quick") else "") + ")",
+        "",
+        "Immediate stamps, error p99: checkpoint vs the two naive estimators.",
+        "",
+        "| profile | error p99 |",
+        "|---|---|",
+    ]
+    lines += [f"| {p} | {t} |" for p, t in clockrun.headline(sec)]
+    lines += [
+        "",
+        "<details><summary>full clock tables</summary>",
+        "",
+        sec["markdown"],
+        "",
+        "</details>",
+    ]
+    return lines
