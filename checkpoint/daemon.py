@@ -862,12 +862,13 @@ class BoxDaemon:
         if not self.link.connected:
             return
         st = self.status(now)
-        # Publish on what a marshal or HQ must see at once; counters ride along
-        # with the periodic message.
+        # Publish on what a marshal or HQ must see at once; counters and beam
+        # levels ride along with the periodic message (every passage toggles a
+        # level twice: publishing on that costs a retained status per edge).
         key = {
             "clock": st["clock"],
             "alarms": st["alarms"],
-            "inputs": {n: (i["broken"], i["fault"]) for n, i in st["inputs"].items()},
+            "faults": {n: i["fault"] for n, i in st["inputs"].items()},
         }
         if key != self._last_status or now >= self._next_status_ns:
             self.link.publish(self.topics.status, payload_bytes(st), qos=1, retain=True)
