@@ -1,6 +1,6 @@
 """Broker and network faults between a real box daemon and a real Mosquitto.
 
-The box reaches the broker through `faults.FaultProxy` (a TCP proxy written for these
+The box reaches the broker through `sim.proxy.LinkProxy` (a TCP proxy written for these
 tests, since tc/netem is not on every machine); HQ (a real `Collector`) and a watcher
 talk to the broker directly. Passages stream in all the time. Faults, in turn:
 
@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 from boxrig import BoxRig
 from faults import (
-    FaultProxy,
     PassageFeeder,
     Watcher,
     box_events,
@@ -42,6 +41,7 @@ from faults import (
 )
 
 from checkpoint.hq import Collector
+from sim.proxy import LinkProxy
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def _settle(rig: BoxRig, hq_db: Path, passages: int, timeout: float = 60) -> lis
     return final
 
 
-def _connected_again(proxy: FaultProxy, since: int, timeout: float, what: str) -> int:
+def _connected_again(proxy: LinkProxy, since: int, timeout: float, what: str) -> int:
     return wait_for(
         lambda: next((t for t in proxy.accepts if t > since), None), timeout, what, every=0.02
     )
@@ -98,7 +98,7 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
     connects; passages streaming throughout. Returns the figures."""
     hq_db = tmp_path / "hq.db"
     hq = _hq(broker.url, hq_db)
-    proxy = FaultProxy("127.0.0.1", broker.port)
+    proxy = LinkProxy("127.0.0.1", broker.port)
     watcher = Watcher(broker.url, ["rally/box07/event"])
     rig = BoxRig(
         tmp_path,

@@ -26,7 +26,6 @@ import pytest
 from boxrig import BoxRig
 from faults import (
     Ext4Image,
-    FaultProxy,
     Watcher,
     box_events,
     box_store_id,
@@ -46,6 +45,7 @@ from faults import (
 )
 
 from checkpoint.hq import Collector
+from sim.proxy import LinkProxy
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +201,7 @@ def test_events_numbered_before_the_floor_is_known_are_issued_again(tmp_path, br
     HQ gets each passage once, without a conflict."""
     card = tmp_path / "card"
     hq_db = tmp_path / "hq.db"
-    proxy = FaultProxy("127.0.0.1", broker.port)
+    proxy = LinkProxy("127.0.0.1", broker.port)
     with tmpfs(card, "1m"):
         hq = _hq(broker.url, hq_db)
         watch = Watcher(broker.url, TOPICS)
