@@ -40,6 +40,7 @@ from checkpoint.web.server import (
     Assets,
     Auth,
     ServerThread,
+    Site,
     SseHub,
     json_error,
     json_response,
@@ -54,7 +55,7 @@ POLL_S = 1.0
 _SECTIONS = ("hq", "checkpoints", "boxes", "results", "feed")
 
 
-class BoardServer:
+class BoardServer(Site):
     """The board for HQ database `db` on `host:port`. `start()`, then `stop()`."""
 
     def __init__(
@@ -84,24 +85,9 @@ class BoardServer:
         self._poke: asyncio.Event | None = None
         self._closed = False
 
-    @property
-    def port(self) -> int:
-        """The bound port (after `start()`)."""
-        return self._thread.port
-
-    @property
-    def url(self) -> str:
-        """The board's address."""
-        return self._thread.url
-
-    def start(self) -> BoardServer:
-        """Listen; raises `WebError` if the address cannot be bound."""
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Close every stream, stop the thread, close the database."""
-        self._thread.stop()
+        super().stop()
         if not self._closed:
             self._closed = True
             self._worker.submit(self.reader.close).result(5)

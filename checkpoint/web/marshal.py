@@ -37,6 +37,7 @@ from checkpoint.web.server import (
     Assets,
     Auth,
     ServerThread,
+    Site,
     SseHub,
     json_error,
     json_response,
@@ -59,7 +60,7 @@ def _dumps(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"), sort_keys=True)
 
 
-class MarshalServer:
+class MarshalServer(Site):
     """The marshal page on `host:port`, protected by `pin`. `start()`, then `stop()`."""
 
     def __init__(
@@ -93,25 +94,6 @@ class MarshalServer:
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The bound port (after `start()`; useful with port 0)."""
-        return self._thread.port
-
-    @property
-    def url(self) -> str:
-        """The page's address."""
-        return self._thread.url
-
-    def start(self) -> MarshalServer:
-        """Listen; raises `WebError` if the address cannot be bound."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Close every stream and stop the thread."""
-        self._thread.stop()
 
     async def _make_app(self) -> web.Application:
         self._safe_refresh()

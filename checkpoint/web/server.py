@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -455,3 +455,28 @@ class ServerThread:
 def new_app() -> web.Application:
     """An application with the shared limits and headers."""
     return web.Application(client_max_size=MAX_BODY, middlewares=[security_headers])
+
+
+class Site:
+    """Lifecycle shared by the marshal page and the HQ board: one `ServerThread`."""
+
+    _thread: ServerThread
+
+    @property
+    def port(self) -> int:
+        """The bound port (after `start()`; useful with port 0)."""
+        return self._thread.port
+
+    @property
+    def url(self) -> str:
+        """The site's address."""
+        return self._thread.url
+
+    def start(self) -> Self:
+        """Listen; raises `WebError` if the address cannot be bound."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close every stream and stop the thread."""
+        self._thread.stop()
