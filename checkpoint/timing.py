@@ -37,11 +37,14 @@ _CAR = 16
 def params_for(convention: str, overrides: dict[str, Any] | None = None) -> ClockParams:
     """The clock model's thresholds for a receiver convention, with config overrides.
 
-    Knowing the convention halves the prior on NMEA latency: "after" sentences
-    arrive 0..1 s after the second they name, "before" ones up to 1 s ahead.
+    Knowing the convention narrows the prior on NMEA latency: "after" sentences
+    arrive from the second they name up to the pairer's overrun past the next pulse
+    (the tail of a chatty burst at 9600 baud; the bound must hold for it too),
+    "before" ones up to 1 s ahead.
     """
+    late = 1_000_000_000 + Pairer().overrun_ns
     prior = (
-        {"nmea_latency_min_ns": 0, "nmea_latency_max_ns": 1_000_000_000}
+        {"nmea_latency_min_ns": 0, "nmea_latency_max_ns": late}
         if convention == "after"
         else {"nmea_latency_min_ns": -1_000_000_000, "nmea_latency_max_ns": 0}
     )

@@ -100,16 +100,25 @@ def test_ambiguous_phase_is_refused() -> None:
     assert pairer.mismatch
 
 
-def test_an_odd_late_sentence_is_refused_without_latching() -> None:
+def test_an_odd_late_sentence_is_paired_by_the_chain_without_latching() -> None:
+    # One sentence stuck in a buffer until 950 ms: the chain (S − g constant) says
+    # which pulse it names, so it is paired; it is one vote, not a mismatch.
     pairer = Pairer("after", confirm=1)
     out = []
     for k in range(20):
         out += pairer.pps(k * NS)
-        lat = 950_000_000 if k == 7 else 120_000_000  # one sentence stuck in a buffer
+        lat = 950_000_000 if k == 7 else 120_000_000
         out += pairer.fix(Fix(k * NS + lat, 5000 + k, 0, True, "RMC", True))
     assert not pairer.mismatch
+    assert [s.utc_s for s in out] == [5000 + k for k in range(20)]
+
+
+def test_a_late_onset_without_a_chain_is_refused() -> None:
+    pairer = Pairer("after", confirm=1)
+    pairer.pps(0)
+    assert pairer.fix(Fix(950_000_000, 5000, 0, True, "RMC", True)) == []
     assert pairer.rejects["convention_mismatch"] == 1
-    assert [s.utc_s for s in out] == [5000 + k for k in range(20) if k != 7]
+    assert not pairer.mismatch
 
 
 def test_missing_pulses_pair_by_elapsed_seconds() -> None:
@@ -292,3 +301,115 @@ def test_status_is_json_able() -> None:
 def test_bad_convention_is_rejected() -> None:
     with pytest.raises(ValueError):
         Pairer("sideways")
+
+
+# -- chatty receivers: time sentences late in the second and past the next pulse --
+
+
+def run_burst(latencies, seconds: int = 40, first: int = 5000, **kw):
+    """Sentences of second k arrive `latencies(k)` after pulse k (any may pass pulse k+1)."""
+    pairer = Pairer("after", **kw)
+    events = []
+    for k in range(seconds):
+        events.append((k * NS, 0, "pps", k))
+        for kind, lat in zip(("RMC", "GGA", "ZDA"), latencies(k), strict=True):
+            if lat is not None:
+                events.append((k * NS + lat, 1, kind, k))
+    out: list[Sample] = []
+    for mono, _, kind, k in sorted(events):
+        if kind == "pps":
+            out += pairer.pps(mono)
+        else:
+            out += pairer.fix(Fix(mono, first + k, 0, True, kind, True))
+    for s in out:
+        assert s.utc_s == first + s.mono_ns // NS, f"pulse {s.mono_ns // NS} labelled {s.utc_s}"
+    return pairer, out
+
+
+def test_ublox_m8_at_9600_pairs_with_zda_at_the_end_of_the_second() -> None:
+    # RMC first (~125 ms), GGA after VTG (~300 ms), ZDA last at 0.90-0.99 s: the old
+    # pairer voted every ZDA as a convention mismatch and latched; the box never locked.
+    pairer, out = run_burst(lambda k: (125_000_000, 300_000_000, 900_000_000 + 9_000_000 * k % 90))
+    assert not pairer.mismatch and pairer.rejects["convention_mismatch"] == 0
+    assert len(out) >= 38
+    assert pairer.stats["duplicate_sentence"] >= 2 * 39
+    assert 900_000_000 <= pairer.tail_ns < 1_000_000_000
+
+
+def test_a_burst_that_overruns_the_next_pulse_pairs_its_tail_with_its_own_pulse() -> None:
+    # ZDA arrives 20-120 ms after the *next* pulse, before that second's RMC.
+    pairer, out = run_burst(lambda k: (60_000_000, 500_000_000, 1_020_000_000 + k % 5 * 25_000_000))
+    assert not pairer.mismatch
+    assert pairer.rejects["conflict"] == 0 and pairer.rejects["date_jump"] == 0
+    assert pairer.stats["overrun_sentence"] >= 38
+    assert len(out) >= 38
+
+
+def test_an_onset_drifting_past_the_next_pulse_keeps_its_label() -> None:
+    # The backlog grows 20 ms a second: RMC moves from 0.7 s to 1.1 s after its pulse.
+    pairer, out = run_burst(lambda k: (700_000_000 + 20_000_000 * min(k, 20), None, None))
+    assert pairer.stats["chain_overrun"] >= 10
+    assert pairer.rejects["date_jump"] == 0
+    assert len(out) >= 30
+
+
+def test_a_label_that_jumps_back_a_second_is_not_taken_for_an_overrun() -> None:
+    # From second 20 the receiver names the previous second: the RMC kind is seen
+    # twice for one named second, so it is no continuation; the jump is counted.
+    def lat(k):
+        return (120_000_000, 300_000_000, 950_000_000)
+
+    pairer = Pairer("after")
+    out: list[Sample] = []
+    for k in range(40):
+        out += pairer.pps(k * NS)
+        named = 5000 + k - (1 if k >= 20 else 0)
+        for kind, la in zip(("RMC", "GGA", "ZDA"), lat(k), strict=True):
+            out += pairer.fix(Fix(k * NS + la, named, 0, True, kind, True))
+    assert pairer.rejects["date_jump"] == 1
+    for s in out:  # the receiver's labels: old before the jump, new after it
+        k = s.mono_ns // NS
+        assert s.utc_s == 5000 + k - (1 if k >= 20 else 0)
+
+
+def test_a_mismatch_decays_and_says_what_to_change() -> None:
+    # A "before" receiver (lead 50 ms) on a box set to "after": refused, with advice;
+    # then the receiver is reconfigured to send after the pulse and the box recovers.
+    pairer = Pairer("after")
+    out: list[Sample] = []
+    for k in range(100):
+        out += pairer.pps(k * NS)
+        if k < 20:
+            out += pairer.fix(Fix((k + 1) * NS - 50_000_000, 5001 + k, 0, True, "RMC", True))
+        else:
+            out += pairer.fix(Fix(k * NS + 150_000_000, 5000 + k, 0, True, "RMC", True))
+        if k == 19:
+            assert pairer.mismatch and out == []
+            assert 'gps.convention = "before"' in pairer.status()["advice"]
+    assert not pairer.mismatch
+    assert out and all(s.utc_s == 5000 + s.mono_ns // NS for s in out)
+    first = min(s.mono_ns // NS for s in out)
+    assert first <= 20 + pairer.mismatch_clear + pairer.confirm
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fuzz_chatty_bursts_never_shift_a_label(seed: int) -> None:
+    # Bursts whose later sentences land anywhere up to ~1.4 s after their pulse.
+    rng = random.Random(100 + seed)
+    prof = Profile(
+        seconds=200,
+        seed=seed,
+        offset_ppm=rng.uniform(-60, 60),
+        latency_ns=(rng.randint(40, 200) * 1_000_000, rng.randint(200, 400) * 1_000_000),
+        kinds=rng.choice([("RMC", "GGA", "ZDA"), ("GGA", "RMC", "ZDA"), ("RMC", "ZDA")]),
+        kind_gap_ns=rng.randint(200, 500) * 1_000_000,
+        outlier_rate=0.05,
+        missing_rate=rng.uniform(0, 0.05),
+        pps_outages=((rng.randint(20, 150), rng.randint(1, 20)),),
+        label_jumps=((rng.randint(30, 180), rng.choice([1, -1, 3600])),),
+    )
+    truth = generate(prof)
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    assert len(samples) > prof.seconds // 3
