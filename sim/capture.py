@@ -82,6 +82,7 @@ def records(
         [
             (ln.tick, 2, {"type": "nmea", "mono_ns": ln.tick, "line": ln.text.rstrip("\r\n")})
             for ln in rx.lines(end_s)
+            if not ln.binary  # UBX frames: no line the box's splitter would keep
         ]
     )
     streams.append(

@@ -99,7 +99,7 @@ def gps_items(box: str, rx: GpsReceiver) -> Iterator[Item]:
 
     def lines() -> Iterator[Item]:
         for ln in rx.lines():
-            yield Item(ln.tick, box, nmea=ln.text.encode("ascii"))
+            yield Item(ln.tick, box, nmea=ln.data)
 
     return heapq.merge(pulses(), lines(), key=lambda it: it.due)
 

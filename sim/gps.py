@@ -5,9 +5,18 @@ For every true UTC second S the receiver (per its `Receiver` profile)
 * asserts PPS at true S: box tick `clock.tick(S)` plus zero-mean Gaussian jitter
   (the Pi's interrupt latency varies; its mean is the same for beam edges and
   cancels, so it is not modelled) and, rarely, an outlier pulse stamped late;
-* sends its sentence burst: "after" convention starting `delay_ms` after PPS(S),
-  "before" convention starting `delay_ms` before PPS(S), each sentence arriving
-  when its last byte has crossed the serial line at `baudrate` (10 bits a byte).
+* queues its output for S: "after" convention at `delay_ms` after PPS(S), "before"
+  convention at `delay_ms` before PPS(S). The serial line sends it byte after byte
+  at `baudrate` (10 bits a byte), after whatever is still queued from the second
+  before; each sentence arrives when its last byte has crossed the line. With a
+  `tx_buffer`, a message that does not fit in the buffer when it is queued is
+  dropped (u-blox behaviour: the receiver does not wait for the line), so a chatty
+  receiver on a slow line loses the tail of its burst and the rest lands late,
+  past the next pulse. UBX binary frames (`ubx_bytes`) go between the sentences.
+
+GSA comes once per constellation with the GN talker; GSV is one group per
+constellation, four satellites a sentence, its length following the satellites in
+view, which change slowly with the sky.
 
 States: before `cold_start_s` the receiver has no time (empty fields), then time
 without a fix (status V) until the fix; during an outage it keeps time but has no
@@ -18,9 +27,11 @@ early (the box's parser must add them back).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sim.boxclock import BoxClock
 from sim.scenario import Receiver
@@ -58,8 +69,40 @@ def _hms(utc_s: int, decimals: int) -> str:
     return f"{t:%H%M%S}{frac}"
 
 
-def bodies(rx: Receiver, utc_s: int, state: str, lat: float, lon: float) -> list[str]:
-    """The sentence bodies (without $ and checksum) the receiver sends for second `utc_s`."""
+# Satellites in view per constellation: (fewest, most); the sky turns over ~30 min.
+_SKY = {"GP": (9, 16), "GL": (5, 9), "GA": (4, 10), "GB": (3, 8)}
+_PRN0 = {"GP": 1, "GL": 65, "GA": 1, "GB": 1}
+_SYS_ID = {"GP": 1, "GL": 2, "GA": 3, "GB": 4}
+
+
+def in_view(constellation: str, utc_s: int) -> int:
+    """Satellites in view at `utc_s`: a smooth, deterministic function of time."""
+    lo, hi = _SKY[constellation]
+    turn = math.sin(2 * math.pi * utc_s / 1800 + _SYS_ID[constellation])
+    return lo + round((hi - lo) * (0.5 + 0.5 * turn))
+
+
+def _gsv(c: str, utc_s: int, full: bool) -> list[str]:
+    n = _SKY[c][1] if full else in_view(c, utc_s)
+    groups = max(1, (n + 3) // 4)
+    out = []
+    for g in range(groups):
+        sats = []
+        for k in range(g * 4, min(n, g * 4 + 4)):
+            prn = _PRN0[c] + (k * 7 + utc_s // 600) % 32
+            elev, az, snr = (k * 23) % 80 + 5, (k * 71 + utc_s // 60) % 360, 20 + (k * 13) % 25
+            sats.append(f"{prn:02d},{elev:02d},{az:03d},{snr:02d}")
+        out.append(f"{c}GSV,{groups},{g + 1},{n:02d}," + ",".join(sats))
+    return out
+
+
+def bodies(
+    rx: Receiver, utc_s: int, state: str, lat: float, lon: float, *, full: bool = False
+) -> list[str]:
+    """The sentence bodies (without $ and checksum) the receiver sends for second `utc_s`.
+
+    `full`: as with the most satellites in view (the longest burst).
+    """
     t = rx.talker
     date = _dt.datetime.fromtimestamp(utc_s, _dt.UTC).date()
     if rx.week_rollover:
@@ -70,6 +113,7 @@ def bodies(rx: Receiver, utc_s: int, state: str, lat: float, lon: float) -> list
     la, north = _angle(lat, 2)
     lo, east = _angle(lon, 3)
     pos = f"{la},{'N' if north else 'S'},{lo},{'E' if east else 'W'}" if fix else ",,,"
+    gsa_talkers = rx.constellations if t == "GN" else (t,)
     out = []
     for kind in rx.sentences:
         if kind == "RMC":
@@ -84,12 +128,15 @@ def bodies(rx: Receiver, utc_s: int, state: str, lat: float, lon: float) -> list
             zda = f"{date:%d},{date:%m},{date:%Y}" if state != NO_TIME else ",,"
             out.append(f"{t}ZDA,{hms},{zda},00,00")
         elif kind == "GSA":
-            prns = ["05", "07", "09", "13", "15", "20", "29", "30"] if fix else []
-            sats = ",".join((prns + [""] * 12)[:12])
-            dop = "1.63,0.95,1.32" if fix else "99.99,99.99,99.99"
-            out.append(f"{t}GSA,A,{3 if fix else 1},{sats},{dop}")
+            for _c in gsa_talkers:
+                prns = ["05", "07", "09", "13", "15", "20", "29", "30"] if fix else []
+                sats = ",".join((prns + [""] * 12)[:12])
+                dop = "1.63,0.95,1.32" if fix else "99.99,99.99,99.99"
+                out.append(f"{t}GSA,A,{3 if fix else 1},{sats},{dop}")
         elif kind == "GSV":
-            out.append("GPGSV,1,1,04,05,45,123,38,07,30,210,35,09,60,045,42,13,15,300,30")
+            if full or utc_s % rx.gsv_every_s == 0:
+                for c in rx.constellations:
+                    out += _gsv(c, utc_s, full)
         elif kind == "VTG":
             out.append(f"{t}VTG,,T,,M,0.02,N,0.04,K,{'A' if fix else 'N'}")
         elif kind == "GLL":
@@ -99,9 +146,40 @@ def bodies(rx: Receiver, utc_s: int, state: str, lat: float, lon: float) -> list
 
 
 def sentence_length(kind: str, rx: Receiver) -> int:
-    """Bytes of one sentence of `kind` with a fix (the longest form), CRLF included."""
-    one = Receiver(name=rx.name, talker=rx.talker, sentences=(kind,), decimals=rx.decimals)
-    return len(sentence(bodies(one, 1_745_762_400, FIX, 32.8328, -117.2713)[0]))
+    """Bytes of the sentences of `kind` in one second with a fix and a full sky, CRLF included."""
+    one = replace(rx, sentences=(kind,), gsv_every_s=1)
+    texts = bodies(one, 1_745_762_400, FIX, 32.8328, -117.2713, full=True)
+    return sum(len(sentence(b)) for b in texts)
+
+
+def second_bytes(rx: Receiver) -> int:
+    """Bytes the receiver queues in one second at most (full sky, GSV, UBX frames)."""
+    return sum(sentence_length(k, rx) for k in rx.sentences) + rx.ubx_bytes
+
+
+def ubx_frame(cls: int, msg_id: int, payload: bytes) -> bytes:
+    """A UBX frame: sync chars, class, id, little-endian length, payload, Fletcher-8."""
+    body = bytes([cls, msg_id]) + len(payload).to_bytes(2, "little") + payload
+    a = b = 0
+    for byte in body:
+        a = (a + byte) & 0xFF
+        b = (b + a) & 0xFF
+    return b"\xb5\x62" + body + bytes([a, b])
+
+
+def ubx_frames(rx: Receiver, rng: random.Random) -> list[bytes]:
+    """About `rx.ubx_bytes` of UBX frames (NAV-PVT, NAV-SAT, MON-RF...): random payload."""
+    out: list[bytes] = []
+    left = rx.ubx_bytes
+    ids = [(0x01, 0x07), (0x01, 0x35), (0x0A, 0x38), (0x01, 0x03)]
+    k = 0
+    while left > 8:
+        size = min(left - 8, 92 + 8 * (k % 4) * 10)
+        cls, msg = ids[k % len(ids)]
+        out.append(ubx_frame(cls, msg, rng.randbytes(size)))
+        left -= size + 8
+        k += 1
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +193,17 @@ class Pulse:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One NMEA sentence and the box tick at which its last byte arrives."""
+    """One NMEA sentence (or UBX frame) and the box tick at which its last byte arrives."""
 
     tick: int
     utc_s: int
     text: str
+    binary: bytes = b""
+
+    @property
+    def data(self) -> bytes:
+        """The bytes on the wire."""
+        return self.binary or self.text.encode("ascii")
 
 
 class GpsReceiver:
@@ -146,6 +230,7 @@ class GpsReceiver:
         self.power_on_utc_ns = power_on_utc_ns
         self.lat, self.lon = lat, lon
         self.rally_start_utc_ns: int | None = None
+        self.dropped: Counter[str] = Counter()
 
     def state(self, utc_s: int) -> str:
         """What the receiver knows in second `utc_s`: no time, time without fix, or a fix."""
@@ -185,20 +270,41 @@ class GpsReceiver:
             s += 1
 
     def lines(self, until_s: int | None = None) -> Iterator[Line]:
-        """NMEA sentences from power-on, in arrival order (forever when `until_s` is None)."""
+        """Output from power-on, in arrival order (forever when `until_s` is None).
+
+        Dropped messages are counted in `dropped`, by kind (``UBX`` for frames).
+        """
         rng = random.Random(f"{self.seed}/nmea")
+        ubx_rng = random.Random(f"{self.seed}/ubx")
         rx = self.rx
         ns_per_byte = 10 * NS // rx.baudrate
         s = self.first_second()
         if rx.convention == "before":
             s += 1  # the burst naming the first second would precede power-on
+        free_at = 0  # when the line has sent everything queued so far
         while until_s is None or s <= until_s:
             shift = round(rng.uniform(-rx.delay_jitter_ms, rx.delay_jitter_ms) * 1_000_000)
             delay = round(rx.delay_ms * 1_000_000) + shift
-            start = s * NS + delay if rx.convention == "after" else s * NS - delay
-            at = start
-            for body in bodies(rx, s, self.state(s), self.lat, self.lon):
-                text = sentence(body)
-                at += len(text) * ns_per_byte
-                yield Line(self.clock.tick(at), s, text)
+            queued = s * NS + delay if rx.convention == "after" else s * NS - delay
+            texts = [sentence(b) for b in bodies(rx, s, self.state(s), self.lat, self.lon)]
+            frames = ubx_frames(rx, ubx_rng) if rx.ubx_bytes else []
+            # Frames go between the sentences, spread through the burst.
+            out: list[tuple[str, bytes]] = []
+            every = max(1, len(texts) // max(1, len(frames)))
+            for i, text in enumerate(texts):
+                out.append((text, b""))
+                if frames and (i + 1) % every == 0:
+                    out.append(("", frames.pop(0)))
+            out += [("", f) for f in frames]
+            backlog = max(0, free_at - queued) // ns_per_byte
+            at = max(free_at, queued)
+            for text, frame in out:
+                size = len(frame) or len(text)
+                if rx.tx_buffer and backlog + size > rx.tx_buffer:
+                    self.dropped[text[3:6] if text else "UBX"] += 1
+                    continue
+                backlog += size
+                at += size * ns_per_byte
+                yield Line(self.clock.tick(at), s, text, frame)
+            free_at = at
             s += 1
