@@ -195,6 +195,7 @@ class BoxDaemon:
         self.bad_commands = 0
         self._last_status: dict[str, Any] = {}
         self._next_status_ns = 0
+        self._gps_mismatch = False  # the pairing mismatch state last logged
         # Published for the marshal page (checkpoint/web), read from its thread: each is
         # replaced by one assignment, never mutated, so a reader needs no lock. Kept
         # only when the page is enabled: otherwise the core thread does no extra work.
@@ -822,8 +823,9 @@ class BoxDaemon:
         alarms = dict(self.alarms)
         for name, dropped in faults.items():
             alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
-        if self.pipeline.pairer.mismatch:
-            alarms["gps"] = "NMEA/PPS convention mismatch: check gps.convention"
+        pairer = self.pipeline.pairer
+        if pairer.mismatch:
+            alarms["gps"] = f"NMEA/PPS convention mismatch: {pairer.advice}"
         if self._raw_dropped:
             alarms["raw"] = (
                 f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
@@ -839,6 +841,13 @@ class BoxDaemon:
             "uncertainty_ns": clock.get("uncertainty_ns"),
             "fix": self.pipeline.parser.stats(),
             "gps_port": self.serial.connected,
+            "gps_burst": self.pipeline.burst.status(self.cfg.gps.baudrate),
+            "pairing": {
+                "mismatch": pairer.mismatch,
+                "advice": pairer.advice,
+                "phase_ns": pairer.phase_ns,
+                "tail_ns": pairer.tail_ns,
+            },
             "pps_pulses": self.edges.pps_pulses,
             "backlog": self.outbox.backlog,
             "inflight": self.outbox.inflight,
@@ -859,6 +868,18 @@ class BoxDaemon:
         for t_ns, old, new in self.pipeline.transitions:
             log.warning("clock %s -> %s at tick %d", old, new, t_ns)
         self.pipeline.transitions.clear()
+        pairer = self.pipeline.pairer
+        if pairer.mismatch != self._gps_mismatch:
+            self._gps_mismatch = pairer.mismatch
+            if pairer.mismatch:
+                onset = pairer.phase_ns
+                log.error(
+                    "GPS time refused: %s (time sentences first arrive %s ms after a pulse)",
+                    pairer.advice,
+                    "?" if onset is None else round(onset / 1e6),
+                )
+            else:
+                log.warning("GPS time sentences agree with the pulses again: pairing resumes")
         if not self.link.connected:
             return
         st = self.status(now)

@@ -86,6 +86,11 @@ class Limits:
     warn_backlog: int = 100
     # Counters are compared over at least this long before "nothing arrives" is said.
     min_window_s: float = 2.5
+    # The GPS burst ending later than this after the pulse, or filling more than this
+    # share of the serial line, is a warning: the next sentence set or baud rate up and
+    # the receiver starts dropping output (gps configure fixes both).
+    late_burst_ms: int = 800
+    max_line_load: float = 0.85
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,7 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
     else:
         add(Check("gps", OK, f"NMEA arriving ({lines1 - lines0} lines {span})"))
         receiving = True
+        _burst(f, latest, lim, add)
 
     has_fix = valid1 > valid0 if confirmed else valid1 > 0
     if receiving:
@@ -391,6 +397,29 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
             "unsynced": "unsynced: no GPS time at all, system clock only",
         }.get(str(clock), f"clock state {clock!r}")
         add(Check("clock", FAIL, f"{why} ({unc_text})", f"clock {clock}"))
+
+
+def _burst(f: Facts, st: dict[str, Any], lim: Limits, add: Callable[[Check], None]) -> None:
+    """Warn when the receiver's output ends late in the second or nearly fills the line."""
+    burst = st.get("gps_burst") or {}
+    end, load, size = burst.get("end_ms_max"), burst.get("line_load"), burst.get("bytes_per_s")
+    if not isinstance(end, int | float):
+        return
+    late = end > lim.late_burst_ms
+    full = isinstance(load, int | float) and load > lim.max_line_load
+    if not (late or full):
+        return
+    share = f", {load:.0%} of the serial line" if isinstance(load, int | float) else ""
+    add(
+        Check(
+            "gps-burst",
+            WARN,
+            f"the GPS output ends {end:.0f} ms after the pulse ({size} bytes a second{share}): "
+            "the receiver sends more than its baud rate carries comfortably and drops "
+            "sentences once it overflows; run `checkpoint gps configure` (turns off "
+            "GSV/GSA/GLL/VTG) or raise the receiver's baud rate and gps.baudrate to match",
+        )
+    )
 
 
 def _inputs(f: Facts, snaps: list[Snapshot], add: Callable[[Check], None]) -> None:

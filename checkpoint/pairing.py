@@ -216,6 +216,11 @@ class Pairer:
         """Median latency of the last time sentence of recent seconds (the burst's end)."""
         return _median(self._tails)
 
+    @property
+    def anchor_ns(self) -> int | None:
+        """The latest pulse placed on the grid (None before the first)."""
+        return self._anchor
+
     def status(self) -> dict:
         """JSON-able summary for the daemon's status output."""
         return {

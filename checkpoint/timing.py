@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from checkpoint import EVENT_SCHEMA, chain
+from checkpoint.burst import BurstMeter
 from checkpoint.clock import ClockModel, ClockParams, ClockState, Stamp
 from checkpoint.config import InputConfig
 from checkpoint.detector import Detector, Passage
@@ -93,6 +94,7 @@ class Pipeline:
         self.head: str = chain_head if chain_head is not None else chain.genesis(store)
         self.parser = NmeaParser()
         self.pairer = Pairer(convention)
+        self.burst = BurstMeter()
         self.clock = ClockModel(clock_params or params_for(convention))
         self.detector = Detector(
             {
@@ -142,10 +144,13 @@ class Pipeline:
         self._time(mono_ns)
         out = self.advance(mono_ns)
         self._samples(self.pairer.pps(mono_ns))
+        if self.pairer.anchor_ns == mono_ns:
+            self.burst.pulse(mono_ns)
         return out + self._restamps()
 
     def nmea(self, mono_ns: int, line: str) -> list[dict[str, Any]]:
         self._time(mono_ns)
+        self.burst.line(mono_ns, len(line) + 2)  # the line's CR LF crossed the wire too
         fix = self.parser.feed(line, mono_ns)
         if fix is not None:
             self.clock.add_fix(fix)
