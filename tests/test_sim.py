@@ -484,7 +484,7 @@ def test_rate_limited_chatter_makes_no_passage(tmp_path):
 
 # -- live: real daemons, broker and HQ --------------------------------------------------
 
-LIVE = ["broker_restart", "box_kill", "link_cut", "cold_start", "chatter"]
+LIVE = ["broker_restart", "box_kill", "link_cut", "cold_start", "chatter", "ublox_factory"]
 _LIVE_TIMEOUT_S = 400
 
 
@@ -556,6 +556,12 @@ def test_fault_scenario_live(name, live_runs):
         assert set(v["clocks"]) <= {"locked", "holdover"}, v["clocks"]
     if name == "cold_start":
         assert v["restamped"] > 0
+    if name == "ublox_factory":
+        # An M8 at its factory 9600 baud (and with ZDA, ending ~0.92 s after the
+        # pulse), an M9 whose output overruns the next pulse, a ZED-F9 with UBX frames:
+        # every box locked and timed every car at locked grade.
+        assert v["clocks"] == {"locked": v["expected"]}, v["clocks"]
+        assert all(b["matched"] == b["expected"] > 0 for b in v["boxes"].values())
     if name in ("broker_restart", "link_cut"):
         assert v["latency_ms"]["max"] > 3000  # held back during the outage, then delivered
         assert v["error_ns"]["max"] <= 10_000
