@@ -9,7 +9,9 @@ refused correction, a receiver that did not acknowledge), 2 usage errors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tomllib
 from pathlib import Path
 
 from checkpoint.errors import ConfigError
@@ -69,23 +71,36 @@ def cmd_void(args: argparse.Namespace) -> int:
 
 
 def cmd_gps_configure(args: argparse.Namespace) -> int:
-    """Set a u-blox receiver up for timing: stationary, PPS only when locked, ZDA on, saved."""
+    """Set a u-blox receiver up for timing: stationary, PPS only when locked, ZDA on, unused
+    sentences off (or --baud to keep them at a rate that carries them), saved."""
     from checkpoint import doctor, gpsconf, nmea
 
-    settings = gpsconf.timing_settings()
     port, baud = args.port, args.baudrate
+    have_config = Path(args.config).exists()
     if port is None or baud is None:
         cfg_port, cfg_baud = "/dev/gps0", 9600
-        if Path(args.config).exists():
+        if have_config:
             from checkpoint import config as configmod
 
             cfg = configmod.load(args.config)
             cfg_port, cfg_baud = cfg.gps.port, cfg.gps.baudrate
         port, baud = port or cfg_port, baud or cfg_baud
+    new_baud = args.baud
+    if new_baud is not None and new_baud not in gpsconf.BAUD_RATES:
+        raise ConfigError(f"--baud must be one of {', '.join(map(str, gpsconf.BAUD_RATES))}")
+    settings = gpsconf.timing_settings(quiet=new_baud is None)
+    if new_baud is not None:
+        # The full sentence set stays; the UART moves, then the save is sent (and
+        # acknowledged) at the new rate, which proves the receiver is there.
+        settings = settings[:-1] + [gpsconf.baud_setting(new_baud)]
     if args.dry_run:
         print(f"would send to {port} at {baud} baud:")
-        for s in settings:
+        for s in settings + ([gpsconf.save_setting()] if new_baud else []):
             print(f"  {s.name:<9} {s.why}\n            {gpsconf.hexdump(s.data)}")
+        if new_baud is not None:
+            print(
+                f"then save at {new_baud} baud and set gps.baudrate = {new_baud} in {args.config}"
+            )
         return 0
     if doctor.service_state() == "active" and not args.force:
         raise ConfigError(
@@ -94,23 +109,71 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
         )
     handle = nmea.open_port(port, baud)
     try:
-        results = gpsconf.configure(handle, settings)
+        if new_baud is None:
+            results = gpsconf.configure(handle, settings)
+        else:
+            results = gpsconf.configure(handle, settings[:-1])
+            if all(r.ok for r in results):
+                # CFG-PRT: its ACK may come at either rate; the save below is the proof.
+                handle.write(settings[-1].data)
+                flush = getattr(handle, "flush", None)
+                if callable(flush):
+                    flush()
+                results.append(gpsconf.Result(settings[-1].name, "sent"))
+            else:
+                results.append(gpsconf.Result(settings[-1].name, "not sent"))
     finally:
         handle.close()
+    if new_baud is not None and all(r.ok or r.outcome == "sent" for r in results):
+        handle = nmea.open_port(port, new_baud)
+        try:
+            results += gpsconf.configure(handle, [gpsconf.save_setting()])
+        finally:
+            handle.close()
     for r in results:
         print(f"  {r.name:<9} {r.outcome}")
-    if all(r.ok for r in results):
+    if all(r.ok or r.outcome == "sent" for r in results):
         print(f"{port}: receiver configured for timing and settings saved")
+        if new_baud is not None:
+            _set_config_baudrate(args.config, new_baud, have_config)
         return 0
-    if all(r.outcome in ("no answer", "not sent") for r in results):
+    if (
+        new_baud is not None
+        and results[-1].outcome == "no answer"
+        and results[-2].outcome == "sent"
+    ):
+        print(
+            f"{port}: no answer at {new_baud} baud after the rate change: the receiver may be "
+            f"at either rate; run again with --baudrate {new_baud} (gps.baudrate unchanged)",
+            file=sys.stderr,
+        )
+    elif all(r.outcome in ("no answer", "not sent") for r in results):
         print(
             f"{port}: no UBX answer: not a u-blox receiver, or wrong baud rate ({baud}); "
-            "set it up with the maker's tool: stationary model, PPS only with a fix, ZDA on",
+            "set it up with the maker's tool: stationary model, PPS only with a fix, ZDA on, "
+            "only RMC GGA ZDA (or a baud rate that carries everything it sends)",
             file=sys.stderr,
         )
     else:
         print(f"{port}: the receiver refused some settings (see above)", file=sys.stderr)
     return 1
+
+
+def _set_config_baudrate(path: str, baudrate: int, exists: bool) -> None:
+    """Write gps.baudrate into the box config (checked before it replaces the file)."""
+    from checkpoint import config as configmod
+    from checkpoint import gpsconf
+
+    if not exists:
+        print(f"no config at {path}: set gps.baudrate = {baudrate} in the box config")
+        return
+    target = Path(path)
+    text = gpsconf.with_baudrate(target.read_text(encoding="utf-8"), baudrate)
+    configmod.parse(tomllib.loads(text), str(target))  # a config the daemon rejects is not written
+    tmp = target.with_name(target.name + ".new")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    print(f"{path}: gps.baudrate = {baudrate} (restart the checkpoint service)")
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +240,13 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     r = gsub.add_parser("configure", help=cmd_gps_configure.__doc__)
     r.add_argument("--port", help="serial port or pyserial URL (default: the config's gps.port)")
     r.add_argument("--baudrate", type=_positive_int, help="default: the config's gps.baudrate")
+    r.add_argument(
+        "--baud",
+        type=_positive_int,
+        metavar="RATE",
+        help="keep every NMEA sentence and move the receiver to RATE baud instead "
+        "(writes gps.baudrate to the config)",
+    )
     _config_arg(r)
     r.add_argument("--dry-run", action="store_true", help="print the UBX frames, send nothing")
     r.add_argument("--force", action="store_true", help="even while the daemon runs")

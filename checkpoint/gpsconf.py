@@ -13,6 +13,14 @@ What and why (u-blox 6/7/8/M8 protocol; M10 still accepts these legacy CFG messa
 * **UBX-CFG-MSG NMEA ZDA on** (rate 1 on the port the message arrives on): ZDA
   carries the full date with the time, so the daemon's parser does not depend on
   RMC alone for the date.
+* **UBX-CFG-MSG NMEA GSV, GSA, GLL, VTG off**: at its factory 9600 baud an M8
+  sends ~770 bytes a second (RMC VTG GGA 2xGSA 4xGPGSV 3xGLGSV GLL; ~830 with the
+  ZDA above), so the burst ends 0.9 s or more after the pulse, and a receiver with
+  more constellations (M9: ~1300 bytes) overruns the second and drops sentences.
+  The box uses only RMC, GGA and ZDA; without the satellite tables the burst is
+  ~190 bytes and ends ~0.25 s after the pulse. Or, to keep the full set (someone
+  wants GSV in u-center), `--baud RATE` moves the receiver's UART to a rate that
+  carries it (UBX-CFG-PRT) and writes the matching `gps.baudrate` to the config.
 * **UBX-CFG-CFG save**: store the above in battery-backed RAM and flash, so a power
   cycle in the field does not bring back the defaults.
 
@@ -31,6 +39,7 @@ an in-memory fake.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -42,8 +51,16 @@ log = logging.getLogger("checkpoint.gpsconf")
 SYNC = b"\xb5\x62"
 CLS_CFG, CLS_ACK = 0x06, 0x05
 ID_ACK_NAK, ID_ACK_ACK = 0x00, 0x01
-ID_CFG_MSG, ID_CFG_CFG, ID_CFG_NAV5, ID_CFG_TP5 = 0x01, 0x09, 0x24, 0x31
+ID_CFG_PRT, ID_CFG_MSG, ID_CFG_CFG, ID_CFG_NAV5, ID_CFG_TP5 = 0x00, 0x01, 0x09, 0x24, 0x31
 NMEA_CLASS, NMEA_ZDA = 0xF0, 0x08
+#: Standard NMEA message ids (class 0xF0) the box does not use: satellite tables and
+#: course/position repeats that only cost serial bytes.
+NMEA_UNUSED = {"GSV": 0x03, "GSA": 0x02, "GLL": 0x01, "VTG": 0x05}
+#: UART rates a u-blox accepts in CFG-PRT.
+BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+UART1 = 1
+PRT_MODE_8N1 = 0x000008D0  # charLen 8 bit, no parity, 1 stop bit
+PROTO_UBX_NMEA = 0x0003
 DYN_STATIONARY = 2
 
 # CFG-TP5 flags (u-blox 8 receiver description, UBX-CFG-TP5).
@@ -119,6 +136,25 @@ def cfg_msg_rate(msg_class: int, msg_id: int, rate: int) -> bytes:
     return frame(CLS_CFG, ID_CFG_MSG, bytes((msg_class, msg_id, rate)))
 
 
+def cfg_prt_uart(baudrate: int, port_id: int = UART1) -> bytes:
+    """UBX-CFG-PRT for a UART: 8N1 at `baudrate`, UBX and NMEA in and out."""
+    if baudrate not in BAUD_RATES:
+        raise ValueError(f"baud rate must be one of {BAUD_RATES}, got {baudrate}")
+    payload = struct.pack(
+        "<BBHIIHHHH",
+        port_id,
+        0,  # reserved
+        0,  # txReady: off
+        PRT_MODE_8N1,
+        baudrate,
+        PROTO_UBX_NMEA,  # inProtoMask
+        PROTO_UBX_NMEA,  # outProtoMask
+        0,  # flags
+        0,  # reserved
+    )
+    return frame(CLS_CFG, ID_CFG_PRT, payload)
+
+
 def cfg_save() -> bytes:
     """UBX-CFG-CFG: save all sections to BBR, flash, EEPROM and SPI flash."""
     return frame(CLS_CFG, ID_CFG_CFG, struct.pack("<IIIB", 0, 0x0000FFFF, 0, 0x17))
@@ -137,14 +173,32 @@ class Setting:
         return self.data[2], self.data[3]
 
 
-def timing_settings() -> list[Setting]:
-    """The frames `checkpoint gps configure` sends, in order (save last)."""
-    return [
+def timing_settings(*, quiet: bool = True) -> list[Setting]:
+    """The frames `checkpoint gps configure` sends, in order (save last).
+
+    `quiet`: also turn off the NMEA sentences the box does not use (GSV GSA GLL VTG),
+    so the output fits the factory 9600 baud with room to spare.
+    """
+    out = [
         Setting("CFG-NAV5", "dynamic model stationary", cfg_nav5_stationary()),
         Setting("CFG-TP5", "PPS only when locked, 100 ms, rising, UTC", cfg_tp5_locked_only()),
         Setting("CFG-MSG", "NMEA ZDA on, every fix", cfg_msg_rate(NMEA_CLASS, NMEA_ZDA, 1)),
-        Setting("CFG-CFG", "save to battery-backed RAM and flash", cfg_save()),
     ]
+    if quiet:
+        for name, msg in NMEA_UNUSED.items():
+            why = f"NMEA {name} off (not used; costs serial time)"
+            out.append(Setting("CFG-MSG", why, cfg_msg_rate(NMEA_CLASS, msg, 0)))
+    return out + [save_setting()]
+
+
+def save_setting() -> Setting:
+    """The last frame: keep the settings over a power cycle."""
+    return Setting("CFG-CFG", "save to battery-backed RAM and flash", cfg_save())
+
+
+def baud_setting(baudrate: int) -> Setting:
+    """Move the receiver's UART1 to `baudrate` (its ACK may come at either rate)."""
+    return Setting("CFG-PRT", f"UART1 at {baudrate} baud, 8N1, UBX+NMEA", cfg_prt_uart(baudrate))
 
 
 def hexdump(data: bytes) -> str:
@@ -234,3 +288,32 @@ def configure(
         log.info("%s (%s): %s", setting.name, setting.why, outcome)
         results.append(Result(setting.name, outcome))
     return results
+
+
+_TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
+_BAUD_KEY = re.compile(r"^(\s*baudrate\s*=\s*)([^#\n]*?)(\s*(#.*)?)$")
+
+
+def with_baudrate(config_text: str, baudrate: int) -> str:
+    """The box config text with ``gps.baudrate`` set, everything else left as written."""
+    lines = config_text.splitlines(keepends=True)
+    table: str | None = None
+    header: int | None = None
+    for i, line in enumerate(lines):
+        m = _TABLE.match(line)
+        if m:
+            table = m.group(1)
+            if table == "gps":
+                header = i
+            continue
+        if table == "gps":
+            k = _BAUD_KEY.match(line.rstrip("\n"))
+            if k:
+                end = "\n" if line.endswith("\n") else ""
+                lines[i] = f"{k.group(1)}{baudrate}{k.group(3)}{end}"
+                return "".join(lines)
+    if header is not None:
+        lines.insert(header + 1, f"baudrate = {baudrate}\n")
+        return "".join(lines)
+    sep = "" if not config_text or config_text.endswith("\n") else "\n"
+    return f"{config_text}{sep}\n[gps]\nbaudrate = {baudrate}\n"

@@ -126,6 +126,25 @@ def test_ready_box():
     assert json.loads(json.dumps(report.as_dict()))["ready"] is True
 
 
+@pytest.mark.parametrize(
+    ("burst", "warned"),
+    [
+        ({"end_ms": 250, "end_ms_max": 260, "bytes_per_s": 190, "line_load": 0.2}, False),
+        ({"end_ms": 899, "end_ms_max": 967, "bytes_per_s": 815, "line_load": 0.85}, True),
+        ({"end_ms": 500, "end_ms_max": 520, "bytes_per_s": 900, "line_load": 0.94}, True),
+        ({"end_ms": None, "end_ms_max": None, "bytes_per_s": None, "line_load": None}, False),
+    ],
+)
+def test_a_late_gps_burst_is_a_warning_with_what_to_do(burst, warned):
+    first = status(gps_burst=burst)
+    report = diagnose(facts(first, later(first)))
+    assert report.ready  # a warning: the box times, but the next sentence set up fails
+    warn = [c for c in report.checks if c.name == "gps-burst"]
+    assert bool(warn) == warned
+    if warned:
+        assert warn[0].level == WARN and "checkpoint gps configure" in warn[0].text
+
+
 def test_no_gps_data():
     first = status()
     report = diagnose(facts(first, later(first, lines=0, pps=0, clock="holdover")))

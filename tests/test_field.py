@@ -636,17 +636,18 @@ class FakeUblox:
 def test_configure_sends_all_frames_and_reads_acks_among_nmea():
     rx = FakeUblox()
     results = gpsconf.configure(rx, timeout_s=0.5)
-    assert [r.name for r in results] == ["CFG-NAV5", "CFG-TP5", "CFG-MSG", "CFG-CFG"]
+    # ZDA on, then GSV GSA GLL VTG off: the output fits the factory 9600 baud
+    assert [r.name for r in results] == ["CFG-NAV5", "CFG-TP5"] + ["CFG-MSG"] * 5 + ["CFG-CFG"]
     assert all(r.ok for r in results)
     assert rx.frames == [s.data for s in gpsconf.timing_settings()]
 
 
 def test_configure_reports_nak_and_silence():
     results = gpsconf.configure(FakeUblox(nak={0x31}), timeout_s=0.5)
-    assert [r.outcome for r in results] == ["ack", "nak", "ack", "ack"]
+    assert [r.outcome for r in results] == ["ack", "nak"] + ["ack"] * 6
     rx = FakeUblox(silent=True)
     results = gpsconf.configure(rx, timeout_s=0.1)
-    assert [r.outcome for r in results] == ["no answer", "no answer", "not sent", "not sent"]
+    assert [r.outcome for r in results] == ["no answer", "no answer"] + ["not sent"] * 6
     assert len(rx.frames) == 2
 
 
@@ -705,7 +706,7 @@ def test_configure_through_a_real_pty():
         t.join(1)
         os.close(master)
         os.close(slave)
-    assert [r.outcome for r in results] == ["ack"] * 4
+    assert [r.outcome for r in results] == ["ack"] * 8
 
 
 def test_gps_configure_dry_run_prints_frames(capsys, tmp_path):
