@@ -58,9 +58,13 @@ produce the same phases. Only the band edges discriminate; a receiver whose
 sentences land in the middle of the second under the wrong convention is paired
 wrong by exactly one second. The convention must be right in config; `phase_ns`
 (median onset phase of recent seconds) is exposed so it can be checked at setup.
-Likewise a receiver whose backlog already exceeds a second when the box starts
-cannot be told from one with the opposite label; `gpsconf` keeps the output inside
-the line's capacity and the daemon reports the burst's end (doctor warns).
+A receiver whose *first* time sentence of a second comes 900 ms or more after the
+pulse (time sentences only at the end of a burst that nearly fills the line) looks
+exactly like one announcing the coming second ~100 ms ahead: refused, and the advice
+names both causes. Likewise a receiver whose backlog already exceeds a second when
+the box starts cannot be told from one with the opposite label; `gpsconf` keeps the
+output inside the line's capacity and the daemon reports the burst's end (doctor
+warns).
 
 Every pairing (g, S) must keep ``S − g`` constant (the named second increments by
 one per elapsed second). A chain of ``confirm`` consecutive consistent pairings is
@@ -527,9 +531,11 @@ class Pairer:
             )
         if self.convention == "after":
             return (
-                "time sentences name a second before its PPS pulse (they arrive late in the "
-                'second, just ahead of the next pulse): set gps.convention = "before" if the '
-                "receiver announces the coming second, else check the PPS wiring"
+                "time sentences name a second before its PPS pulse (the first of each second "
+                "arrives just ahead of the next pulse): if the receiver announces the coming "
+                'second set gps.convention = "before"; if its time sentences come at the end of '
+                "a long burst, run `checkpoint gps configure` (fewer sentences) or raise the "
+                "baud rate; else check the PPS wiring"
             )
         return (
             "time sentences arrive soon after a PPS pulse, naming the second that pulse "
