@@ -400,8 +400,11 @@ class Pairer:
             # Two sentences for one pulse name different seconds: trust neither.
             self._conflict()
             return []
-        if self._label is None:
-            self._label = fix.utc_s
+        if self._label == fix.utc_s:
+            # The same kind twice for one second (GP and GN talkers both on): one label.
+            self.stats["duplicate_sentence"] += 1
+            return []
+        self._label = fix.utc_s
         self._name(fix.utc_s, t, fix.kind)
         self._phases.append(latency)
         self._onset_latency = latency

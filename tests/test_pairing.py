@@ -413,3 +413,15 @@ def test_fuzz_chatty_bursts_never_shift_a_label(seed: int) -> None:
     samples = run(truth, pairer)
     assert_labels_right(truth, samples)
     assert len(samples) > prof.seconds // 3
+
+
+def test_the_same_kind_twice_in_a_second_gives_one_sample() -> None:
+    # GPRMC and GNRMC both enabled: same kind, same second, one pulse.
+    pairer = Pairer("after", confirm=1)
+    out: list[Sample] = []
+    for k in range(10):
+        out += pairer.pps(k * NS)
+        out += pairer.fix(Fix(k * NS + 100_000_000, 5000 + k, 0, True, "RMC", True, talker="GP"))
+        out += pairer.fix(Fix(k * NS + 180_000_000, 5000 + k, 0, True, "RMC", True, talker="GN"))
+    assert [s.utc_s for s in out] == [5000 + k for k in range(10)]
+    assert pairer.stats["duplicate_sentence"] == 10
