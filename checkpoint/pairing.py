@@ -269,8 +269,11 @@ class Pairer:
             return []
         # "before": the label was announced by a sentence ahead of this pulse.
         if prev_label is not None and not prev_bad:
-            if step and prev_g == self._g:
+            if prev_g == self._g:
+                # Named even before the grid can vouch for it: the rest of the burst,
+                # arriving after this pulse, is then known as a continuation.
                 self._name(prev_label, self._g, None)
+            if step and prev_g == self._g:
                 return self._accept(self._g, mono_ns, prev_label)
             self.rejects["unpaired"] += 1  # the pulse it announced never came
         elif had_grid and prev_label is None and not prev_bad:
@@ -365,8 +368,12 @@ class Pairer:
         if verdict:
             self._vote(fix.utc_s, "late" if verdict == "convention_mismatch" else "ambiguous", True)
             self.rejects[verdict] += 1
-            self._spoil(target_g)
-            self._break_chain()
+            if self.convention == "after" or verdict == "ambiguous_phase":
+                self._spoil(target_g)
+                self._break_chain()
+            # "before": a sentence soon after a pulse announces nothing about the next
+            # one (a burst's tail, or an "after" receiver); it is refused, and left to
+            # the vote, without spoiling the label that the next burst will announce.
             return []
         if self.convention == "after":
             return self._onset(fix, target_g, anchor, phase, late=False)

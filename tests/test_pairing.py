@@ -425,3 +425,18 @@ def test_the_same_kind_twice_in_a_second_gives_one_sample() -> None:
         out += pairer.fix(Fix(k * NS + 180_000_000, 5000 + k, 0, True, "RMC", True, talker="GN"))
     assert [s.utc_s for s in out] == [5000 + k for k in range(10)]
     assert pairer.stats["duplicate_sentence"] == 10
+
+
+def test_a_before_receiver_whose_burst_runs_past_its_pulse() -> None:
+    # RMC naming S 300 ms before pulse S, ZDA naming S 60 ms after it: the tail is the
+    # same burst, not a sentence 940 ms ahead of the next pulse.
+    pairer = Pairer("before")
+    out: list[Sample] = []
+    for k in range(30):
+        out += pairer.fix(Fix(k * NS - 300_000_000, 5000 + k, 0, True, "RMC", True))
+        out += pairer.pps(k * NS)
+        out += pairer.fix(Fix(k * NS + 60_000_000, 5000 + k, 0, True, "ZDA", True))
+    # Only the very first tail (its burst began before the box listened) is refused.
+    assert not pairer.mismatch and pairer.rejects["convention_mismatch"] == 1
+    assert pairer.stats["duplicate_sentence"] >= 28
+    assert len(out) >= 26 and all(s.utc_s == 5000 + s.mono_ns // NS for s in out)
