@@ -872,12 +872,7 @@ class BoxDaemon:
         if pairer.mismatch != self._gps_mismatch:
             self._gps_mismatch = pairer.mismatch
             if pairer.mismatch:
-                onset = pairer.phase_ns
-                log.error(
-                    "GPS time refused: %s (time sentences first arrive %s ms after a pulse)",
-                    pairer.advice,
-                    "?" if onset is None else round(onset / 1e6),
-                )
+                log.error("GPS time refused: %s", pairer.advice)
             else:
                 log.warning("GPS time sentences agree with the pulses again: pairing resumes")
         if not self.link.connected:

@@ -176,7 +176,7 @@ class Pairer:
         self.stats: Counter[str] = Counter()
         self.rejects: Counter[str] = Counter()
         self.mismatch = False
-        #: What the last raised mismatch was about, and what to change (None: nothing).
+        #: While `mismatch` stands: what was seen and what to change (else None).
         self.advice: str | None = None
 
         self._last_edge: int | None = None
@@ -206,6 +206,7 @@ class Pairer:
         self._phases: deque[int] = deque(maxlen=16)
         self._tails: deque[int] = deque(maxlen=16)
         self._tail_s: int | None = None
+        self._refused: deque[int] = deque(maxlen=16)  # phases of refused onsets
         self._voted_s: int | None = None
 
     # ---------------------------------------------------------------- public
@@ -366,6 +367,7 @@ class Pairer:
         else:
             verdict = ""
         if verdict:
+            self._refused.append(phase)
             self._vote(fix.utc_s, "late" if verdict == "convention_mismatch" else "ambiguous", True)
             self.rejects[verdict] += 1
             if self.convention == "after" or verdict == "ambiguous_phase":
@@ -527,6 +529,7 @@ class Pairer:
             self._offset = None
         elif self.mismatch and self._clean >= self.mismatch_clear:
             self.mismatch = False
+            self.advice = None
             self._why.clear()
             self._votes.clear()
 
@@ -534,6 +537,11 @@ class Pairer:
         """What the refused onsets looked like, and what to change."""
         why = self._why.most_common(1)[0][0] if self._why else "late"
         guard = self.guard_ns // 1_000_000
+        seen = _median(self._refused)
+        saw = f" (seen: {round(seen / 1e6)} ms after the pulse)" if seen is not None else ""
+        return self._what_to_change(why, guard) + saw
+
+    def _what_to_change(self, why: str, guard: int) -> str:
         if why == "ambiguous":
             return (
                 f"time sentences arrive within {guard} ms of a PPS pulse, so the second they "

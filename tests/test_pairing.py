@@ -386,7 +386,7 @@ def test_a_mismatch_decays_and_says_what_to_change() -> None:
         if k == 19:
             assert pairer.mismatch and out == []
             assert 'gps.convention = "before"' in pairer.status()["advice"]
-    assert not pairer.mismatch
+    assert not pairer.mismatch and pairer.status()["advice"] is None
     assert out and all(s.utc_s == 5000 + s.mono_ns // NS for s in out)
     first = min(s.mono_ns // NS for s in out)
     assert first <= 20 + pairer.mismatch_clear + pairer.confirm
