@@ -117,3 +117,38 @@ def test_unknown_record_types_are_skipped():
     pipe = pipeline()
     assert pipe.feed({"type": "future-thing", "mono_ns": 1}) == []
     assert pipe.skipped["future-thing"] == 1
+
+
+def test_nmea_grade_bound_holds_for_a_tail_past_the_next_pulse():
+    # A receiver whose output overruns the second: RMC 0.2 s after the second it
+    # names, GGA 1.3 s after (past the next pulse), no PPS. A tick stamped just after
+    # such a GGA gets it as nearest source; the "after" prior must cover 1.3 s.
+    world = World()
+    pipe = pipeline()
+    tail = None
+    for k in range(20):
+        utc_s = UTC0 // NS + k
+        t = world.mono(UTC0 + k * NS)
+        pipe.nmea(t + 200_000_000, rmc(utc_s).strip())
+        tail = t + 1_300_000_000
+        pipe.nmea(tail, gga(utc_s).strip())
+    assert tail is not None
+    tick = tail + 5_000_000
+    stamp = pipe.clock.stamp(tick, tick)
+    assert stamp.clock.value == "nmea"
+    assert abs(stamp.utc_ns - world.utc(tick)) <= stamp.uncertainty_ns
+    # With the old 0..1 s prior that stamp was 0.3 s outside its own bound.
+    old = Pipeline(
+        box="b",
+        checkpoint="c",
+        store="s",
+        inputs=[],
+        clock_params=params_for("after", {"nmea_latency_max_ns": NS}),
+    )
+    for k in range(20):
+        utc_s = UTC0 // NS + k
+        t = world.mono(UTC0 + k * NS)
+        old.nmea(t + 200_000_000, rmc(utc_s).strip())
+        old.nmea(t + 1_300_000_000, gga(utc_s).strip())
+    lied = old.clock.stamp(tick, tick)
+    assert abs(lied.utc_ns - world.utc(tick)) > lied.uncertainty_ns
