@@ -34,8 +34,8 @@ from corpusline import CORPUS, Replay, cycles, log_bytes, lowest_baud
 
 from checkpoint.doctor import Limits, diagnose, gather, render
 from checkpoint.mqtt import Link, Message
-
-pytestmark = pytest.mark.slow
+from checkpoint.nmea import LineSplitter
+from checkpoint.timing import Pipeline
 
 LOCKS = ["mt3339.log", "ublox-8.log", "ublox-neo-m9n-nmea.log", "ublox-zed-f9r.log"]
 NO_LOCK = [
@@ -102,6 +102,7 @@ def _box(name: str) -> str:
     return name.removesuffix(".log").replace("-2019-04-07-coldboot", "")[:40]
 
 
+@pytest.mark.slow
 def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
     if not CORPUS.is_dir():
         pytest.skip(f"NMEA corpus not found at {CORPUS}")
@@ -190,3 +191,33 @@ def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
         watch.link.stop()
         for rig in rigs.values():
             rig.close()
+
+
+def test_corpus_logs_lock_with_the_default_clock_settings():
+    # The same lines through the box's pure pipeline (as `checkpoint replay` runs it),
+    # with the shipped defaults (60 pulses to lock): the time to lock a marshal sees.
+    if not CORPUS.is_dir():
+        pytest.skip(f"NMEA corpus not found at {CORPUS}")
+    mono0, utc0 = 10**12, 1_776_000_000
+    locked = {}
+    for name in LOCKS + NO_LOCK:
+        data = log_bytes(CORPUS / name)
+        replay = Replay(data, lowest_baud(cycles(data)[1]), utc0)
+        pipe = Pipeline(box="b", checkpoint="c", store="s", inputs=[])
+        splitter = LineSplitter()
+        for tick, _, what in replay.events(lambda u: mono0 + u - utc0 * NS):
+            if tick > mono0 + 150 * NS or name in locked:
+                break
+            if isinstance(what, bytes):
+                for line, at in splitter.feed(what, tick):
+                    pipe.nmea(at, line)
+            elif what == 1:
+                pipe.pps(tick)
+                if pipe.clock.state(tick).value == "locked":
+                    locked[name] = (tick - mono0) / NS
+                    # Locked on the right second: the log was moved to start at utc0.
+                    stamp = pipe.clock.stamp(tick, tick)
+                    assert abs(stamp.utc_ns - (utc0 * NS + tick - mono0)) < 10_000, name
+        assert not pipe.pairer.mismatch, (name, pipe.pairer.advice)
+    assert set(locked) == set(LOCKS), locked
+    assert all(s <= 65 for s in locked.values()), locked
