@@ -89,7 +89,8 @@ class Limits:
     # The GPS burst ending later than this after the pulse, or filling more than this
     # share of the serial line, is a warning: the next sentence set or baud rate up and
     # the receiver starts dropping output (gps configure fixes both).
-    late_burst_ms: int = 800
+    late_burst_ms: int = 800  # median end of the burst
+    overrun_burst_ms: int = 950  # latest end seen: about to pass the next pulse
     max_line_load: float = 0.85
 
 
@@ -402,10 +403,11 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
 def _burst(f: Facts, st: dict[str, Any], lim: Limits, add: Callable[[Check], None]) -> None:
     """Warn when the receiver's output ends late in the second or nearly fills the line."""
     burst = st.get("gps_burst") or {}
-    end, load, size = burst.get("end_ms_max"), burst.get("line_load"), burst.get("bytes_per_s")
-    if not isinstance(end, int | float):
+    end, latest = burst.get("end_ms"), burst.get("end_ms_max")
+    load, size = burst.get("line_load"), burst.get("bytes_per_s")
+    if not isinstance(end, int | float) or not isinstance(latest, int | float):
         return
-    late = end > lim.late_burst_ms
+    late = end > lim.late_burst_ms or latest > lim.overrun_burst_ms
     full = isinstance(load, int | float) and load > lim.max_line_load
     if not (late or full):
         return
@@ -414,7 +416,8 @@ def _burst(f: Facts, st: dict[str, Any], lim: Limits, add: Callable[[Check], Non
         Check(
             "gps-burst",
             WARN,
-            f"the GPS output ends {end:.0f} ms after the pulse ({size} bytes a second{share}): "
+            f"the GPS output ends {end:.0f} ms after the pulse (latest {latest:.0f} ms; "
+            f"{size} bytes a second{share}): "
             "the receiver sends more than its baud rate carries comfortably and drops "
             "sentences once it overflows; run `checkpoint gps configure` (turns off "
             "GSV/GSA/GLL/VTG) or raise the receiver's baud rate and gps.baudrate to match",

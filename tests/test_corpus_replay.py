@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from boxrig import NS, BoxRig, Truth
@@ -77,25 +78,31 @@ class Statuses:
     """The latest status of every box, and when each first reported `locked`."""
 
     def __init__(self, url: str) -> None:
-        self.q: queue.Queue = queue.Queue()
         self.latest: dict[str, dict] = {}
         self.locked_at: dict[str, float] = {}
+        self.count: Counter[str] = Counter()
+        self.changed = threading.Condition()
         self.link = Link(
-            url, f"corpus-{time.monotonic_ns()}", self.q.put, subscriptions=[("rally/+/status", 1)]
+            url, f"corpus-{time.monotonic_ns()}", self._on, subscriptions=[("rally/+/status", 1)]
         )
         self.link.start()
 
-    def pump(self, until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                ev = self.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message) and ev.topic.endswith("/status"):
-                st = json.loads(ev.payload)
-                self.latest[st["box"]] = st
-                if st.get("clock") == "locked":
-                    self.locked_at.setdefault(st["box"], time.monotonic())
+    def _on(self, ev: object) -> None:  # the link's thread
+        if not (isinstance(ev, Message) and ev.topic.endswith("/status")):
+            return
+        st = json.loads(ev.payload)
+        with self.changed:
+            self.latest[st["box"]] = st
+            self.count[st["box"]] += 1
+            if st.get("clock") == "locked":
+                self.locked_at.setdefault(st["box"], time.monotonic())
+            self.changed.notify_all()
+
+    def pump(self, until: float, done: Callable[[], bool]) -> None:
+        """Wait until `done()` (checked on every status, and at least once a second)."""
+        with self.changed:
+            while not done() and (left := until - time.monotonic()) > 0:
+                self.changed.wait(min(left, 1.0))
 
 
 def _box(name: str) -> str:
@@ -134,17 +141,19 @@ def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
             f.start()
             started[name] = time.monotonic()
 
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while time.monotonic() < deadline:
-            watch.pump(time.monotonic() + 1)
+        def done() -> bool:
             lockers_done = all(_box(n) in watch.locked_at for n in LOCKS)
             # Every non-locker replayed whole at least once (the modem's minute-long log
             # for as long as the lockers needed and more).
             replayed = all(replays[n].passes >= 1 for n in NO_LOCK if n != QUECTEL)
             watched = time.monotonic() - min(started.values()) > WATCH_NO_LOCK_S
-            if lockers_done and replayed and watched:
-                break
-        watch.pump(time.monotonic() + 2.5)  # a fresh status from every box
+            return lockers_done and replayed and watched
+
+        watch.pump(time.monotonic() + LOCK_TIMEOUT_S, done)
+        # A status from every box sent after that (its figures are the latest).
+        before = dict(watch.count)
+        boxes = [_box(n) for n in rigs]
+        watch.pump(time.monotonic() + 5, lambda: all(watch.count[b] > before[b] for b in boxes))
 
         figures = []
         for name in LOCKS + NO_LOCK:

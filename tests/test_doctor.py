@@ -132,6 +132,8 @@ def test_ready_box():
         ({"end_ms": 250, "end_ms_max": 260, "bytes_per_s": 190, "line_load": 0.2}, False),
         ({"end_ms": 899, "end_ms_max": 967, "bytes_per_s": 815, "line_load": 0.85}, True),
         ({"end_ms": 500, "end_ms_max": 520, "bytes_per_s": 900, "line_load": 0.94}, True),
+        ({"end_ms": 578, "end_ms_max": 996, "bytes_per_s": 253, "line_load": 0.53}, True),
+        ({"end_ms": 746, "end_ms_max": 783, "bytes_per_s": 1358, "line_load": 0.71}, False),
         ({"end_ms": None, "end_ms_max": None, "bytes_per_s": None, "line_load": None}, False),
     ],
 )
