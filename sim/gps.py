@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from checkpoint import gpsconf as ubx
 from sim.boxclock import BoxClock
 from sim.scenario import Receiver
 
@@ -157,16 +158,6 @@ def second_bytes(rx: Receiver) -> int:
     return sum(sentence_length(k, rx) for k in rx.sentences) + rx.ubx_bytes
 
 
-def ubx_frame(cls: int, msg_id: int, payload: bytes) -> bytes:
-    """A UBX frame: sync chars, class, id, little-endian length, payload, Fletcher-8."""
-    body = bytes([cls, msg_id]) + len(payload).to_bytes(2, "little") + payload
-    a = b = 0
-    for byte in body:
-        a = (a + byte) & 0xFF
-        b = (b + a) & 0xFF
-    return b"\xb5\x62" + body + bytes([a, b])
-
-
 def ubx_frames(rx: Receiver, rng: random.Random) -> list[bytes]:
     """About `rx.ubx_bytes` of UBX frames (NAV-PVT, NAV-SAT, MON-RF...): random payload."""
     out: list[bytes] = []
@@ -176,7 +167,7 @@ def ubx_frames(rx: Receiver, rng: random.Random) -> list[bytes]:
     while left > 8:
         size = min(left - 8, 92 + 8 * (k % 4) * 10)
         cls, msg = ids[k % len(ids)]
-        out.append(ubx_frame(cls, msg, rng.randbytes(size)))
+        out.append(ubx.frame(cls, msg, rng.randbytes(size)))
         left -= size + 8
         k += 1
     return out
