@@ -32,7 +32,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +64,18 @@ def firmware_block(fragment: str) -> str:
     return "\n".join(lines[i : j + 1]) + "\n"
 
 
-def merge_config_txt(current: str, block: str, *, pps_pin: int = 18) -> str:
-    """`current` config.txt with our block in place and any pps-gpio overlay on the PPS pin off.
+def merge_config_txt(current: str, block: str, *, pins: Mapping[int, str] | None = None) -> str:
+    """`current` config.txt with our block in place and pps-gpio overlays on our pins off.
 
     The block replaces an earlier copy between the markers, or is appended (later
     lines win in config.txt, so appending overrides e.g. an earlier enable_uart=0).
-    A ``dtoverlay=pps-gpio`` for the PPS pin (18 is also the overlay's default) is
-    commented out: it would claim the GPIO line the daemon reads itself.
+    `pins` maps each BCM GPIO number the box config uses to what uses it (default
+    ``{18: "gps.pps_pin"}``). A ``dtoverlay=pps-gpio`` on one of them (no ``gpiopin``
+    means the overlay's default, 18) is commented out: the kernel's pps driver would
+    claim the line, and the daemon, failing to request it, would restart forever. A
+    pps-gpio overlay on a pin the box does not use is left alone.
     """
+    pins = {18: "gps.pps_pin"} if pins is None else pins
     lines = current.splitlines()
     out: list[str] = []
     skipping = False
@@ -84,9 +89,12 @@ def merge_config_txt(current: str, block: str, *, pps_pin: int = 18) -> str:
             continue
         m = _PPS_OVERLAY.match(line)
         if m:
-            pin = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
-            if pin is None or int(pin.group(1)) == pps_pin:
-                line = f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pps_pin} itself"
+            found = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
+            pin = int(found.group(1)) if found else 18
+            if pin in pins:
+                line = (
+                    f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pin} ({pins[pin]})"
+                )
         out.append(line)
     while out and not out[-1].strip():
         out.pop()
@@ -208,13 +216,44 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
     return changes
 
 
+_GPIO_NAME = re.compile(r"^(?:GPIO|BCM)?(\d+)$", re.IGNORECASE)
+
+
+def config_pins(text: str) -> dict[int, str]:
+    """BCM GPIO numbers a box config reads (PPS and inputs), each with what uses it.
+
+    Read leniently from the TOML (the daemon checks the config, not the installer):
+    a pin written as a header position (``BOARD12``) or anything unparsable is skipped.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        data = {}
+    gps = data.get("gps") if isinstance(data.get("gps"), dict) else {}
+    named = [("gps.pps_pin", gps.get("pps_pin", "GPIO18"))]
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
+    named += [(f"input {i.get('name')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
+    pins: dict[int, str] = {}
+    for what, name in named:
+        m = _GPIO_NAME.match(str(name)) if isinstance(name, (str, int)) else None
+        if m:
+            pins.setdefault(int(m.group(1)), what)
+    return pins
+
+
 def plan_firmware(root: Path, assets: Path) -> tuple[list[FileChange], list[str]]:
-    """Firmware edits needed, and notes on what was skipped."""
+    """Firmware edits needed, and notes on what was skipped.
+
+    The box config on the target (or the example the installer puts there) names the
+    pins whose pps-gpio overlays must go.
+    """
     notes: list[str] = []
     changes: list[FileChange] = []
     block = firmware_block((assets / "firmware_config/config.txt").read_text())
+    box = _read(_target(root, "/etc/checkpoint/box.toml"))
+    pins = config_pins(box if box is not None else (assets / "examples/box.toml").read_text())
     for dest, transform in (
-        ("/boot/firmware/config.txt", lambda text: merge_config_txt(text, block)),
+        ("/boot/firmware/config.txt", lambda text: merge_config_txt(text, block, pins=pins)),
         ("/boot/firmware/cmdline.txt", strip_serial_console),
     ):
         old = _read(_target(root, dest))
