@@ -91,6 +91,11 @@ def _unwritable_media(path: Path) -> str | None:
     return None
 
 
+def _late(tick: int) -> int:
+    """How long after its kernel tick a GPIO record reaches the daemon (callback thread)."""
+    return time.monotonic_ns() - tick
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -305,22 +310,22 @@ class BoxDaemon:
         self.q.put(("wake", None))
 
     def _on_edge(self, name: str, mono: int, active: bool, fault: bool) -> None:
-        self._delivered(mono)
-        self.q.put(("rec", capture.edge_record(name, mono, active, fault)))
+        self.q.put(("gpio", (capture.edge_record(name, mono, active, fault), _late(mono))))
 
     def _on_pps(self, mono: int) -> None:
-        self._delivered(mono)
-        self.q.put(("rec", {"type": "pps", "mono_ns": mono}))
+        self.q.put(("gpio", ({"type": "pps", "mono_ns": mono}, _late(mono))))
 
-    def _delivered(self, tick: int) -> None:
-        """Track how late GPIO edges reach us (callback thread; a plain int store).
+    def _observe_late(self, late: int) -> None:
+        """Raise the hold-back to a GPIO delivery delay seen (core thread: its one writer).
 
         The timer decides a break only once `now - holdback` has passed its
         min_break, so a release edge queued behind a late leading edge is seen
         first. The hold-back jumps to any lateness seen and decays slowly, so a
-        stall costs latency for a while rather than a false passage.
+        stall costs latency for a while rather than a false passage. The callback
+        thread only measures the delay (at delivery, the moment that matters) and
+        sends it along with the record: were it to write the value itself, the
+        core thread's decay could overwrite a raise it never saw.
         """
-        late = time.monotonic_ns() - tick
         if late > self.holdback_ns:
             self.holdback_ns = min(late + _HOLDBACK_FLOOR_NS, _HOLDBACK_MAX_NS)
 
@@ -377,7 +382,11 @@ class BoxDaemon:
             pass
         now = time.monotonic_ns()
         for kind, item in items:
-            if kind == "rec":
+            if kind == "gpio":
+                rec, late = item
+                self._observe_late(late)
+                events += self._record(rec)
+            elif kind == "rec":
                 events += self._record(item)
             elif kind == "link":
                 self._link_event(item, now)

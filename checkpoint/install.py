@@ -9,6 +9,8 @@ What goes where (sources in the repository's `systemd/`, `firmware_config/` and
 /usr/lib/sysusers.d/checkpoint.conf         the ``checkpoint`` user, groups gpio/dialout
 /etc/udev/rules.d/99-checkpoint.rules       /dev/gps0, gpiochip group access
 /etc/chrony/conf.d/checkpoint.conf          chrony fed by the daemon (SOCK refclock)
+/etc/systemd/system/chrony.service.d/       its socket writable by group checkpoint
+  checkpoint.conf
 /etc/checkpoint/box.toml                    the example config, only if none exists
 /etc/checkpoint/hq.env                      HQ's settings, only if none exists
 /boot/firmware/config.txt                   a marked block appended (asks first)
@@ -44,6 +46,7 @@ BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
 _CONSOLE = r"console=(?:serial0|serial1|ttyAMA[0-9]*|ttyS0)(?:,[0-9a-zA-Z]*)?"
 _CONSOLE_HEAD = re.compile(rf"^\s*{_CONSOLE}(?:\s+|$)")
 _CONSOLE_MIDDLE = re.compile(rf"\s+{_CONSOLE}(\s|$)")
+CHRONY_DROPIN = "/etc/systemd/system/chrony.service.d/checkpoint.conf"
 _PPS_OVERLAY = re.compile(r"^\s*dtoverlay\s*=\s*pps-gpio\b(?P<args>.*)$")
 
 
@@ -204,6 +207,7 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
         "/etc/chrony/conf.d/checkpoint.conf": (
             assets / "firmware_config/chrony-checkpoint.conf"
         ).read_text(),
+        CHRONY_DROPIN: (assets / "systemd/chrony-checkpoint.conf").read_text(),
     }
     changes = [FileChange(dest, new, _read(_target(root, dest))) for dest, new in src.items()]
     for dest, source in (
@@ -326,6 +330,10 @@ def plan_commands(root: Path, changed: set[str]) -> list[list[str]]:
         cmds.append(["udevadm", "trigger"])
     if any(d.startswith("/etc/systemd/system/") for d in changed):
         cmds.append(["systemctl", "daemon-reload"])
+    if changed & {CHRONY_DROPIN, "/etc/chrony/conf.d/checkpoint.conf"}:
+        # chronyd reads its refclocks and makes the socket only when it starts; a
+        # chrony that is not running is left alone (try-restart).
+        cmds.append(["systemctl", "try-restart", "chrony.service"])
     if not _enabled(root, "checkpoint.service"):
         cmds.append(["systemctl", "enable", "checkpoint.service"])
     return cmds
