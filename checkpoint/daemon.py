@@ -342,6 +342,7 @@ class BoxDaemon:
     # -- the core thread ----------------------------------------------------
     def run(self) -> None:
         self._reload_samples()
+        self._reload_pending()
         self._sysclock()
         self.serial.start()
         self.link.start()
@@ -465,6 +466,30 @@ class BoxDaemon:
                 self._record({"type": "sample", "mono_ns": mono_ns, "utc_s": utc_s})
         if samples:
             log.info("reloaded %d clock samples from this boot", len(samples))
+
+    def _reload_pending(self) -> None:
+        """Passages an earlier run of this boot stamped before lock: still to re-stamp.
+
+        Without this a restart would strand them at system-clock or NMEA grade (the
+        pipeline that meant to re-stamp them died with the process). A `pending`
+        record each, so a capture replays to the same restamps.
+        """
+        try:
+            rows = self.store.unsettled_passages(self.boot)
+        except StoreError as e:
+            log.warning("cannot reload passages awaiting a restamp: %s", e)
+            return
+        for seq, mono_ns, unc, clock in rows:
+            rec = {
+                "type": "pending",
+                "mono_ns": mono_ns,
+                "ref_seq": seq,
+                "uncertainty_ns": unc,
+                "clock": clock,
+            }
+            self._record(rec)
+        if rows:
+            log.info("%d passages of this boot (not locked) will be re-stamped at lock", len(rows))
 
     def _sysclock(self) -> list[dict[str, Any]]:
         rec = {"type": "sysclock", "mono_ns": time.monotonic_ns(), "realtime_ns": time.time_ns()}
@@ -847,6 +872,7 @@ class BoxDaemon:
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
             "fix": self.pipeline.parser.stats(),
+            "coarse_passages": pipe["coarse_passages"],
             "gps_port": self.serial.connected,
             "pps_pulses": self.edges.pps_pulses,
             "backlog": self.outbox.backlog,
