@@ -856,6 +856,10 @@ class BoxDaemon:
         alarms = dict(self.alarms)
         for name, dropped in faults.items():
             alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
+        port_error = self.serial.last_error
+        if not self.serial.connected and port_error:
+            # Retried every second: the box goes on timing (system clock) meanwhile.
+            alarms["gps_port"] = port_error
         if self.pipeline.pairer.mismatch:
             alarms["gps"] = "NMEA/PPS convention mismatch: check gps.convention"
         if self._raw_dropped:
@@ -874,6 +878,7 @@ class BoxDaemon:
             "fix": self.pipeline.parser.stats(),
             "coarse_passages": pipe["coarse_passages"],
             "gps_port": self.serial.connected,
+            "gps_port_waiting": self.serial.waiting,
             "pps_pulses": self.edges.pps_pulses,
             "backlog": self.outbox.backlog,
             "inflight": self.outbox.inflight,

@@ -7,6 +7,7 @@ What goes where (sources in the repository's `systemd/`, `firmware_config/` and
 /etc/systemd/system/checkpoint.service      the box daemon's unit (hardened, Type=notify)
 /etc/systemd/system/checkpoint-hq.service   HQ's unit (installed, not enabled)
 /usr/lib/sysusers.d/checkpoint.conf         the ``checkpoint`` user, groups gpio/dialout
+/etc/modules-load.d/checkpoint.conf         USB serial drivers at boot (a GPS plugged in late)
 /etc/udev/rules.d/99-checkpoint.rules       /dev/gps0, gpiochip group access
 /etc/chrony/conf.d/checkpoint.conf          chrony fed by the daemon (SOCK refclock)
 /etc/systemd/system/chrony.service.d/       its socket writable by group checkpoint
@@ -35,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
 _CONSOLE = r"console=(?:serial0|serial1|ttyAMA[0-9]*|ttyS0)(?:,[0-9a-zA-Z]*)?"
 _CONSOLE_HEAD = re.compile(rf"^\s*{_CONSOLE}(?:\s+|$)")
 _CONSOLE_MIDDLE = re.compile(rf"\s+{_CONSOLE}(\s|$)")
+MODULES_LOAD = "/etc/modules-load.d/checkpoint.conf"
 CHRONY_DROPIN = "/etc/systemd/system/chrony.service.d/checkpoint.conf"
 _PPS_OVERLAY = re.compile(r"^\s*dtoverlay\s*=\s*pps-gpio\b(?P<args>.*)$")
 
@@ -201,6 +203,7 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
             (assets / "systemd/checkpoint-hq.service").read_text(), program
         ),
         "/usr/lib/sysusers.d/checkpoint.conf": (assets / "systemd/checkpoint.sysusers").read_text(),
+        MODULES_LOAD: (assets / "systemd/checkpoint.modules-load").read_text(),
         "/etc/udev/rules.d/99-checkpoint.rules": (
             assets / "firmware_config/99-checkpoint.rules"
         ).read_text(),
@@ -304,8 +307,17 @@ def _enabled(root: Path, unit: str) -> bool:
     return (root / "etc/systemd/system/multi-user.target.wants" / unit).exists()
 
 
-def plan_commands(root: Path, changed: set[str]) -> list[list[str]]:
-    """Commands that would bring the system in line, given the files just changed."""
+def modules(text: str) -> list[str]:
+    """Module names in a modules-load.d file (comments and blank lines skipped)."""
+    names = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [n for n in names if n]
+
+
+def plan_commands(root: Path, changed: set[str], load: Sequence[str] = ()) -> list[list[str]]:
+    """Commands that would bring the system in line, given the files just changed.
+
+    `load`: the kernel modules of the modules-load.d file, loaded now if it changed.
+    """
     cmds: list[list[str]] = []
     if not _user_exists("checkpoint"):
         if shutil.which("systemd-sysusers"):
@@ -330,6 +342,10 @@ def plan_commands(root: Path, changed: set[str]) -> list[list[str]]:
         cmds.append(["udevadm", "trigger"])
     if any(d.startswith("/etc/systemd/system/") for d in changed):
         cmds.append(["systemctl", "daemon-reload"])
+    if MODULES_LOAD in changed:
+        # Now, not only at the next boot: the unit resolves its DeviceAllow classes
+        # when it (re)starts, so the drivers must be in before that.
+        cmds.append(["modprobe", "-a", *load])
     if changed & {CHRONY_DROPIN, "/etc/chrony/conf.d/checkpoint.conf"}:
         # chronyd reads its refclocks and makes the socket only when it starts; a
         # chrony that is not running is left alone (try-restart).
@@ -403,7 +419,8 @@ def install(
     else:
         say("firmware files not checked (--no-firmware)")
 
-    commands = plan_commands(root, changed)
+    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
+    commands = plan_commands(root, changed, load)
     have_systemctl = shutil.which("systemctl") is not None
     for cmd in commands:
         if real and (cmd[0] != "systemctl" or have_systemctl) and shutil.which(cmd[0]):
