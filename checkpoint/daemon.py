@@ -39,7 +39,7 @@ from typing import Any
 
 from checkpoint import EVENT_SCHEMA, __version__, capture, chain
 from checkpoint.config import Config
-from checkpoint.edges import EdgeSource
+from checkpoint.edges import COARSE_TICK_NS, EdgeSource
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.fieldkit import FieldKit
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
@@ -163,18 +163,6 @@ class BoxDaemon:
             redeliver_after_ns=cfg.mqtt.redeliver_after_s * 10**9,
         )
         self.outbox.load(last, self.store.acked_upto())
-        self.recorder = (
-            capture.Writer(
-                cfg.capture,
-                cfg.box,
-                cfg.checkpoint,
-                convention=cfg.gps.convention,
-                clock=dict(cfg.clock),
-                inputs=[dataclasses.asdict(i) for i in cfg.inputs],
-            )
-            if cfg.capture
-            else None
-        )
         self._unstored: list[dict[str, Any]] = []
         self._durable_last = last  # highest seq known to be on disk
         self._store_retry_ns = 0
@@ -229,6 +217,28 @@ class BoxDaemon:
             on_edge=self._on_edge,
             on_pps=self._on_pps,
             pin_factory=cfg.pin_factory,
+            allow_coarse_ticks=cfg.allow_coarse_ticks,
+        )
+        if not self.edges.kernel_ticks:
+            # Edges stamped in a Python callback (gpio.allow_coarse_ticks): every bound
+            # says so. Before any record is fed: run() starts feeding.
+            self.pipeline.tick_uncertainty_ns = COARSE_TICK_NS
+        # In the capture header only when set, so replay widens the same bounds.
+        tick_setting = (
+            {"tick_uncertainty_ns": COARSE_TICK_NS} if not self.edges.kernel_ticks else {}
+        )
+        self.recorder = (
+            capture.Writer(
+                cfg.capture,
+                cfg.box,
+                cfg.checkpoint,
+                convention=cfg.gps.convention,
+                clock=dict(cfg.clock),
+                inputs=[dataclasses.asdict(i) for i in cfg.inputs],
+                **tick_setting,
+            )
+            if cfg.capture
+            else None
         )
         self.serial = SerialReader(
             cfg.gps.port,
@@ -877,6 +887,7 @@ class BoxDaemon:
             "uncertainty_ns": clock.get("uncertainty_ns"),
             "fix": self.pipeline.parser.stats(),
             "coarse_passages": pipe["coarse_passages"],
+            "ticks": "kernel" if self.edges.kernel_ticks else "callback",
             "gps_port": self.serial.connected,
             "gps_port_waiting": self.serial.waiting,
             "pps_pulses": self.edges.pps_pulses,

@@ -17,6 +17,7 @@ event (`Store.chain_head()`), replay from the genesis of the `--store` id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -81,8 +82,12 @@ class Pipeline:
         next_seq: int = 1,
         clock_params: ClockParams | None = None,
         chain_head: str | None = None,
+        tick_uncertainty_ns: int = 0,
     ) -> None:
         self.box, self.checkpoint, self.store = box, checkpoint, store
+        # Added to every stamp's bound: how far an edge's tick may be from the edge
+        # (0 for kernel timestamps; checkpoint.edges.COARSE_TICK_NS for callback ones).
+        self.tick_uncertainty_ns = tick_uncertainty_ns
         self.next_seq = next_seq
         if chain_head is not None and not chain.is_hash(chain_head):
             raise ValueError(f"chain_head must be 64 lowercase hex digits, got {chain_head!r}")
@@ -243,7 +248,12 @@ class Pipeline:
             self._last_state = state
 
     def _stamp(self, mono_ns: int, as_of: int) -> Stamp:
-        return self.clock.stamp(mono_ns, max(as_of, mono_ns))
+        stamp = self.clock.stamp(mono_ns, max(as_of, mono_ns))
+        if self.tick_uncertainty_ns:
+            stamp = dataclasses.replace(
+                stamp, uncertainty_ns=stamp.uncertainty_ns + self.tick_uncertainty_ns
+            )
+        return stamp
 
     def _passages(self, passages: list[Passage]) -> list[dict[str, Any]]:
         out = []

@@ -166,3 +166,13 @@ def test_log_names_no_socket_and_stale_socket(tmp_path, caplog):
         assert "nobody listening: chronyd stopped" in caplog.text
     finally:
         feeder.close()
+
+
+def test_install_ships_the_dropin_and_restarts_a_running_chrony(tmp_path):
+    from checkpoint import install
+
+    root = tmp_path / "root"
+    said: list[str] = []
+    install.install(root, program="/opt/checkpoint/bin/checkpoint", say=said.append)
+    assert (root / install.CHRONY_DROPIN.lstrip("/")).read_text() == DROPIN.read_text()
+    assert any("systemctl try-restart chrony.service" in s for s in said)
