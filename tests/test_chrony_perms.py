@@ -176,3 +176,28 @@ def test_install_ships_the_dropin_and_restarts_a_running_chrony(tmp_path):
     install.install(root, program="/opt/checkpoint/bin/checkpoint", say=said.append)
     assert (root / install.CHRONY_DROPIN.lstrip("/")).read_text() == DROPIN.read_text()
     assert any("systemctl try-restart chrony.service" in s for s in said)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_dropin_parses_for_systemd_on_a_chrony_unit(tmp_path):
+    # A stand-in for Debian's chrony.service (Type=forking), with the drop-in beside it.
+    (tmp_path / "chrony.service").write_text(
+        "[Unit]\nDescription=chrony stand-in\n[Service]\nType=forking\n"
+        "PIDFile=/run/chrony/chronyd.pid\nExecStart=/bin/true\n"
+    )
+    dropins = tmp_path / "chrony.service.d"
+    dropins.mkdir()
+
+    def verify(text: str) -> str:
+        (dropins / "checkpoint.conf").write_text(text)
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / "chrony.service")],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{tmp_path}:"),
+        )
+        return out.stdout + out.stderr
+
+    assert "checkpoint.conf" not in verify(DROPIN.read_text())
+    # The drop-in is really read: a broken prefix is reported against it.
+    assert "checkpoint.conf" in verify(DROPIN.read_text().replace("=-+/", "=~~/"))
