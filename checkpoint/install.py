@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from checkpoint.config import default_inputs
 from checkpoint.errors import CheckpointError
 
 BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
@@ -238,6 +239,8 @@ def config_pins(text: str) -> dict[int, str]:
         data = {}
     gps = data.get("gps") if isinstance(data.get("gps"), dict) else {}
     named = [("gps.pps_pin", gps.get("pps_pin", "GPIO18"))]
+    if "inputs" not in data:  # the daemon's default inputs then
+        named += [(f"input {i.name}", i.pin) for i in default_inputs()]
     inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
     named += [(f"input {i.get('name')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
     pins: dict[int, str] = {}

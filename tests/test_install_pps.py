@@ -98,5 +98,6 @@ def test_config_pins_reads_names_leniently():
         4: "gps.pps_pin",
         5: "input b",
     }
-    assert install.config_pins("not toml [") == {18: "gps.pps_pin"}
-    assert install.config_pins('[gps]\npps_pin = "BOARD7"\n') == {}
+    # No [[inputs]]: the daemon's default beam on GPIO17.
+    assert install.config_pins("not toml [") == {18: "gps.pps_pin", 17: "input beam"}
+    assert install.config_pins('[gps]\npps_pin = "BOARD7"\n[[inputs]]\npin = "BOARD11"\n') == {}
