@@ -228,7 +228,7 @@ _GPIO_NAME = re.compile(r"^(?:GPIO|BCM)?(\d+)$", re.IGNORECASE)
 
 
 def config_pins(text: str) -> dict[int, str]:
-    """BCM GPIO numbers a box config reads (PPS and inputs), each with what uses it.
+    """BCM GPIO numbers a box config uses (PPS, inputs, LED/buzzer), each with its user.
 
     Read leniently from the TOML (the daemon checks the config, not the installer):
     a pin written as a header position (``BOARD12``) or anything unparsable is skipped.
@@ -242,7 +242,9 @@ def config_pins(text: str) -> dict[int, str]:
     if "inputs" not in data:  # the daemon's default inputs then
         named += [(f"input {i.name}", i.pin) for i in default_inputs()]
     inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
-    named += [(f"input {i.get('name')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
+    named += [(f"input {i.get('name', '?')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
+    ind = data.get("indicator") if isinstance(data.get("indicator"), dict) else {}
+    named += [(f"indicator.{k}", ind[k]) for k in ("led_pin", "buzzer_pin") if ind.get(k)]
     pins: dict[int, str] = {}
     for what, name in named:
         m = _GPIO_NAME.match(str(name)) if isinstance(name, (str, int)) else None

@@ -101,3 +101,8 @@ def test_config_pins_reads_names_leniently():
     # No [[inputs]]: the daemon's default beam on GPIO17.
     assert install.config_pins("not toml [") == {18: "gps.pps_pin", 17: "input beam"}
     assert install.config_pins('[gps]\npps_pin = "BOARD7"\n[[inputs]]\npin = "BOARD11"\n') == {}
+    assert install.config_pins('[[inputs]]\npin = "GPIO5"\n[indicator]\nled_pin = "GPIO23"\n') == {
+        18: "gps.pps_pin",
+        5: "input ?",
+        23: "indicator.led_pin",
+    }
