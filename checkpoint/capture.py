@@ -38,6 +38,7 @@ _FIELDS: dict[str, dict[str, type]] = {
     "correction": {"mono_ns": int, "kind": str, "ref_seq": int, "value": str},
     "advance": {"mono_ns": int},
     "sample": {"mono_ns": int, "utc_s": int},
+    "pending": {"mono_ns": int, "ref_seq": int, "uncertainty_ns": int, "clock": str},
 }
 
 

@@ -42,12 +42,17 @@ is better off with nothing than with the NMEA-grade or unsynced fallbacks.
 from __future__ import annotations
 
 import errno
+import grp
 import logging
+import os
+import pwd
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("checkpoint.chronysock")
 
@@ -124,11 +129,21 @@ def measure(
     return Sample(realtime_ns=r, offset_ns=utc - r)
 
 
+def _name(lookup: Callable[[int], Any], ident: int) -> str:
+    """A user or group name for `ident` (from pwd.getpwuid or grp.getgrgid), else the number."""
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
+
+
 class ChronySocket:
     """Sends samples to chronyd's SOCK refclock; never blocks, never raises on send.
 
     chronyd not running (no socket, or nobody listening) is normal on a bench box:
-    it is logged once per outage and `send` returns False.
+    it is logged once per outage (INFO) and `send` returns False. Any other failure is
+    a WARNING naming its cause: chiefly EACCES, the socket left as chronyd makes it
+    (root, 0755) without the chrony drop-in that `checkpoint install` ships.
     """
 
     def __init__(self, path: str = DEFAULT_PATH, *, time_bits: int | None = None) -> None:
@@ -148,12 +163,7 @@ class ChronySocket:
             self.failed += 1
             if not self._down:
                 quiet = e.errno in (errno.ENOENT, errno.ECONNREFUSED)
-                log.log(
-                    logging.INFO if quiet else logging.WARNING,
-                    "chrony socket %s: %s (is chronyd running with the checkpoint refclock?)",
-                    self.path,
-                    e.strerror,
-                )
+                log.log(logging.INFO if quiet else logging.WARNING, "%s", self.why(e))
                 self._down = True
             return False
         if self._down:
@@ -161,6 +171,36 @@ class ChronySocket:
             self._down = False
         self.sent += 1
         return True
+
+    def why(self, err: OSError) -> str:
+        """What a failed send means and what to do, by its errno."""
+        where = f"chrony socket {self.path}"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            try:
+                st = os.stat(self.path)
+                owner = f"owned by {_name(pwd.getpwuid, st.st_uid)}:"
+                owner += f"{_name(grp.getgrgid, st.st_gid)} mode {stat.S_IMODE(st.st_mode):04o}"
+            except OSError:
+                owner = "owner unknown"
+            return (
+                f"{where}: permission denied ({owner}); this process runs as "
+                f"{_name(pwd.getpwuid, os.geteuid())}. chronyd creates the socket as root "
+                "with mode 0755: the drop-in /etc/systemd/system/chrony.service.d/"
+                "checkpoint.conf (sudo checkpoint install) gives it group checkpoint, mode "
+                "0660; install it, then sudo systemctl restart chrony"
+            )
+        if err.errno == errno.ENOENT:
+            return (
+                f"{where}: no such socket: chronyd is not running, or runs without the "
+                "checkpoint refclock (/etc/chrony/conf.d/checkpoint.conf; sudo systemctl "
+                "restart chrony after installing it)"
+            )
+        if err.errno == errno.ECONNREFUSED:
+            return (
+                f"{where}: nobody listening: chronyd stopped and left its socket behind "
+                "(sudo systemctl status chrony)"
+            )
+        return f"{where}: {err.strerror or err}"
 
     def close(self) -> None:
         self._sock.close()

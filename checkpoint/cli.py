@@ -154,6 +154,10 @@ def replay_events(
     from checkpoint.timing import Pipeline, params_for
 
     head, records = capture.read(path)
+    # Recorded with a coarse pin factory: the daemon widened every bound by this.
+    extra = head.get("tick_uncertainty_ns", 0)
+    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
+        raise ConfigError(f"{path}: header tick_uncertainty_ns must be an integer >= 0")
     if cfg is not None:
         box, cp, inputs = cfg.box, cfg.checkpoint, cfg.inputs
         convention, clock = cfg.gps.convention, dict(cfg.clock)
@@ -171,6 +175,7 @@ def replay_events(
         inputs=inputs,
         convention=convention,
         clock_params=params_for(convention, clock),
+        tick_uncertainty_ns=extra,
     )
     for rec in records:
         yield from pipe.feed(rec)

@@ -115,6 +115,8 @@ class Config:
     gps: GpsConfig = field(default_factory=GpsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     pin_factory: str = ""
+    # Accept a pin factory without kernel edge timestamps (checkpoint.edges).
+    allow_coarse_ticks: bool = False
     capture: str | None = None
     status_interval_s: int = 10
     clock: tuple[tuple[str, int | float], ...] = ()
@@ -271,6 +273,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
 
     gpio = _Reader(top.get("gpio", dict, {}), "gpio", file)
     pin_factory = gpio.get("pin_factory", str, "")
+    allow_coarse_ticks = gpio.get("allow_coarse_ticks", bool, False)
     gpio.done()
 
     g = _Reader(top.get("gps", dict, {}), "gps", file)
@@ -366,6 +369,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         gps=gps,
         mqtt=mqtt,
         pin_factory=pin_factory,
+        allow_coarse_ticks=allow_coarse_ticks,
         capture=capture,
         status_interval_s=status_interval,
         clock=clock,

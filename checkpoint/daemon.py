@@ -39,7 +39,7 @@ from typing import Any
 
 from checkpoint import EVENT_SCHEMA, __version__, capture, chain
 from checkpoint.config import Config
-from checkpoint.edges import EdgeSource
+from checkpoint.edges import COARSE_TICK_NS, EdgeSource
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.fieldkit import FieldKit
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
@@ -89,6 +89,11 @@ def _unwritable_media(path: Path) -> str | None:
     if st.f_bavail * st.f_frsize < 64 * 1024:
         return "the filesystem is full"
     return None
+
+
+def _late(tick: int) -> int:
+    """How long after its kernel tick a GPIO record reaches the daemon (callback thread)."""
+    return time.monotonic_ns() - tick
 
 
 def _is_int(v: object) -> bool:
@@ -158,18 +163,6 @@ class BoxDaemon:
             redeliver_after_ns=cfg.mqtt.redeliver_after_s * 10**9,
         )
         self.outbox.load(last, self.store.acked_upto())
-        self.recorder = (
-            capture.Writer(
-                cfg.capture,
-                cfg.box,
-                cfg.checkpoint,
-                convention=cfg.gps.convention,
-                clock=dict(cfg.clock),
-                inputs=[dataclasses.asdict(i) for i in cfg.inputs],
-            )
-            if cfg.capture
-            else None
-        )
         self._unstored: list[dict[str, Any]] = []
         self._durable_last = last  # highest seq known to be on disk
         self._store_retry_ns = 0
@@ -225,6 +218,28 @@ class BoxDaemon:
             on_edge=self._on_edge,
             on_pps=self._on_pps,
             pin_factory=cfg.pin_factory,
+            allow_coarse_ticks=cfg.allow_coarse_ticks,
+        )
+        if not self.edges.kernel_ticks:
+            # Edges stamped in a Python callback (gpio.allow_coarse_ticks): every bound
+            # says so. Before any record is fed: run() starts feeding.
+            self.pipeline.tick_uncertainty_ns = COARSE_TICK_NS
+        # In the capture header only when set, so replay widens the same bounds.
+        tick_setting = (
+            {"tick_uncertainty_ns": COARSE_TICK_NS} if not self.edges.kernel_ticks else {}
+        )
+        self.recorder = (
+            capture.Writer(
+                cfg.capture,
+                cfg.box,
+                cfg.checkpoint,
+                convention=cfg.gps.convention,
+                clock=dict(cfg.clock),
+                inputs=[dataclasses.asdict(i) for i in cfg.inputs],
+                **tick_setting,
+            )
+            if cfg.capture
+            else None
         )
         self.serial = SerialReader(
             cfg.gps.port,
@@ -306,22 +321,22 @@ class BoxDaemon:
         self.q.put(("wake", None))
 
     def _on_edge(self, name: str, mono: int, active: bool, fault: bool) -> None:
-        self._delivered(mono)
-        self.q.put(("rec", capture.edge_record(name, mono, active, fault)))
+        self.q.put(("gpio", (capture.edge_record(name, mono, active, fault), _late(mono))))
 
     def _on_pps(self, mono: int) -> None:
-        self._delivered(mono)
-        self.q.put(("rec", {"type": "pps", "mono_ns": mono}))
+        self.q.put(("gpio", ({"type": "pps", "mono_ns": mono}, _late(mono))))
 
-    def _delivered(self, tick: int) -> None:
-        """Track how late GPIO edges reach us (callback thread; a plain int store).
+    def _observe_late(self, late: int) -> None:
+        """Raise the hold-back to a GPIO delivery delay seen (core thread: its one writer).
 
         The timer decides a break only once `now - holdback` has passed its
         min_break, so a release edge queued behind a late leading edge is seen
         first. The hold-back jumps to any lateness seen and decays slowly, so a
-        stall costs latency for a while rather than a false passage.
+        stall costs latency for a while rather than a false passage. The callback
+        thread only measures the delay (at delivery, the moment that matters) and
+        sends it along with the record: were it to write the value itself, the
+        core thread's decay could overwrite a raise it never saw.
         """
-        late = time.monotonic_ns() - tick
         if late > self.holdback_ns:
             self.holdback_ns = min(late + _HOLDBACK_FLOOR_NS, _HOLDBACK_MAX_NS)
 
@@ -338,6 +353,7 @@ class BoxDaemon:
     # -- the core thread ----------------------------------------------------
     def run(self) -> None:
         self._reload_samples()
+        self._reload_pending()
         self._sysclock()
         self.serial.start()
         self.link.start()
@@ -378,7 +394,11 @@ class BoxDaemon:
             pass
         now = time.monotonic_ns()
         for kind, item in items:
-            if kind == "rec":
+            if kind == "gpio":
+                rec, late = item
+                self._observe_late(late)
+                events += self._record(rec)
+            elif kind == "rec":
                 events += self._record(item)
             elif kind == "link":
                 self._link_event(item, now)
@@ -457,6 +477,30 @@ class BoxDaemon:
                 self._record({"type": "sample", "mono_ns": mono_ns, "utc_s": utc_s})
         if samples:
             log.info("reloaded %d clock samples from this boot", len(samples))
+
+    def _reload_pending(self) -> None:
+        """Passages an earlier run of this boot stamped before lock: still to re-stamp.
+
+        Without this a restart would strand them at system-clock or NMEA grade (the
+        pipeline that meant to re-stamp them died with the process). A `pending`
+        record each, so a capture replays to the same restamps.
+        """
+        try:
+            rows = self.store.unsettled_passages(self.boot)
+        except StoreError as e:
+            log.warning("cannot reload passages awaiting a restamp: %s", e)
+            return
+        for seq, mono_ns, unc, clock in rows:
+            rec = {
+                "type": "pending",
+                "mono_ns": mono_ns,
+                "ref_seq": seq,
+                "uncertainty_ns": unc,
+                "clock": clock,
+            }
+            self._record(rec)
+        if rows:
+            log.info("%d passages of this boot (not locked) will be re-stamped at lock", len(rows))
 
     def _sysclock(self) -> list[dict[str, Any]]:
         rec = {"type": "sysclock", "mono_ns": time.monotonic_ns(), "realtime_ns": time.time_ns()}
@@ -823,6 +867,10 @@ class BoxDaemon:
         alarms = dict(self.alarms)
         for name, dropped in faults.items():
             alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
+        port_error = self.serial.last_error
+        if not self.serial.connected and port_error:
+            # Retried every second: the box goes on timing (system clock) meanwhile.
+            alarms["gps_port"] = port_error
         pairer = self.pipeline.pairer
         if pairer.mismatch:
             alarms["gps"] = f"NMEA/PPS convention mismatch: {pairer.advice}"
@@ -840,7 +888,10 @@ class BoxDaemon:
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
             "fix": self.pipeline.parser.stats(),
+            "coarse_passages": pipe["coarse_passages"],
+            "ticks": "kernel" if self.edges.kernel_ticks else "callback",
             "gps_port": self.serial.connected,
+            "gps_port_waiting": self.serial.waiting,
             "gps_burst": self.pipeline.burst.status(self.cfg.gps.baudrate),
             "pairing": {
                 "mismatch": pairer.mismatch,

@@ -7,8 +7,11 @@ What goes where (sources in the repository's `systemd/`, `firmware_config/` and
 /etc/systemd/system/checkpoint.service      the box daemon's unit (hardened, Type=notify)
 /etc/systemd/system/checkpoint-hq.service   HQ's unit (installed, not enabled)
 /usr/lib/sysusers.d/checkpoint.conf         the ``checkpoint`` user, groups gpio/dialout
+/etc/modules-load.d/checkpoint.conf         USB serial drivers at boot (a GPS plugged in late)
 /etc/udev/rules.d/99-checkpoint.rules       /dev/gps0, gpiochip group access
 /etc/chrony/conf.d/checkpoint.conf          chrony fed by the daemon (SOCK refclock)
+/etc/systemd/system/chrony.service.d/       its socket writable by group checkpoint
+  checkpoint.conf
 /etc/checkpoint/box.toml                    the example config, only if none exists
 /etc/checkpoint/hq.env                      HQ's settings, only if none exists
 /boot/firmware/config.txt                   a marked block appended (asks first)
@@ -32,10 +35,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from checkpoint.config import default_inputs
 from checkpoint.errors import CheckpointError
 
 BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
@@ -43,6 +48,8 @@ BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
 _CONSOLE = r"console=(?:serial0|serial1|ttyAMA[0-9]*|ttyS0)(?:,[0-9a-zA-Z]*)?"
 _CONSOLE_HEAD = re.compile(rf"^\s*{_CONSOLE}(?:\s+|$)")
 _CONSOLE_MIDDLE = re.compile(rf"\s+{_CONSOLE}(\s|$)")
+MODULES_LOAD = "/etc/modules-load.d/checkpoint.conf"
+CHRONY_DROPIN = "/etc/systemd/system/chrony.service.d/checkpoint.conf"
 _PPS_OVERLAY = re.compile(r"^\s*dtoverlay\s*=\s*pps-gpio\b(?P<args>.*)$")
 
 
@@ -63,14 +70,18 @@ def firmware_block(fragment: str) -> str:
     return "\n".join(lines[i : j + 1]) + "\n"
 
 
-def merge_config_txt(current: str, block: str, *, pps_pin: int = 18) -> str:
-    """`current` config.txt with our block in place and any pps-gpio overlay on the PPS pin off.
+def merge_config_txt(current: str, block: str, *, pins: Mapping[int, str] | None = None) -> str:
+    """`current` config.txt with our block in place and pps-gpio overlays on our pins off.
 
     The block replaces an earlier copy between the markers, or is appended (later
     lines win in config.txt, so appending overrides e.g. an earlier enable_uart=0).
-    A ``dtoverlay=pps-gpio`` for the PPS pin (18 is also the overlay's default) is
-    commented out: it would claim the GPIO line the daemon reads itself.
+    `pins` maps each BCM GPIO number the box config uses to what uses it (default
+    ``{18: "gps.pps_pin"}``). A ``dtoverlay=pps-gpio`` on one of them (no ``gpiopin``
+    means the overlay's default, 18) is commented out: the kernel's pps driver would
+    claim the line, and the daemon, failing to request it, would restart forever. A
+    pps-gpio overlay on a pin the box does not use is left alone.
     """
+    pins = {18: "gps.pps_pin"} if pins is None else pins
     lines = current.splitlines()
     out: list[str] = []
     skipping = False
@@ -84,9 +95,12 @@ def merge_config_txt(current: str, block: str, *, pps_pin: int = 18) -> str:
             continue
         m = _PPS_OVERLAY.match(line)
         if m:
-            pin = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
-            if pin is None or int(pin.group(1)) == pps_pin:
-                line = f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pps_pin} itself"
+            found = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
+            pin = int(found.group(1)) if found else 18
+            if pin in pins:
+                line = (
+                    f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pin} ({pins[pin]})"
+                )
         out.append(line)
     while out and not out[-1].strip():
         out.pop()
@@ -190,12 +204,14 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
             (assets / "systemd/checkpoint-hq.service").read_text(), program
         ),
         "/usr/lib/sysusers.d/checkpoint.conf": (assets / "systemd/checkpoint.sysusers").read_text(),
+        MODULES_LOAD: (assets / "systemd/checkpoint.modules-load").read_text(),
         "/etc/udev/rules.d/99-checkpoint.rules": (
             assets / "firmware_config/99-checkpoint.rules"
         ).read_text(),
         "/etc/chrony/conf.d/checkpoint.conf": (
             assets / "firmware_config/chrony-checkpoint.conf"
         ).read_text(),
+        CHRONY_DROPIN: (assets / "systemd/chrony-checkpoint.conf").read_text(),
     }
     changes = [FileChange(dest, new, _read(_target(root, dest))) for dest, new in src.items()]
     for dest, source in (
@@ -208,13 +224,48 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
     return changes
 
 
+_GPIO_NAME = re.compile(r"^(?:GPIO|BCM)?(\d+)$", re.IGNORECASE)
+
+
+def config_pins(text: str) -> dict[int, str]:
+    """BCM GPIO numbers a box config uses (PPS, inputs, LED/buzzer), each with its user.
+
+    Read leniently from the TOML (the daemon checks the config, not the installer):
+    a pin written as a header position (``BOARD12``) or anything unparsable is skipped.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        data = {}
+    gps = data.get("gps") if isinstance(data.get("gps"), dict) else {}
+    named = [("gps.pps_pin", gps.get("pps_pin", "GPIO18"))]
+    if "inputs" not in data:  # the daemon's default inputs then
+        named += [(f"input {i.name}", i.pin) for i in default_inputs()]
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
+    named += [(f"input {i.get('name', '?')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
+    ind = data.get("indicator") if isinstance(data.get("indicator"), dict) else {}
+    named += [(f"indicator.{k}", ind[k]) for k in ("led_pin", "buzzer_pin") if ind.get(k)]
+    pins: dict[int, str] = {}
+    for what, name in named:
+        m = _GPIO_NAME.match(str(name)) if isinstance(name, (str, int)) else None
+        if m:
+            pins.setdefault(int(m.group(1)), what)
+    return pins
+
+
 def plan_firmware(root: Path, assets: Path) -> tuple[list[FileChange], list[str]]:
-    """Firmware edits needed, and notes on what was skipped."""
+    """Firmware edits needed, and notes on what was skipped.
+
+    The box config on the target (or the example the installer puts there) names the
+    pins whose pps-gpio overlays must go.
+    """
     notes: list[str] = []
     changes: list[FileChange] = []
     block = firmware_block((assets / "firmware_config/config.txt").read_text())
+    box = _read(_target(root, "/etc/checkpoint/box.toml"))
+    pins = config_pins(box if box is not None else (assets / "examples/box.toml").read_text())
     for dest, transform in (
-        ("/boot/firmware/config.txt", lambda text: merge_config_txt(text, block)),
+        ("/boot/firmware/config.txt", lambda text: merge_config_txt(text, block, pins=pins)),
         ("/boot/firmware/cmdline.txt", strip_serial_console),
     ):
         old = _read(_target(root, dest))
@@ -261,8 +312,17 @@ def _enabled(root: Path, unit: str) -> bool:
     return (root / "etc/systemd/system/multi-user.target.wants" / unit).exists()
 
 
-def plan_commands(root: Path, changed: set[str]) -> list[list[str]]:
-    """Commands that would bring the system in line, given the files just changed."""
+def modules(text: str) -> list[str]:
+    """Module names in a modules-load.d file (comments and blank lines skipped)."""
+    names = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [n for n in names if n]
+
+
+def plan_commands(root: Path, changed: set[str], load: Sequence[str] = ()) -> list[list[str]]:
+    """Commands that would bring the system in line, given the files just changed.
+
+    `load`: the kernel modules of the modules-load.d file, loaded now if it changed.
+    """
     cmds: list[list[str]] = []
     if not _user_exists("checkpoint"):
         if shutil.which("systemd-sysusers"):
@@ -287,6 +347,14 @@ def plan_commands(root: Path, changed: set[str]) -> list[list[str]]:
         cmds.append(["udevadm", "trigger"])
     if any(d.startswith("/etc/systemd/system/") for d in changed):
         cmds.append(["systemctl", "daemon-reload"])
+    if MODULES_LOAD in changed:
+        # Now, not only at the next boot: the unit resolves its DeviceAllow classes
+        # when it (re)starts, so the drivers must be in before that.
+        cmds.append(["modprobe", "-a", *load])
+    if changed & {CHRONY_DROPIN, "/etc/chrony/conf.d/checkpoint.conf"}:
+        # chronyd reads its refclocks and makes the socket only when it starts; a
+        # chrony that is not running is left alone (try-restart).
+        cmds.append(["systemctl", "try-restart", "chrony.service"])
     if not _enabled(root, "checkpoint.service"):
         cmds.append(["systemctl", "enable", "checkpoint.service"])
     return cmds
@@ -356,7 +424,8 @@ def install(
     else:
         say("firmware files not checked (--no-firmware)")
 
-    commands = plan_commands(root, changed)
+    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
+    commands = plan_commands(root, changed, load)
     have_systemctl = shutil.which("systemctl") is not None
     for cmd in commands:
         if real and (cmd[0] != "systemctl" or have_systemctl) and shutil.which(cmd[0]):

@@ -27,6 +27,7 @@ from typing import Any
 import pynmea2
 import serial
 
+from checkpoint import gpsport
 from checkpoint.errors import NmeaError
 
 log = logging.getLogger("checkpoint.nmea")
@@ -521,8 +522,9 @@ class SerialReader(threading.Thread):
     logs once per outage, waits `reopen_delay_s` and tries again until `stop()`.
     `on_line` runs on this thread; it should only enqueue.
 
-    For the status message: `connected`, `last_error` (the current outage's cause,
-    None while connected), `bytes_read`, `lines`, `connects`, `callback_errors`.
+    For the status message: `connected`, `waiting` (the device does not exist yet: a
+    USB receiver not plugged in), `last_error` (the current outage's cause, None
+    while connected; see checkpoint.gpsport), `bytes_read`, `lines`, `connects`, `callback_errors`.
     """
 
     def __init__(
@@ -540,6 +542,8 @@ class SerialReader(threading.Thread):
         self.baudrate = baudrate
         self.reopen_delay_s = reopen_delay_s
         self.connected = False
+        # True while the device path does not exist (not plugged in yet): retried.
+        self.waiting = False
         self.last_error: str | None = None
         self.bytes_read = 0
         self.lines = 0
@@ -564,7 +568,8 @@ class SerialReader(threading.Thread):
                     self.url, baudrate=self.baudrate, timeout=_READ_TIMEOUT_S
                 )
             except Exception as e:  # SerialException, OSError, ValueError for a bad URL
-                self._outage(f"cannot open {self.url}: {e}")
+                self.waiting = gpsport.missing(self.url)
+                self._outage(gpsport.open_failure(self.url, e))
             else:
                 self._connected()
                 try:
@@ -598,6 +603,7 @@ class SerialReader(threading.Thread):
                         log.exception("on_line callback failed (further failures counted)")
 
     def _connected(self) -> None:
+        self.waiting = False
         self.connected = True
         self.connects += 1
         if self._in_outage:

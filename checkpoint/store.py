@@ -565,6 +565,29 @@ class Store:
             ).fetchall()
         return [(int(m), int(u)) for m, u in reversed(rows)]
 
+    def unsettled_passages(self, boot: str) -> list[tuple[int, int, int, str]]:
+        """Passages of OS boot `boot` whose latest stamp (restamps applied) is not locked.
+
+        `(seq, mono_ns, uncertainty_ns, clock)`, ascending by seq: what a daemon
+        restarted in the same boot must still re-stamp once its clock locks (their
+        kernel ticks are comparable only within the boot).
+        """
+        with self._sqlite("reading passages to re-stamp") as db:
+            rows = db.execute(
+                "SELECT p.seq, p.mono_ns, COALESCE(("
+                "  SELECT r.payload FROM events r WHERE r.type = 'restamp' AND r.ref_seq = p.seq"
+                "  ORDER BY r.seq DESC LIMIT 1), p.payload) "
+                "FROM events p WHERE p.type = 'passage' AND p.boot = ? ORDER BY p.seq",
+                [boot],
+            ).fetchall()
+        out = []
+        for seq, mono_ns, payload in rows:
+            stamp = json.loads(payload)
+            clock, unc = stamp.get("clock"), stamp.get("uncertainty_ns")
+            if clock != "locked" and _is_int(mono_ns) and _is_int(unc) and isinstance(clock, str):
+                out.append((int(seq), int(mono_ns), int(unc), clock))
+        return out
+
     def chain_head(self) -> str | None:
         """The `hash` of the last stored event: where this store's chain continues.
 

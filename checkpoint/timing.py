@@ -17,6 +17,7 @@ event (`Store.chain_head()`), replay from the genesis of the `--store` id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from checkpoint.nmea import NmeaParser
 from checkpoint.pairing import Pairer, Sample
 
 _MAX_PENDING_RESTAMPS = 10_000
+_COARSE = (ClockState.NMEA.value, ClockState.UNSYNCED.value)
 _CAR = 16
 
 
@@ -84,8 +86,12 @@ class Pipeline:
         next_seq: int = 1,
         clock_params: ClockParams | None = None,
         chain_head: str | None = None,
+        tick_uncertainty_ns: int = 0,
     ) -> None:
         self.box, self.checkpoint, self.store = box, checkpoint, store
+        # Added to every stamp's bound: how far an edge's tick may be from the edge
+        # (0 for kernel timestamps; checkpoint.edges.COARSE_TICK_NS for callback ones).
+        self.tick_uncertainty_ns = tick_uncertainty_ns
         self.next_seq = next_seq
         if chain_head is not None and not chain.is_hash(chain_head):
             raise ValueError(f"chain_head must be 64 lowercase hex digits, got {chain_head!r}")
@@ -107,7 +113,8 @@ class Pipeline:
         self.skipped: Counter[str] = Counter()
         self.refused: deque[str] = deque(maxlen=20)
         self.last_passage: dict[str, Any] | None = None
-        self._unlocked: deque[tuple[int, int, int]] = deque()
+        # (seq, mono_ns, published uncertainty_ns, published clock grade)
+        self._unlocked: deque[tuple[int, int, int, str]] = deque()
         self._last_state: ClockState | None = None
         self.transitions: list[tuple[int, str, str]] = []
 
@@ -127,6 +134,10 @@ class Pipeline:
             return self.correction(rec)
         if kind == "advance":
             return self.advance(rec["mono_ns"])
+        if kind == "pending":
+            # A passage an earlier run of this boot stamped before lock (restart).
+            self.pending(rec["ref_seq"], rec["mono_ns"], rec["uncertainty_ns"], rec["clock"])
+            return []
         if kind == "sample":
             # Already paired and stored before a restart: straight to the clock.
             self._time(rec["mono_ns"])
@@ -245,7 +256,12 @@ class Pipeline:
             self._last_state = state
 
     def _stamp(self, mono_ns: int, as_of: int) -> Stamp:
-        return self.clock.stamp(mono_ns, max(as_of, mono_ns))
+        stamp = self.clock.stamp(mono_ns, max(as_of, mono_ns))
+        if self.tick_uncertainty_ns:
+            stamp = dataclasses.replace(
+                stamp, uncertainty_ns=stamp.uncertainty_ns + self.tick_uncertainty_ns
+            )
+        return stamp
 
     def _passages(self, passages: list[Passage]) -> list[dict[str, Any]]:
         out = []
@@ -259,35 +275,49 @@ class Pipeline:
                 **_stamp_fields(stamp),
             )
             if stamp.clock != ClockState.LOCKED:
-                if len(self._unlocked) >= _MAX_PENDING_RESTAMPS:
-                    self._unlocked.popleft()
-                    self.skipped["restamp_overflow"] += 1
-                self._unlocked.append((ev["seq"], p.mono_ns, stamp.uncertainty_ns))
+                self.pending(ev["seq"], p.mono_ns, stamp.uncertainty_ns, stamp.clock.value)
             self.last_passage = ev
             out.append(ev)
         return out
+
+    def pending(self, ref_seq: int, mono_ns: int, uncertainty_ns: int, clock: str) -> None:
+        """Remember passage `ref_seq`, published at grade `clock`, for a restamp once locked.
+
+        The pipeline calls it for its own passages; the daemon for those an earlier run
+        in this OS boot stamped before lock (the store's, via a `pending` record), so a
+        restart never strands them at system-clock or NMEA grade.
+        """
+        if len(self._unlocked) >= _MAX_PENDING_RESTAMPS:
+            self._unlocked.popleft()
+            self.skipped["restamp_overflow"] += 1
+        self._unlocked.append((ref_seq, mono_ns, uncertainty_ns, clock))
 
     def _restamps(self) -> list[dict[str, Any]]:
         """Re-derive passages stamped before lock (or in an outage) once locked.
 
         A tick before the first pulse, or inside an outage, can only be reached by
         extrapolating or bridging the fit, so its new stamp is labelled holdover;
-        what matters to HQ is the bound. A restamp goes out once the bound is at
-        most half the published one, i.e. it is worth replacing the time.
+        what matters to HQ is the bound. A passage published at `nmea` or `unsynced`
+        grade is always re-derived (its bound came from priors about the receiver or
+        the system clock, the new one from measured pulses); one published at
+        `holdover` only once the new bound is at most half the published one, i.e. it
+        is worth replacing the time.
         """
         if not self._unlocked or self.now_ns is None:
             return []
         if self.clock.state(self.now_ns) != ClockState.LOCKED:
             return []
         out: list[dict[str, Any]] = []
-        keep: deque[tuple[int, int, int]] = deque()
-        for ref_seq, mono_ns, published_unc in self._unlocked:
+        keep: deque[tuple[int, int, int, str]] = deque()
+        for entry in self._unlocked:
+            ref_seq, mono_ns, published_unc, grade = entry
             stamp = self._stamp(mono_ns, self.now_ns)
             better = stamp.clock in (ClockState.LOCKED, ClockState.HOLDOVER)
-            if better and stamp.uncertainty_ns * 2 <= published_unc:
+            coarse = grade in _COARSE
+            if better and (coarse or stamp.uncertainty_ns * 2 <= published_unc):
                 out.append(self._event("restamp", ref_seq=ref_seq, **_stamp_fields(stamp)))
             else:
-                keep.append((ref_seq, mono_ns, published_unc))
+                keep.append(entry)
         self._unlocked = keep
         return out
 
@@ -349,6 +379,8 @@ class Pipeline:
             "pairing": dict(self.pairer.rejects),
             "inputs": self.detector.stats(),
             "pending_restamps": len(self._unlocked),
+            # Passages still at system-clock or NMEA grade: none once locked.
+            "coarse_passages": sum(1 for e in self._unlocked if e[3] in _COARSE),
         }
 
 

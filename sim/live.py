@@ -299,8 +299,10 @@ class LiveRun:
                     and fresh
                     and st.get("backlog") == 0
                     and st.get("acked_upto") == st.get("last_seq")
-                    # Locked again (a restarted or cold box): its re-stamps are out.
+                    # Locked again (a restarted or cold box) and no passage left at
+                    # system-clock or NMEA grade: its re-stamps are out.
                     and st.get("clock") == "locked"
+                    and st.get("coarse_passages") == 0
                 )
                 if not done:
                     pending.append(b.id)
@@ -326,12 +328,16 @@ class LiveRun:
         blind = {k for k, n in need.items() if delivery.edges[k] < n}
         received = hqclient.received(db)
         truth = [t.as_dict() for t in self.rally.truth]
+        # Boxes whose last status said locked: none of their passages may end coarse.
+        status, _ = self.monitor.snapshot() if self.monitor is not None else ({}, {})
+        locked = {b for b, st in status.items() if st.get("clock") == "locked"}
         v = verdict.judge(
             truth,
             rows,
             blind=blind,
             sent_wall_ns=delivery.lead_sent_wall_ns,
             received_wall_ns=received,
+            locked=locked,
         )
         if self.sc.marshal_assign and v.matches:
             n = hqclient.assign(db, [(b, s, q, car) for (b, s, q), car in v.matches.items()])
@@ -343,6 +349,7 @@ class LiveRun:
                 blind=blind,
                 sent_wall_ns=delivery.lead_sent_wall_ns,
                 received_wall_ns=received,
+                locked=locked,
             )
             v.unassigned = sum(1 for r in rows if r.get("car") is None and not r.get("void"))
         return v

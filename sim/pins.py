@@ -51,6 +51,10 @@ class SimPin(MockPin):
 class SimFactory(MockFactory):
     """MockFactory with int-ns CLOCK_MONOTONIC ticks and an optional socket feed."""
 
+    # Its ticks stand for the kernel's edge timestamps (checkpoint.edges accepts it
+    # at µs grade; a plain MockFactory is refused).
+    kernel_ticks = True
+
     def __init__(self, feed: str | None = None) -> None:
         super().__init__(pin_class=SimPin)
         self.feed = feed if feed is not None else os.environ.get(FEED_ENV)

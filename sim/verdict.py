@@ -14,7 +14,9 @@ passage of a truth is its match, further ones are duplicates. Then
 * blind      truths the system could not see (the sim never delivered their edges:
              box process down, dead sensor); reported, not counted as missing;
 * untimed    car × control pairs with no passage on any input there (what the
-             rally's results will lack), blind ones included.
+             rally's results will lack), blind ones included;
+* coarse     matched passages that end (restamps applied) at `unsynced` or `nmea`
+             grade on a box that locked: the box should have re-stamped them.
 
 Errors are integer ns: passage `utc_ns` (restamps applied) minus the truth's UTC of
 the leading edge. Coverage is the share of matched passages with
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOLERANCE_NS = 500_000_000
+_COARSE = ("unsynced", "nmea")
 
 
 def percentile(values: list[int], p: float) -> int | None:
@@ -89,6 +92,7 @@ class Verdict:
     false: int = 0
     blind: int = 0
     untimed: int = 0
+    coarse: int = 0
     voided: int = 0
     restamped: int = 0
     covered: int = 0
@@ -104,7 +108,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.false == 0 and self.duplicates == 0
+        return self.missing == 0 and self.false == 0 and self.duplicates == 0 and self.coarse == 0
 
     @property
     def coverage(self) -> float | None:
@@ -128,6 +132,7 @@ class Verdict:
             "false": self.false,
             "blind": self.blind,
             "untimed": self.untimed,
+            "coarse": self.coarse,
             "voided": self.voided,
             "restamped": self.restamped,
             "wrong_car": self.wrong_car,
@@ -162,12 +167,15 @@ def judge(
     sent_wall_ns: Mapping[tuple[str, str, str], int] | None = None,
     received_wall_ns: Mapping[tuple[str, str, int], int] | None = None,
     tolerance_ns: int = TOLERANCE_NS,
+    locked: Collection[str] | None = None,
 ) -> Verdict:
     """Judge passages (`rows`, HQ export shape) against `truth` (TruthPassage dicts).
 
     `blind` holds truth keys (box, input, car) whose edges never reached a box.
     `sent_wall_ns` (truth key → wall clock when the sim sent the leading edge) and
     `received_wall_ns` ((box, store, seq) → wall clock HQ received it) give latency.
+    `locked` names the boxes whose clock locked (None: a box with any passage at
+    locked grade did): their passages must not end at `unsynced` or `nmea` grade.
     """
     v = Verdict()
     truths = list(truth)
@@ -230,13 +238,29 @@ def judge(
             b["missing"] += 1
             v.note("missing", f"{t['box']} {t['input']} car {t['car']} (tick {t['tick']})")
     v.untimed = len({(t["checkpoint"], t["car"]) for t in truths} - timed)
+    if locked is None:
+        locked = {r["box"] for r in live_rows if r.get("clock") == "locked"}
+    for cl in claims.values():
+        r = cl[0][1]
+        if r["box"] in locked and r.get("clock") in _COARSE:
+            v.coarse += 1
+            _box(v, r["box"])["coarse"] += 1
+            v.note("coarse", f"{r['box']} {r['input']} seq {r['seq']} left at {r.get('clock')}")
     return v
 
 
 def _box(v: Verdict, box: str) -> dict[str, Any]:
     return v.by_box.setdefault(
         box,
-        {"expected": 0, "matched": 0, "missing": 0, "false": 0, "blind": 0, "max_error_ns": 0},
+        {
+            "expected": 0,
+            "matched": 0,
+            "missing": 0,
+            "false": 0,
+            "blind": 0,
+            "coarse": 0,
+            "max_error_ns": 0,
+        },
     )
 
 
@@ -315,6 +339,8 @@ def render(v: Verdict, title: str = "") -> str:
     extra = []
     if v.restamped:
         extra.append(f"{v.restamped} restamped after lock")
+    if v.coarse:
+        extra.append(f"{v.coarse} left at unsynced/nmea grade on a box that locked")
     if v.unassigned is not None:
         extra.append(f"marshal: {v.wrong_car} wrong car, {v.unassigned} unassigned")
     if v.voided:

@@ -327,7 +327,7 @@ def test_install_into_a_temporary_root_then_second_run_changes_nothing(tmp_path)
     assert config_txt.rstrip().endswith(install.END)
     assert "enable_uart=1" in config_txt
     assert "console=serial0" not in (root / "boot/firmware/cmdline.txt").read_text()
-    assert n == 9  # 7 system files + config.txt + cmdline.txt
+    assert n == 11  # 9 system files + config.txt + cmdline.txt
     assert any("not run (--root" in s and "systemctl enable checkpoint.service" in s for s in said)
     assert not any("running" in s for s in said), "no command runs outside the real root"
 

@@ -967,13 +967,15 @@ def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, t
     reader = reader_factory(str(link), got)
     wait_until(lambda: reader.last_error is not None)
     time.sleep(0.2)  # several retries, one log line
-    assert not reader.connected and "cannot open" in reader.last_error
+    assert not reader.connected and reader.waiting
+    assert f"GPS port {link} not present: waiting for it to appear" in reader.last_error
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
 
     master, slave, path = open_pty()
     link.symlink_to(path)
     wait_until(lambda: reader.connected)
+    assert not reader.waiting and reader.last_error is None
     os.close(slave)  # only the reader holds the slave now: closing the master unplugs it
     os.write(master, (rmc("120000", "010126") + "\r\n").encode())
     assert got.wait_for(1)[0][0] == rmc("120000", "010126")

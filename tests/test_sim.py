@@ -501,7 +501,15 @@ def test_rate_limited_chatter_makes_no_passage(tmp_path):
 
 # -- live: real daemons, broker and HQ --------------------------------------------------
 
-LIVE = ["broker_restart", "box_kill", "link_cut", "cold_start", "chatter", "ublox_factory"]
+LIVE = [
+    "broker_restart",
+    "box_kill",
+    "link_cut",
+    "cold_start",
+    "chatter",
+    "ublox_factory",
+    "cold_kill",
+]
 _LIVE_TIMEOUT_S = 400
 
 
@@ -579,6 +587,11 @@ def test_fault_scenario_live(name, live_runs):
         # every box locked and timed every car at locked grade.
         assert v["clocks"] == {"locked": v["expected"]}, v["clocks"]
         assert all(b["matched"] == b["expected"] > 0 for b in v["boxes"].values())
+    if name == "cold_kill":
+        # Killed before its first lock: the restarted daemon re-stamps what the dead
+        # one timed (reloaded from the store), so nothing ends coarse.
+        assert v["blind"] > 0 and v["restamped"] >= v["boxes"]["box01"]["matched"] > 0
+        assert v["coarse"] == 0 and set(v["clocks"]) <= {"locked", "holdover"}, v["clocks"]
     if name in ("broker_restart", "link_cut"):
         assert v["latency_ms"]["max"] > 3000  # held back during the outage, then delivered
         assert v["error_ns"]["max"] <= 10_000
