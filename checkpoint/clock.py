@@ -52,14 +52,16 @@ Uncertainty
 For a PPS candidate at distance ``d`` (s) from the nearest sample (``d_b``, ``d_a``
 before/after the tick)::
 
-    u = k_sigma·σ·√(gᵀ(XᵀX)⁻¹g)     # fit parameter covariance propagated to the tick
-      + σ                           # one PPS jitter: bias the runs test cannot see
+    u = f·k_sigma·σ·√(gᵀ(XᵀX)⁻¹g)   # fit parameter covariance propagated to the tick
+      + f·σ                         # one PPS jitter: bias the runs test cannot see
       + pps_accuracy_ns             # receiver PPS vs UTC (antenna cable, firmware)
       + ½·A·d_b·d_a  (or ½·A·d²)    # unmodelled frequency change since/between samples
       + misfit_sigmas·σ             # only when even the shortest window fails the tests
       + ambiguity                   # steps and whole seconds, see "Steps" below
 
-``σ`` is the residual RMS of the fit, ``g = (1, u, u²)``. ``A`` is the rate of
+``σ`` is the residual RMS of the fit, ``g = (1, u, u²)``; ``f`` (≥ 1) allows for σ
+drawn low by few residuals (2.3 for a ten-pulse line just after lock, 1.08 for 600).
+``A`` is the rate of
 *unmodelled* frequency change the oscillator is allowed: ``wander_ppm_per_min``
 (0.05 ppm/min ≈ an unforeseen 0.2 °C/min on a 0.25 ppm/°C Pi crystal) or, when larger,
 ``wander_learn_factor`` × what the oscillator showed while locked: every
@@ -78,7 +80,10 @@ agree with each other it was a step. A whole-second step means the labels moved 
 the oscillator did not (a leap second without the ``leap`` flag, a receiver learning
 the GPS−UTC offset, a date jump the pairer confirmed): the segment is *relabelled*,
 the fit carries on, and ticks between the last old and first new sample carry the
-step in their bound. Any other step (the pulse itself moved) starts a new segment;
+step in their bound; when the relabel comes within ``early_relabel_ns`` of the
+segment's first sample (a receiver that started with a wrong second and corrected
+itself), every earlier tick carries it too. Any other step (the pulse itself moved)
+starts a new segment;
 ticks between the two segments carry the step; the new one locks after
 ``min_lock_samples``. A ``leap`` fix relabels exactly at the end of 23:59:60 (POSIX
 repeats the second, so a tick inside the leap second reads as the first second of
@@ -156,7 +161,10 @@ class ClockParams:
 
     Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs
     at the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS
-    estimate; 60 keeps a line's extrapolation near 0.25 µs), ``quadratic_min_samples``
+    estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
+    times wider than a full window's: the small-sample factor below and the
+    propagated frequency error of a short line), ``min_window_samples`` (the window
+    tests never shrink a window below this many samples), ``quadratic_min_samples``
     and ``drift_t`` (drift term only from this many samples and when significant at
     this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
     fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
@@ -165,7 +173,9 @@ class ClockParams:
     outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a
     step candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never
     spans a longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a
-    polynomial bent over both sides of an outage would claim µs where it errs by tens).
+    polynomial bent over both sides of an outage would claim µs where it errs by tens),
+    ``early_relabel_ns`` (a whole-second relabel this soon after a segment began may
+    mean the receiver started with a wrong second: earlier ticks then carry the step).
 
     Bound: ``k_sigma`` (coverage factor on the propagated covariance; 5 σ),
     ``pps_accuracy_ns`` (receiver PPS vs UTC), ``misfit_sigmas``,
@@ -196,7 +206,8 @@ class ClockParams:
     """
 
     window_samples: int = 600
-    min_lock_samples: int = 60
+    min_lock_samples: int = 10
+    min_window_samples: int = 60
     quadratic_min_samples: int = 100
     drift_t: float = 2.5
     window_shrink: float = 0.7
@@ -207,6 +218,7 @@ class ClockParams:
     outlier_floor_ns: int = 200
     gross_ns: int = 1_000_000
     step_confirm: int = 4
+    early_relabel_ns: int = 120 * NS_PER_S
 
     k_sigma: float = 5.0
     pps_accuracy_ns: int = 100
@@ -249,6 +261,22 @@ def _ceil_ns(x: float) -> int:
 
 def _sat_add(a: int, b: int) -> int:
     return min(UNKNOWN_UNCERTAINTY_NS, a + b)
+
+
+def _small_sample_factor(dof: int) -> float:
+    """How much a σ estimated with `dof` degrees of freedom may understate the true one.
+
+    √(dof / χ²₀.₀₀₅(dof)), the χ² quantile by Wilson–Hilferty: 2.3 at 8 dof (a ten-pulse
+    line), 1.3 at 58, 1.08 at 598. A full window barely changes; a short fit right after
+    lock gets the wider bound its few residuals deserve.
+    """
+    if dof < 2:
+        return 10.0
+    c = 2.0 / (9.0 * dof)
+    q = 1.0 - c - 2.576 * math.sqrt(c)
+    if q <= 0.1:
+        return 10.0
+    return min(10.0, 1.0 / math.sqrt(q * q * q))
 
 
 def _median(values: list[float]) -> float:
@@ -491,13 +519,27 @@ class _Segment:
     [cont_lo, cont_hi) could be on either side.
     """
 
-    __slots__ = ("mono", "cont", "shift", "relabels", "fits", "starts", "bridge_ns", "entry_ns")
+    __slots__ = (
+        "mono",
+        "cont",
+        "shift",
+        "relabels",
+        "doubt_before",
+        "fits",
+        "starts",
+        "bridge_ns",
+        "entry_ns",
+    )
 
     def __init__(self, bridge_ns: int) -> None:
         self.mono: list[int] = []
         self.cont: list[int] = []
         self.shift = 0
         self.relabels: list[tuple[int, int, int, int]] = []
+        # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
+        # soon after the segment began: a receiver still settling may have had the
+        # *earlier* labels wrong, so ticks before cont_lo could be on either side.
+        self.doubt_before: list[tuple[int, int, int, int]] = []
         self.fits: dict[tuple[int, int], _Fit] = {}
         self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
         self.bridge_ns = bridge_ns
@@ -523,6 +565,9 @@ class _Segment:
             if cont >= hi:
                 shift += delta
             elif cont >= lo:
+                amb += abs(delta)
+        for lo, delta, known, _ in self.doubt_before:
+            if known <= now and cont < lo:
                 amb += abs(delta)
         return shift, amb
 
@@ -668,6 +713,9 @@ class ClockModel:
                 if doubt and est.clock is not ClockState.UNSYNCED:
                     # GPS labels in dispute: whichever side is right must be inside.
                     est.unc_ns = _sat_add(est.unc_ns, doubt)
+                if est.clock is ClockState.NMEA:
+                    # The sentences of a receiver that corrected its second carried it too.
+                    est.unc_ns = _sat_add(est.unc_ns, self._early_doubt_ns(m, now))
                 if (
                     best is None
                     or est.unc_ns < best.unc_ns
@@ -749,12 +797,13 @@ class ClockModel:
     def _candidate_lengths(self, nk: int) -> list[int]:
         p = self.params
         lengths = []
+        floor = min(max(p.min_window_samples, p.min_lock_samples), nk)
         length = min(p.window_samples, nk)
-        while length >= p.min_lock_samples:
+        while length >= floor:
             lengths.append(length)
             length = int(length * p.window_shrink)
-        if not lengths or lengths[-1] > p.min_lock_samples:
-            lengths.append(min(p.min_lock_samples, nk))
+        if not lengths or lengths[-1] > floor:
+            lengths.append(floor)
         return lengths
 
     def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
@@ -792,9 +841,11 @@ class ClockModel:
 
     def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
-        u = p.k_sigma * sd + fit.sigma + p.pps_accuracy_ns + wander_ns
+        # σ is estimated from the fit's own residuals; a short fit may draw it low.
+        f = _small_sample_factor(fit.n - fit.order - 1)
+        u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
         if not ok:
-            u += p.misfit_sigmas * fit.sigma
+            u += p.misfit_sigmas * f * fit.sigma
         return u
 
     def _predict_new(self, seg: _Segment, m: int) -> tuple[int, float, _Fit | None]:
@@ -869,6 +920,8 @@ class ClockModel:
             # The labels moved by whole seconds; the oscillator did not: keep the fit.
             delta = -k * NS_PER_S
             seg.relabels.append((seg.cont[-1] + 1, pred, delta, pend[-1][0]))
+            if pend[-1][0] - seg.mono[0] <= p.early_relabel_ns:
+                seg.doubt_before.append((seg.cont[-1] + 1, delta, pend[-1][0], seg.mono[-1]))
             seg.shift += delta
             for m, lab, _ in pend:
                 seg.append(m, lab + seg.shift)
@@ -1012,6 +1065,14 @@ class ClockModel:
             margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
             self._lat_range[kind] = (round(lo - margin), round(hi + margin))
         return True
+
+    def _early_doubt_ns(self, m: int, now: int) -> int:
+        amb = 0
+        for seg in self._segs:
+            for _, delta, known, last_old in seg.doubt_before:
+                if known <= now and m <= last_old + NS_PER_S:
+                    amb += abs(delta)
+        return amb
 
     def _doubt_ns(self, m: int, now: int) -> int:
         for start, end, k in reversed(self._doubts):
