@@ -31,6 +31,11 @@ from checkpoint.nmea import NmeaParser
 from checkpoint.pairing import Pairer, Sample
 
 _MAX_PENDING_RESTAMPS = 10_000
+# A restamp at least this tight is final; a wider one (the clock has just locked on a
+# short fit) stays pending and is restamped again once the bound has halved once more.
+_RESTAMP_FINAL_NS = 10_000
+# ...but not for ever: a restamped passage deep inside an outage never gets that tight.
+_RESTAMP_FOR_NS = 600 * 10**9
 _CAR = 16
 
 
@@ -102,7 +107,7 @@ class Pipeline:
         self.skipped: Counter[str] = Counter()
         self.refused: deque[str] = deque(maxlen=20)
         self.last_passage: dict[str, Any] | None = None
-        self._unlocked: deque[tuple[int, int, int]] = deque()
+        self._unlocked: deque[tuple[int, int, int, bool]] = deque()  # +restamped
         self._last_state: ClockState | None = None
         self.transitions: list[tuple[int, str, str]] = []
 
@@ -254,7 +259,7 @@ class Pipeline:
                 if len(self._unlocked) >= _MAX_PENDING_RESTAMPS:
                     self._unlocked.popleft()
                     self.skipped["restamp_overflow"] += 1
-                self._unlocked.append((ev["seq"], p.mono_ns, stamp.uncertainty_ns))
+                self._unlocked.append((ev["seq"], p.mono_ns, stamp.uncertainty_ns, False))
             self.last_passage = ev
             out.append(ev)
         return out
@@ -265,21 +270,27 @@ class Pipeline:
         A tick before the first pulse, or inside an outage, can only be reached by
         extrapolating or bridging the fit, so its new stamp is labelled holdover;
         what matters to HQ is the bound. A restamp goes out once the bound is at
-        most half the published one, i.e. it is worth replacing the time.
+        most half the published one, i.e. it is worth replacing the time. Right
+        after lock the fit is short and its bound tens of µs: the passage stays
+        pending, and gets another restamp when the bound has halved again, until one
+        is within `_RESTAMP_FINAL_NS` or the restamped passage is `_RESTAMP_FOR_NS` old.
         """
         if not self._unlocked or self.now_ns is None:
             return []
         if self.clock.state(self.now_ns) != ClockState.LOCKED:
             return []
         out: list[dict[str, Any]] = []
-        keep: deque[tuple[int, int, int]] = deque()
-        for ref_seq, mono_ns, published_unc in self._unlocked:
+        keep: deque[tuple[int, int, int, bool]] = deque()
+        for ref_seq, mono_ns, published_unc, restamped in self._unlocked:
             stamp = self._stamp(mono_ns, self.now_ns)
             better = stamp.clock in (ClockState.LOCKED, ClockState.HOLDOVER)
             if better and stamp.uncertainty_ns * 2 <= published_unc:
                 out.append(self._event("restamp", ref_seq=ref_seq, **_stamp_fields(stamp)))
-            else:
-                keep.append((ref_seq, mono_ns, published_unc))
+                published_unc, restamped = stamp.uncertainty_ns, True
+                if published_unc <= _RESTAMP_FINAL_NS:
+                    continue
+            if not restamped or self.now_ns - mono_ns <= _RESTAMP_FOR_NS:
+                keep.append((ref_seq, mono_ns, published_unc, restamped))
         self._unlocked = keep
         return out
 
