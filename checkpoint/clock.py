@@ -164,7 +164,9 @@ class ClockParams:
     estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
     times wider than a full window's: the small-sample factor below and the
     propagated frequency error of a short line), ``min_window_samples`` (the window
-    tests never shrink a window below this many samples), ``quadratic_min_samples``
+    tests never shrink a window below this many samples), ``refit_every_samples`` (a
+    stamp at the newest sample reuses the fit of this many samples ago while the newer
+    ones agree with it), ``quadratic_min_samples``
     and ``drift_t`` (drift term only from this many samples and when significant at
     this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
     fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
@@ -208,6 +210,7 @@ class ClockParams:
     window_samples: int = 600
     min_lock_samples: int = 10
     min_window_samples: int = 60
+    refit_every_samples: int = 16
     quadratic_min_samples: int = 100
     drift_t: float = 2.5
     window_shrink: float = 0.7
@@ -311,6 +314,7 @@ class _Fit:
         "resid",
         "inl",
         "start",
+        "local",
     )
 
     def predict(self, mono: int) -> tuple[int, float]:
@@ -334,6 +338,13 @@ class _Fit:
         if k >= n:
             return True
         lo = min(max(j - self.start - k // 2, 0), n - k)
+        known = self.local.get(lo)  # asked again for every stamp near the same sample
+        if known is not None:
+            return known
+        self.local[lo] = ok = self._local_mean_ok(lo, k, z_crit)
+        return ok
+
+    def _local_mean_ok(self, lo: int, k: int, z_crit: float) -> bool:
         window = zip(self.resid[lo : lo + k], self.inl[lo : lo + k], strict=True)
         kept = [r for r, ok in window if ok]
         if len(kept) < 5:
@@ -507,6 +518,7 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
     f.runs_ok = _runs_ok(resid, inl, p.runs_z)
     f.first, f.last = mono[s], mono[e - 1]
     f.resid, f.inl, f.start = resid, inl, s
+    f.local = {}
     return f
 
 
@@ -529,6 +541,7 @@ class _Segment:
         "starts",
         "bridge_ns",
         "entry_ns",
+        "checked",
     )
 
     def __init__(self, bridge_ns: int) -> None:
@@ -544,6 +557,9 @@ class _Segment:
         self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
         self.bridge_ns = bridge_ns
         self.entry_ns = 0  # size of the phase step that opened this segment
+        # What `_still_fits` knows of the fit it last checked: ((first, last) of the
+        # fit, samples before this index agree with it, the first that does not).
+        self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
 
     def append(self, mono: int, cont: int) -> None:
         if self.mono and mono - self.mono[-1] > self.bridge_ns:
@@ -578,6 +594,7 @@ class _Segment:
             del self.cont[:k]
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
+            self.checked = ((0, 0), 0, 0)  # its indices moved
 
 
 @dataclass(slots=True)
@@ -611,6 +628,9 @@ class ClockModel:
         self._snapshots: deque[_Fit] = deque()
         self._wander_obs: deque[tuple[int, float]] = deque()
         self._freq_ppm: float | None = None
+        # True while answering `state`, `status` or checking a new pulse: those may
+        # reuse a slightly older fit (see `_fit_for`); a published stamp never does.
+        self._reuse = False
 
     # ----------------------------------------------------------------- input
 
@@ -630,7 +650,11 @@ class ClockModel:
             self._new_segment([(m, lab)], 0)
             return
         cont = lab + seg.shift
-        pred, tol, fit = self._predict_new(seg, m)
+        self._reuse = True
+        try:
+            pred, tol, fit = self._predict_new(seg, m)
+        finally:
+            self._reuse = False
         if abs(cont - pred) <= tol:
             if self._pending:
                 self.counters["gross_outliers"] += len(self._pending)
@@ -695,7 +719,11 @@ class ClockModel:
 
     def state(self, now_mono_ns: int) -> ClockState:
         """The source a tick stamped now would get."""
-        return self.stamp(now_mono_ns, now_mono_ns).clock
+        self._reuse = True
+        try:
+            return self.stamp(now_mono_ns, now_mono_ns).clock
+        finally:
+            self._reuse = False
 
     def stamp(self, mono_ns: int, now_mono_ns: int) -> Stamp:
         """UTC of a past (or present) tick, using every input with mono ≤ now. Never raises."""
@@ -731,6 +759,13 @@ class ClockModel:
 
     def status(self, now_mono_ns: int) -> dict:
         """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
+        self._reuse = True  # a summary, asked every turn: the periodic fit is good enough
+        try:
+            return self._status(now_mono_ns)
+        finally:
+            self._reuse = False
+
+    def _status(self, now_mono_ns: int) -> dict:
         p = self.params
         now = int(now_mono_ns)
         st = self.stamp(now, now)
@@ -807,6 +842,44 @@ class ClockModel:
         return lengths
 
     def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        """Fit for a tick at m from the run [rs, re).
+
+        For the questions asked on every record (`state`, `status`, the check of each
+        new pulse), a tick at or after the run's last sample reuses the fit of the run
+        as it stood at its last multiple of `refit_every_samples` samples, provided
+        every sample since lies within that fit's outlier threshold: one 600-sample fit
+        every 16 pulses instead of one or two a pulse. The choice depends only on
+        (rs, re), so the daemon and a replay pick the same fit whatever else asked the
+        model in between. Stamps (`stamp`) always get the newest window.
+        """
+        p = self.params
+        k = p.refit_every_samples
+        n = re - rs
+        if self._reuse and k > 1 and n >= p.min_window_samples and m >= seg.mono[re - 1] and n % k:
+            e = re - n % k
+            fit, ok = self._fit_window_for(seg, m, rs, e)
+            if self._still_fits(seg, fit, e, re):
+                return fit, ok
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _still_fits(self, seg: _Segment, fit: _Fit, e: int, re: int) -> bool:
+        """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
+        key, good_upto, bad_at = seg.checked
+        if key != (fit.first, fit.last):
+            key, good_upto, bad_at = (fit.first, fit.last), e, 1 << 62
+        if bad_at < re:
+            return False
+        p = self.params
+        thr0 = max(p.outlier_sigmas * fit.sigma, p.outlier_floor_ns)
+        for i in range(good_upto, re):
+            pred, sd = fit.predict(seg.mono[i])
+            if abs(seg.cont[i] - pred) > thr0 + p.k_sigma * sd:
+                seg.checked = (key, i, i)
+                return False
+        seg.checked = (key, max(good_upto, re), bad_at)
+        return True
+
+    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
         """Fit over samples [rs, re) for a tick at m, centred on m when samples allow.
 
         The longest candidate window passing both tests wins; if none does, the
@@ -986,6 +1059,8 @@ class ClockModel:
             if near * 1e9 > p.holdover_max_ns:
                 continue
             fit, ok = self._fit_for(seg, m, rs, re)
+            if m > fit.last:  # the wander since the last sample the fit saw
+                spread = max(spread, ((m - fit.last) / 1e9) ** 2)
             cont, sd = fit.predict(m)
             bound = self._fit_bound(fit, sd, 0.5 * wander * spread * 1e9, ok)
             found.append((cont, bound, near, fit))
@@ -1035,7 +1110,11 @@ class ClockModel:
     def _cross_check(self, kind: str, m: int, utc: int) -> bool:
         """Compare a sentence with the PPS labels; learn its latency; open/close doubts."""
         p = self.params
-        est = self._pps_estimate(m, m)
+        self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
+        try:
+            est = self._pps_estimate(m, m)
+        finally:
+            self._reuse = False
         if est is None or est.clock is not ClockState.LOCKED:
             return True
         latency = est.utc_ns - utc

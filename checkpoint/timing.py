@@ -31,6 +31,7 @@ from checkpoint.nmea import NmeaParser
 from checkpoint.pairing import Pairer, Sample
 
 _MAX_PENDING_RESTAMPS = 10_000
+_STATE_EVERY_NS = 1_000_000_000
 # A restamp at least this tight is final; a wider one (the clock has just locked on a
 # short fit) stays pending and is restamped again once the bound has halved once more.
 _RESTAMP_FINAL_NS = 10_000
@@ -109,6 +110,7 @@ class Pipeline:
         self.last_passage: dict[str, Any] | None = None
         self._unlocked: deque[tuple[int, int, int, bool]] = deque()  # +restamped
         self._last_state: ClockState | None = None
+        self._state_at = -_STATE_EVERY_NS
         self.transitions: list[tuple[int, str, str]] = []
 
     # -- records -----------------------------------------------------------
@@ -197,10 +199,16 @@ class Pipeline:
         return out + self._restamps()
 
     def _time(self, mono_ns: int) -> None:
-        """A record arrived: the pipeline's clock (for the clock model) moves on."""
+        """A record arrived: the pipeline's clock (for the clock model) moves on.
+
+        The clock state is looked at once a second of input, not at every NMEA line:
+        a transition is logged up to a second late, and a pulse costs less.
+        """
         if self.now_ns is None or mono_ns > self.now_ns:
             self.now_ns = mono_ns
-        self._note_state()
+        if self.now_ns - self._state_at >= _STATE_EVERY_NS:
+            self._state_at = self.now_ns
+            self._note_state()
 
     # -- marshal corrections ---------------------------------------------------
     def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
