@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -135,6 +136,12 @@ class Writer:
     def write(self, rec: dict[str, Any]) -> None:
         self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._f.flush()
+
+    def sync(self) -> None:
+        """Make every record written so far survive a power cut (the daemon calls this
+        before committing events, so the capture always holds their inputs)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()
