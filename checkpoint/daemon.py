@@ -162,6 +162,7 @@ class BoxDaemon:
         self.outbox = Outbox(
             store_id=self.store.store_id,
             max_inflight=cfg.mqtt.max_inflight,
+            max_ahead=cfg.mqtt.max_ahead,
             redeliver_after_ns=cfg.mqtt.redeliver_after_s * 10**9,
         )
         self.outbox.load(last, self.store.acked_upto())
