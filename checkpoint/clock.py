@@ -210,7 +210,7 @@ class ClockParams:
     window_samples: int = 600
     min_lock_samples: int = 10
     min_window_samples: int = 60
-    refit_every_samples: int = 16
+    refit_every_samples: int = 32
     quadratic_min_samples: int = 100
     drift_t: float = 2.5
     window_shrink: float = 0.7
@@ -542,6 +542,7 @@ class _Segment:
         "bridge_ns",
         "entry_ns",
         "checked",
+        "tail",
     )
 
     def __init__(self, bridge_ns: int) -> None:
@@ -560,6 +561,8 @@ class _Segment:
         # What `_still_fits` knows of the fit it last checked: ((first, last) of the
         # fit, samples before this index agree with it, the first that does not).
         self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
+        # The last `_fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
+        self.tail: tuple[tuple[int, int, bool], tuple[_Fit, bool] | None] = ((-1, -1, False), None)
 
     def append(self, mono: int, cont: int) -> None:
         if self.mono and mono - self.mono[-1] > self.bridge_ns:
@@ -595,6 +598,7 @@ class _Segment:
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
             self.checked = ((0, 0), 0, 0)  # its indices moved
+            self.tail = ((-1, -1, False), None)
 
 
 @dataclass(slots=True)
@@ -620,6 +624,7 @@ class ClockModel:
         self._kind_streak: Counter[str] = Counter()
         self._lat: dict[str, deque[int]] = {}
         self._lat_range: dict[str, tuple[int, int]] = {}
+        self._lat_span: dict[str, tuple[int, int]] = {}  # min, max of each _lat window
         self._last_agree_mono: int | None = None
         self._doubts: list[list[int | None]] = []  # [start, end | None, k]
         self._leaps: set[int] = set()
@@ -627,6 +632,7 @@ class ClockModel:
         self._sys_rt: list[int] = []
         self._snapshots: deque[_Fit] = deque()
         self._wander_obs: deque[tuple[int, float]] = deque()
+        self._wander_max: tuple[tuple, float] = ((), 0.0)  # (key of _wander_obs, max)
         self._freq_ppm: float | None = None
         # True while answering `state`, `status` or checking a new pulse: those may
         # reuse a slightly older fit (see `_fit_for`); a published stamp never does.
@@ -848,14 +854,26 @@ class ClockModel:
         new pulse), a tick at or after the run's last sample reuses the fit of the run
         as it stood at its last multiple of `refit_every_samples` samples, provided
         every sample since lies within that fit's outlier threshold: one 600-sample fit
-        every 16 pulses instead of one or two a pulse. The choice depends only on
+        every 32 pulses instead of one or two a pulse. The choice depends only on
         (rs, re), so the daemon and a replay pick the same fit whatever else asked the
         model in between. Stamps (`stamp`) always get the newest window.
         """
+        if m >= seg.mono[re - 1]:
+            # Every tick past the run's end gets the same window: asked many times a
+            # pulse (state, status, each sentence's cross-check), answered once.
+            key = (rs, re, self._reuse)
+            if seg.tail[0] == key:
+                return seg.tail[1]
+            got = self._fit_tail(seg, m, rs, re)
+            seg.tail = (key, got)
+            return got
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
         p = self.params
         k = p.refit_every_samples
         n = re - rs
-        if self._reuse and k > 1 and n >= p.min_window_samples and m >= seg.mono[re - 1] and n % k:
+        if self._reuse and k > 1 and n - n % k >= max(p.min_window_samples, 1) and n % k:
             e = re - n % k
             fit, ok = self._fit_window_for(seg, m, rs, e)
             if self._still_fits(seg, fit, e, re):
@@ -906,10 +924,20 @@ class ClockModel:
         """Allowed unmodelled frequency change rate A (fraction per second)."""
         p = self.params
         base = p.wander_ppm_per_min * 1e-6 / 60
-        learnt = 0.0
-        for t, a in self._wander_obs:
-            if now - p.wander_memory_ns <= t <= now and a > learnt:
-                learnt = a
+        obs = self._wander_obs
+        if not obs:
+            return base
+        if obs[-1][0] <= now and now - p.wander_memory_ns <= obs[0][0]:
+            # Every observation counts (the usual case): the max only changes with them.
+            key = (len(obs), obs[0], obs[-1])
+            if self._wander_max[0] != key:
+                self._wander_max = (key, max(a for _, a in obs))
+            learnt = self._wander_max[1]
+        else:
+            learnt = 0.0
+            for t, a in obs:
+                if now - p.wander_memory_ns <= t <= now and a > learnt:
+                    learnt = a
         return max(base, p.wander_learn_factor * learnt)
 
     def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
@@ -1138,9 +1166,15 @@ class ClockModel:
         if self._doubts and self._doubts[-1][1] is None:
             self._doubts[-1][1] = m
         lat = self._lat.setdefault(kind, deque(maxlen=p.nmea_learn_window))
+        old = lat[0] if len(lat) == lat.maxlen else None
         lat.append(latency)
         if len(lat) >= p.nmea_learn_min:
-            lo, hi = min(lat), max(lat)
+            span = self._lat_span.get(kind)
+            if span is None or old in span:  # the extreme left the window: look again
+                lo, hi = min(lat), max(lat)
+            else:
+                lo, hi = min(span[0], latency), max(span[1], latency)
+            self._lat_span[kind] = (lo, hi)
             margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
             self._lat_range[kind] = (round(lo - margin), round(hi + margin))
         return True
