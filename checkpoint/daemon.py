@@ -849,16 +849,7 @@ class BoxDaemon:
         clock = pipe["clock_detail"]
         levels = self.edges.levels()
         faults = self.edges.faults(now)
-        alarms = dict(self.alarms)
-        for name, dropped in faults.items():
-            alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
-        if self.pipeline.pairer.mismatch:
-            alarms["gps"] = "NMEA/PPS convention mismatch: check gps.convention"
-        if self._raw_dropped:
-            alarms["raw"] = (
-                f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
-                "store failed; events are not affected, replays of this period will be incomplete"
-            )
+        alarms = self._alarms_now(faults)
         return {
             "state": "ready",
             "box": self.cfg.box,
@@ -885,22 +876,37 @@ class BoxDaemon:
             "bad_commands": self.bad_commands,
         }
 
+    def _alarms_now(self, faults: dict[str, int]) -> dict[str, str]:
+        alarms = dict(self.alarms)
+        for name, dropped in faults.items():
+            alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
+        if self.pipeline.pairer.mismatch:
+            alarms["gps"] = "NMEA/PPS convention mismatch: check gps.convention"
+        if self._raw_dropped:
+            alarms["raw"] = (
+                f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
+                "store failed; events are not affected, replays of this period will be incomplete"
+            )
+        return alarms
+
     def _status(self, now: int) -> None:
         for t_ns, old, new in self.pipeline.transitions:
             log.warning("clock %s -> %s at tick %d", old, new, t_ns)
         self.pipeline.transitions.clear()
         if not self.link.connected:
             return
-        st = self.status(now)
         # Publish on what a marshal or HQ must see at once; counters and beam
         # levels ride along with the periodic message (every passage toggles a
-        # level twice: publishing on that costs a retained status per edge).
+        # level twice: publishing on that costs a retained status per edge). The key
+        # is made every turn, the whole status (clock fit, counters) only to publish.
+        faults = self.edges.faults(now)
         key = {
-            "clock": st["clock"],
-            "alarms": st["alarms"],
-            "faults": {n: i["fault"] for n, i in st["inputs"].items()},
+            "clock": self.pipeline.clock.state(self.pipeline.now_ns or 0).value,
+            "alarms": self._alarms_now(faults),
+            "faults": {i.name: i.name in faults for i in self.cfg.inputs},
         }
         if key != self._last_status or now >= self._next_status_ns:
+            st = self.status(now)
             self.link.publish(self.topics.status, payload_bytes(st), qos=1, retain=True)
             self._last_status = key
             self._next_status_ns = now + self.cfg.status_interval_s * 10**9
