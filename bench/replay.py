@@ -16,12 +16,14 @@ tenth of one, so multiply by ~10 for it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 from checkpoint import capture as capfmt
 from checkpoint.cli import replay_events
+from checkpoint.config import InputConfig
 from sim import scenario
 from sim.capture import NS, clocks_and_receivers, records
 from sim.world import Rally
@@ -48,7 +50,17 @@ def _write(path: Path, seconds: int, *, cars: bool, car_every_s: float | None = 
     if not cars:
         rally.boxes[box.id].edges.clear()
     path.unlink(missing_ok=True)
-    writer = capfmt.Writer(path, box.id, box.control)
+    # The header carries the inputs, as a daemon's capture does (replay needs no config).
+    names = sorted({e.input for e in rally.boxes[box.id].edges} | {"beam"})
+    inputs = [
+        dataclasses.asdict(
+            InputConfig(name=n, pin=f"capture:{n}", source="manual" if "button" in n else "beam")
+        )
+        for n in names
+    ]
+    writer = capfmt.Writer(
+        path, box.id, box.control, convention=box.receiver.convention, inputs=inputs
+    )
     n = 0
     try:
         for rec in records(sc, rally, box.id, rx[box.id], start + seconds * NS):
