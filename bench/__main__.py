@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m bench [--smoke] [--only NAME,...] [--out DIR]`.
 
-Benchmarks (names for --only): latency, throughput, footprint, hqscale, clock.
+Benchmarks (names for --only): latency, throughput, footprint, hqscale, clock, replay.
 Prints a Markdown report and writes DIR/results.json and DIR/results.md (DIR
 defaults to out/bench). `--smoke` runs tiny sizes (the whole thing well under a
 minute): CI runs it only to prove the benchmarks still run; its figures mean nothing.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import clockrun, footprint, hqscale, latency, report, throughput
+from bench import clockrun, footprint, hqscale, latency, replay, report, throughput
 from bench.common import MachineLoad, git_version, machine_info, now_iso
 
 BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "footprint": footprint.run,
     "hqscale": hqscale.run,
     "clock": clockrun.run,
+    "replay": replay.run,
 }
 
 

@@ -102,6 +102,15 @@ PROFILES = [
         seed=3,
     ),
     Profile(
+        name="wrong second at start",
+        seconds=900,
+        offset_ppm=27.0,
+        outlier_rate=0.02,
+        label_jumps=((0, 1), (6, -1)),
+        seed=18,
+        **DRIFT,
+    ),
+    Profile(
         name="glitchy PPS line",
         seconds=1800,
         offset_ppm=-8.0,
@@ -264,6 +273,10 @@ def run_profile(p: Profile) -> dict:
         row["unc_p50_all_us"] = _stats(rs)["unc_p50_us"]
         row["lock_s"] = first[name]
         out["methods"][name] = row
+    # Time to lock counted from the first pulse the receiver can label (PPS and a fix).
+    since = max(p.pps_start_s, p.nmea_start_s)
+    lock_s = first["checkpoint"]
+    out["lock_after_first_pps_s"] = None if lock_s is None else round(lock_s - since, 1)
     by_state: dict[str, dict] = {}
     for kind, rs in (
         ("immediate", [r for r in recs if not r.late]),

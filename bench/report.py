@@ -11,6 +11,12 @@ TARGET_P99_MS = 20.0
 TARGET_IDLE_CPU = 2.0
 TARGET_IDLE_RSS_MB = 60.0
 TARGET_DRAIN = 2000
+TARGET_LOCK_S = 15.0
+TARGET_IDLE_WRITE_KB_S = 2.0
+TARGET_REPLAY_X = 10_000
+#: One second of capture in 100 µs is what 10,000x replay needs; a passage may cost 10x.
+TARGET_PULSE_US = 100.0
+TARGET_PASSAGE_US = 1000.0
 
 
 def _get(d: Any, *keys: Any) -> Any:
@@ -86,6 +92,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": all(d["complete"] for d in mine) and min(rates) >= TARGET_DRAIN,
             }
         )
+    out += _issue18_targets(results)
     steps = _get(results, "hqscale", "steps") or []
     big = [
         s
@@ -111,6 +118,85 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": None,
             }
         )
+    return out
+
+
+def _row(target: str, measured: str | None, met: bool | None) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "met": met}
+
+
+def _issue18_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Time to lock, idle card writes, CPU per pulse and passage, replay speed."""
+    out = []
+    lock = _get(results, "footprint", "lock_wait_s")
+    clock = [r for r in _get(results, "clock", "results") or [] if isinstance(r, dict)]
+    locks = [r.get("lock_after_first_pps_s") for r in clock]
+    covs = [_get(r, "methods", "checkpoint", "coverage_all") for r in clock]
+    parts = []
+    if lock is not None:
+        parts.append(f"daemon {lock:g} s")
+    if locks and None not in locks:
+        parts.append(f"clock bench max {max(locks):g} s over {len(locks)} profiles")
+    met = None
+    if parts:
+        met = (lock is None or lock <= TARGET_LOCK_S) and (
+            not locks or (None not in locks and max(locks) <= TARGET_LOCK_S)
+        )
+    out.append(
+        _row(
+            f"locked ≤ {TARGET_LOCK_S:g} s after the first PPS with a fix",
+            ", ".join(parts) or None,
+            met,
+        )
+    )
+    if covs:
+        ok = None not in covs and min(covs) >= 1.0
+        shown = "—" if None in covs else f"{100 * min(covs):.2f} %"
+        out.append(
+            _row(
+                "bound coverage 100 % on every clock profile (short fits after lock included)",
+                f"min {shown} over {len(covs)} profiles",
+                ok,
+            )
+        )
+    else:
+        out.append(_row("bound coverage 100 % on every clock profile", None, None))
+    w = _get(results, "footprint", "idle", "disk_write_kb_per_s")
+    out.append(
+        _row(
+            f"idle card writes ≤ {TARGET_IDLE_WRITE_KB_S:g} kB/s",
+            None if w is None else f"{w:g} kB/s",
+            None if w is None else w <= TARGET_IDLE_WRITE_KB_S,
+        )
+    )
+    cpu = _get(results, "replay", "cpu") or {}
+    pulse, passage = cpu.get("us_per_pulse"), cpu.get("us_per_passage")
+    d_pulse = _get(results, "footprint", "cpu_ms_per_pulse")
+    d_passage = _get(results, "footprint", "cpu_ms_per_passage")
+    daemon = (
+        ""
+        if d_pulse is None
+        else f" (whole daemon: {1e3 * d_pulse:.0f} µs/pulse, {1e3 * d_passage:.0f} µs/passage)"
+    )
+    out.append(
+        _row(
+            f"CPU per PPS pulse ≤ {TARGET_PULSE_US:g} µs, per passage ≤ "
+            f"{TARGET_PASSAGE_US:g} µs (timing pipeline)",
+            None if pulse is None else f"{pulse:g} µs / {passage} µs{daemon}",
+            None
+            if pulse is None
+            else pulse <= TARGET_PULSE_US and (passage or 0) <= TARGET_PASSAGE_US,
+        )
+    )
+    rp = _get(results, "replay", "replay") or {}
+    x = rp.get("x_real_time")
+    out.append(
+        _row(
+            f"replay ≥ {TARGET_REPLAY_X:,}× real time (a day of capture < 10 s)",
+            None if x is None else f"{x:,}× ({rp['day_s']} s a day)",
+            None if x is None else x >= TARGET_REPLAY_X,
+        )
+    )
     return out
 
 
@@ -146,6 +232,7 @@ def markdown(doc: dict[str, Any]) -> str:
         ("footprint", _footprint),
         ("hqscale", _hqscale),
         ("clock", _clock),
+        ("replay", _replay),
     ):
         if name not in res:
             continue
@@ -316,3 +403,21 @@ def _clock(sec: dict[str, Any]) -> list[str]:
         "</details>",
     ]
     return lines
+
+
+def _replay(sec: dict[str, Any]) -> list[str]:
+    rp, cpu = sec["replay"], sec["cpu"]
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(rp["events"].items())) or "none"
+    return [
+        "### Replay and the timing pipeline's CPU (`checkpoint replay`'s code path)",
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| capture replayed (u-blox M8 at factory settings + PPS; {kinds}) "
+        f"| {rp['capture_s']:,} s, {rp['records']:,} records |",
+        f"| CPU | {rp['cpu_s']} s = **{rp['x_real_time']:,}× real time**, "
+        f"{rp['us_per_record']} µs a record; a day in {rp['day_s']} s |",
+        f"| CPU per PPS pulse (with its second of sentences), {cpu['span_s']} s idle "
+        f"| {cpu['us_per_pulse']} µs |",
+        f"| CPU per passage ({cpu['passages']} cars, one every 2 s) | {cpu['us_per_passage']} µs |",
+    ]

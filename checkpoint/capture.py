@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,19 +62,31 @@ def header(box: str, checkpoint: str, **settings: Any) -> dict[str, Any]:
     }
 
 
-def check_record(rec: Any, where: str) -> dict[str, Any] | None:
-    """The record if well-formed, None for an unknown type; CaptureError if broken."""
+def check_record(rec: Any, where: str | Callable[[], str]) -> dict[str, Any] | None:
+    """The record if well-formed, None for an unknown type; CaptureError if broken.
+
+    `where` names the record in errors (a callable is asked only then: replay reads
+    millions of good records).
+    """
     if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):
-        raise CaptureError(f"{where}: a record must be an object with a string 'type'")
+        raise CaptureError(f"{_where(where)}: a record must be an object with a string 'type'")
     fields = _FIELDS.get(rec["type"])
     if fields is None:
         return None
     for name, kind in fields.items():
         value = rec.get(name)
+        if type(value) is kind:  # the usual case; bool is not an int here
+            continue
         ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise CaptureError(f"{where}: {rec['type']} record needs {name} as {kind.__name__}")
+            raise CaptureError(
+                f"{_where(where)}: {rec['type']} record needs {name} as {kind.__name__}"
+            )
     return rec
+
+
+def _where(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
@@ -98,17 +111,17 @@ def read(path: str | Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
 
     def records() -> Iterator[dict[str, Any]]:
         with f:
+            loads = json.loads
             for n, line in enumerate(f, start=2):
-                if not line.strip():
-                    continue
-                where = f"{path}:{n}"
                 try:
-                    rec = json.loads(line)
+                    rec = loads(line)
                 except ValueError:
-                    raise CaptureError(f"{where}: not JSON") from None
-                checked = check_record(rec, where)
+                    if not line.strip():
+                        continue
+                    raise CaptureError(f"{path}:{n}: not JSON") from None
+                checked = check_record(rec, lambda n=n: f"{path}:{n}")
                 if checked is None:
-                    log.warning("%s: skipping unknown record type %r", where, rec["type"])
+                    log.warning("%s:%d: skipping unknown record type %r", path, n, rec["type"])
                     continue
                 yield checked
 
@@ -136,6 +149,12 @@ class Writer:
     def write(self, rec: dict[str, Any]) -> None:
         self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._f.flush()
+
+    def sync(self) -> None:
+        """Make every record written so far survive a power cut (the daemon calls this
+        before committing events, so the capture always holds their inputs)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()

@@ -52,14 +52,16 @@ Uncertainty
 For a PPS candidate at distance ``d`` (s) from the nearest sample (``d_b``, ``d_a``
 before/after the tick)::
 
-    u = k_sigma·σ·√(gᵀ(XᵀX)⁻¹g)     # fit parameter covariance propagated to the tick
-      + σ                           # one PPS jitter: bias the runs test cannot see
+    u = f·k_sigma·σ·√(gᵀ(XᵀX)⁻¹g)   # fit parameter covariance propagated to the tick
+      + f·σ                         # one PPS jitter: bias the runs test cannot see
       + pps_accuracy_ns             # receiver PPS vs UTC (antenna cable, firmware)
       + ½·A·d_b·d_a  (or ½·A·d²)    # unmodelled frequency change since/between samples
       + misfit_sigmas·σ             # only when even the shortest window fails the tests
       + ambiguity                   # steps and whole seconds, see "Steps" below
 
-``σ`` is the residual RMS of the fit, ``g = (1, u, u²)``. ``A`` is the rate of
+``σ`` is the residual RMS of the fit, ``g = (1, u, u²)``; ``f`` (≥ 1) allows for σ
+drawn low by few residuals (2.3 for a ten-pulse line just after lock, 1.08 for 600).
+``A`` is the rate of
 *unmodelled* frequency change the oscillator is allowed: ``wander_ppm_per_min``
 (0.05 ppm/min ≈ an unforeseen 0.2 °C/min on a 0.25 ppm/°C Pi crystal) or, when larger,
 ``wander_learn_factor`` × what the oscillator showed while locked: every
@@ -78,7 +80,10 @@ agree with each other it was a step. A whole-second step means the labels moved 
 the oscillator did not (a leap second without the ``leap`` flag, a receiver learning
 the GPS−UTC offset, a date jump the pairer confirmed): the segment is *relabelled*,
 the fit carries on, and ticks between the last old and first new sample carry the
-step in their bound. Any other step (the pulse itself moved) starts a new segment;
+step in their bound; when the relabel comes within ``early_relabel_ns`` of the
+segment's first sample (a receiver that started with a wrong second and corrected
+itself), every earlier tick carries it too. Any other step (the pulse itself moved)
+starts a new segment;
 ticks between the two segments carry the step; the new one locks after
 ``min_lock_samples``. A ``leap`` fix relabels exactly at the end of 23:59:60 (POSIX
 repeats the second, so a tick inside the leap second reads as the first second of
@@ -156,7 +161,12 @@ class ClockParams:
 
     Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs
     at the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS
-    estimate; 60 keeps a line's extrapolation near 0.25 µs), ``quadratic_min_samples``
+    estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
+    times wider than a full window's: the small-sample factor below and the
+    propagated frequency error of a short line), ``min_window_samples`` (the window
+    tests never shrink a window below this many samples), ``refit_every_samples`` (a
+    stamp at the newest sample reuses the fit of this many samples ago while the newer
+    ones agree with it), ``quadratic_min_samples``
     and ``drift_t`` (drift term only from this many samples and when significant at
     this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
     fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
@@ -165,7 +175,9 @@ class ClockParams:
     outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a
     step candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never
     spans a longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a
-    polynomial bent over both sides of an outage would claim µs where it errs by tens).
+    polynomial bent over both sides of an outage would claim µs where it errs by tens),
+    ``early_relabel_ns`` (a whole-second relabel this soon after a segment began may
+    mean the receiver started with a wrong second: earlier ticks then carry the step).
 
     Bound: ``k_sigma`` (coverage factor on the propagated covariance; 5 σ),
     ``pps_accuracy_ns`` (receiver PPS vs UTC), ``misfit_sigmas``,
@@ -196,7 +208,9 @@ class ClockParams:
     """
 
     window_samples: int = 600
-    min_lock_samples: int = 60
+    min_lock_samples: int = 10
+    min_window_samples: int = 60
+    refit_every_samples: int = 32
     quadratic_min_samples: int = 100
     drift_t: float = 2.5
     window_shrink: float = 0.7
@@ -207,6 +221,7 @@ class ClockParams:
     outlier_floor_ns: int = 200
     gross_ns: int = 1_000_000
     step_confirm: int = 4
+    early_relabel_ns: int = 120 * NS_PER_S
 
     k_sigma: float = 5.0
     pps_accuracy_ns: int = 100
@@ -251,6 +266,22 @@ def _sat_add(a: int, b: int) -> int:
     return min(UNKNOWN_UNCERTAINTY_NS, a + b)
 
 
+def _small_sample_factor(dof: int) -> float:
+    """How much a σ estimated with `dof` degrees of freedom may understate the true one.
+
+    √(dof / χ²₀.₀₀₅(dof)), the χ² quantile by Wilson–Hilferty: 2.3 at 8 dof (a ten-pulse
+    line), 1.3 at 58, 1.08 at 598. A full window barely changes; a short fit right after
+    lock gets the wider bound its few residuals deserve.
+    """
+    if dof < 2:
+        return 10.0
+    c = 2.0 / (9.0 * dof)
+    q = 1.0 - c - 2.576 * math.sqrt(c)
+    if q <= 0.1:
+        return 10.0
+    return min(10.0, 1.0 / math.sqrt(q * q * q))
+
+
 def _median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
@@ -283,6 +314,7 @@ class _Fit:
         "resid",
         "inl",
         "start",
+        "local",
     )
 
     def predict(self, mono: int) -> tuple[int, float]:
@@ -306,6 +338,13 @@ class _Fit:
         if k >= n:
             return True
         lo = min(max(j - self.start - k // 2, 0), n - k)
+        known = self.local.get(lo)  # asked again for every stamp near the same sample
+        if known is not None:
+            return known
+        self.local[lo] = ok = self._local_mean_ok(lo, k, z_crit)
+        return ok
+
+    def _local_mean_ok(self, lo: int, k: int, z_crit: float) -> bool:
         window = zip(self.resid[lo : lo + k], self.inl[lo : lo + k], strict=True)
         kept = [r for r, ok in window if ok]
         if len(kept) < 5:
@@ -479,6 +518,7 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
     f.runs_ok = _runs_ok(resid, inl, p.runs_z)
     f.first, f.last = mono[s], mono[e - 1]
     f.resid, f.inl, f.start = resid, inl, s
+    f.local = {}
     return f
 
 
@@ -491,17 +531,38 @@ class _Segment:
     [cont_lo, cont_hi) could be on either side.
     """
 
-    __slots__ = ("mono", "cont", "shift", "relabels", "fits", "starts", "bridge_ns", "entry_ns")
+    __slots__ = (
+        "mono",
+        "cont",
+        "shift",
+        "relabels",
+        "doubt_before",
+        "fits",
+        "starts",
+        "bridge_ns",
+        "entry_ns",
+        "checked",
+        "tail",
+    )
 
     def __init__(self, bridge_ns: int) -> None:
         self.mono: list[int] = []
         self.cont: list[int] = []
         self.shift = 0
         self.relabels: list[tuple[int, int, int, int]] = []
+        # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
+        # soon after the segment began: a receiver still settling may have had the
+        # *earlier* labels wrong, so ticks before cont_lo could be on either side.
+        self.doubt_before: list[tuple[int, int, int, int]] = []
         self.fits: dict[tuple[int, int], _Fit] = {}
         self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
         self.bridge_ns = bridge_ns
         self.entry_ns = 0  # size of the phase step that opened this segment
+        # What `_still_fits` knows of the fit it last checked: ((first, last) of the
+        # fit, samples before this index agree with it, the first that does not).
+        self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
+        # The last `_fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
+        self.tail: tuple[tuple[int, int, bool], tuple[_Fit, bool] | None] = ((-1, -1, False), None)
 
     def append(self, mono: int, cont: int) -> None:
         if self.mono and mono - self.mono[-1] > self.bridge_ns:
@@ -524,6 +585,9 @@ class _Segment:
                 shift += delta
             elif cont >= lo:
                 amb += abs(delta)
+        for lo, delta, known, _ in self.doubt_before:
+            if known <= now and cont < lo:
+                amb += abs(delta)
         return shift, amb
 
     def trim(self, keep_after: int) -> None:
@@ -533,6 +597,8 @@ class _Segment:
             del self.cont[:k]
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
+            self.checked = ((0, 0), 0, 0)  # its indices moved
+            self.tail = ((-1, -1, False), None)
 
 
 @dataclass(slots=True)
@@ -558,6 +624,7 @@ class ClockModel:
         self._kind_streak: Counter[str] = Counter()
         self._lat: dict[str, deque[int]] = {}
         self._lat_range: dict[str, tuple[int, int]] = {}
+        self._lat_span: dict[str, tuple[int, int]] = {}  # min, max of each _lat window
         self._last_agree_mono: int | None = None
         self._doubts: list[list[int | None]] = []  # [start, end | None, k]
         self._leaps: set[int] = set()
@@ -565,7 +632,11 @@ class ClockModel:
         self._sys_rt: list[int] = []
         self._snapshots: deque[_Fit] = deque()
         self._wander_obs: deque[tuple[int, float]] = deque()
+        self._wander_max: tuple[tuple, float] = ((), 0.0)  # (key of _wander_obs, max)
         self._freq_ppm: float | None = None
+        # True while answering `state`, `status` or checking a new pulse: those may
+        # reuse a slightly older fit (see `_fit_for`); a published stamp never does.
+        self._reuse = False
 
     # ----------------------------------------------------------------- input
 
@@ -585,7 +656,11 @@ class ClockModel:
             self._new_segment([(m, lab)], 0)
             return
         cont = lab + seg.shift
-        pred, tol, fit = self._predict_new(seg, m)
+        self._reuse = True
+        try:
+            pred, tol, fit = self._predict_new(seg, m)
+        finally:
+            self._reuse = False
         if abs(cont - pred) <= tol:
             if self._pending:
                 self.counters["gross_outliers"] += len(self._pending)
@@ -650,7 +725,11 @@ class ClockModel:
 
     def state(self, now_mono_ns: int) -> ClockState:
         """The source a tick stamped now would get."""
-        return self.stamp(now_mono_ns, now_mono_ns).clock
+        self._reuse = True
+        try:
+            return self.stamp(now_mono_ns, now_mono_ns).clock
+        finally:
+            self._reuse = False
 
     def stamp(self, mono_ns: int, now_mono_ns: int) -> Stamp:
         """UTC of a past (or present) tick, using every input with mono ≤ now. Never raises."""
@@ -668,6 +747,9 @@ class ClockModel:
                 if doubt and est.clock is not ClockState.UNSYNCED:
                     # GPS labels in dispute: whichever side is right must be inside.
                     est.unc_ns = _sat_add(est.unc_ns, doubt)
+                if est.clock is ClockState.NMEA:
+                    # The sentences of a receiver that corrected its second carried it too.
+                    est.unc_ns = _sat_add(est.unc_ns, self._early_doubt_ns(m, now))
                 if (
                     best is None
                     or est.unc_ns < best.unc_ns
@@ -683,6 +765,13 @@ class ClockModel:
 
     def status(self, now_mono_ns: int) -> dict:
         """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
+        self._reuse = True  # a summary, asked every turn: the periodic fit is good enough
+        try:
+            return self._status(now_mono_ns)
+        finally:
+            self._reuse = False
+
+    def _status(self, now_mono_ns: int) -> dict:
         p = self.params
         now = int(now_mono_ns)
         st = self.stamp(now, now)
@@ -749,15 +838,66 @@ class ClockModel:
     def _candidate_lengths(self, nk: int) -> list[int]:
         p = self.params
         lengths = []
+        floor = min(max(p.min_window_samples, p.min_lock_samples), nk)
         length = min(p.window_samples, nk)
-        while length >= p.min_lock_samples:
+        while length >= floor:
             lengths.append(length)
             length = int(length * p.window_shrink)
-        if not lengths or lengths[-1] > p.min_lock_samples:
-            lengths.append(min(p.min_lock_samples, nk))
+        if not lengths or lengths[-1] > floor:
+            lengths.append(floor)
         return lengths
 
     def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        """Fit for a tick at m from the run [rs, re).
+
+        For the questions asked on every record (`state`, `status`, the check of each
+        new pulse), a tick at or after the run's last sample reuses the fit of the run
+        as it stood at its last multiple of `refit_every_samples` samples, provided
+        every sample since lies within that fit's outlier threshold: one 600-sample fit
+        every 32 pulses instead of one or two a pulse. The choice depends only on
+        (rs, re), so the daemon and a replay pick the same fit whatever else asked the
+        model in between. Stamps (`stamp`) always get the newest window.
+        """
+        if m >= seg.mono[re - 1]:
+            # Every tick past the run's end gets the same window: asked many times a
+            # pulse (state, status, each sentence's cross-check), answered once.
+            key = (rs, re, self._reuse)
+            if seg.tail[0] == key:
+                return seg.tail[1]
+            got = self._fit_tail(seg, m, rs, re)
+            seg.tail = (key, got)
+            return got
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        p = self.params
+        k = p.refit_every_samples
+        n = re - rs
+        if self._reuse and k > 1 and n - n % k >= max(p.min_window_samples, 1) and n % k:
+            e = re - n % k
+            fit, ok = self._fit_window_for(seg, m, rs, e)
+            if self._still_fits(seg, fit, e, re):
+                return fit, ok
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _still_fits(self, seg: _Segment, fit: _Fit, e: int, re: int) -> bool:
+        """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
+        key, good_upto, bad_at = seg.checked
+        if key != (fit.first, fit.last):
+            key, good_upto, bad_at = (fit.first, fit.last), e, 1 << 62
+        if bad_at < re:
+            return False
+        p = self.params
+        thr0 = max(p.outlier_sigmas * fit.sigma, p.outlier_floor_ns)
+        for i in range(good_upto, re):
+            pred, sd = fit.predict(seg.mono[i])
+            if abs(seg.cont[i] - pred) > thr0 + p.k_sigma * sd:
+                seg.checked = (key, i, i)
+                return False
+        seg.checked = (key, max(good_upto, re), bad_at)
+        return True
+
+    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
         """Fit over samples [rs, re) for a tick at m, centred on m when samples allow.
 
         The longest candidate window passing both tests wins; if none does, the
@@ -784,17 +924,29 @@ class ClockModel:
         """Allowed unmodelled frequency change rate A (fraction per second)."""
         p = self.params
         base = p.wander_ppm_per_min * 1e-6 / 60
-        learnt = 0.0
-        for t, a in self._wander_obs:
-            if now - p.wander_memory_ns <= t <= now and a > learnt:
-                learnt = a
+        obs = self._wander_obs
+        if not obs:
+            return base
+        if obs[-1][0] <= now and now - p.wander_memory_ns <= obs[0][0]:
+            # Every observation counts (the usual case): the max only changes with them.
+            key = (len(obs), obs[0], obs[-1])
+            if self._wander_max[0] != key:
+                self._wander_max = (key, max(a for _, a in obs))
+            learnt = self._wander_max[1]
+        else:
+            learnt = 0.0
+            for t, a in obs:
+                if now - p.wander_memory_ns <= t <= now and a > learnt:
+                    learnt = a
         return max(base, p.wander_learn_factor * learnt)
 
     def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
-        u = p.k_sigma * sd + fit.sigma + p.pps_accuracy_ns + wander_ns
+        # σ is estimated from the fit's own residuals; a short fit may draw it low.
+        f = _small_sample_factor(fit.n - fit.order - 1)
+        u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
         if not ok:
-            u += p.misfit_sigmas * fit.sigma
+            u += p.misfit_sigmas * f * fit.sigma
         return u
 
     def _predict_new(self, seg: _Segment, m: int) -> tuple[int, float, _Fit | None]:
@@ -869,6 +1021,8 @@ class ClockModel:
             # The labels moved by whole seconds; the oscillator did not: keep the fit.
             delta = -k * NS_PER_S
             seg.relabels.append((seg.cont[-1] + 1, pred, delta, pend[-1][0]))
+            if pend[-1][0] - seg.mono[0] <= p.early_relabel_ns:
+                seg.doubt_before.append((seg.cont[-1] + 1, delta, pend[-1][0], seg.mono[-1]))
             seg.shift += delta
             for m, lab, _ in pend:
                 seg.append(m, lab + seg.shift)
@@ -933,6 +1087,8 @@ class ClockModel:
             if near * 1e9 > p.holdover_max_ns:
                 continue
             fit, ok = self._fit_for(seg, m, rs, re)
+            if m > fit.last:  # the wander since the last sample the fit saw
+                spread = max(spread, ((m - fit.last) / 1e9) ** 2)
             cont, sd = fit.predict(m)
             bound = self._fit_bound(fit, sd, 0.5 * wander * spread * 1e9, ok)
             found.append((cont, bound, near, fit))
@@ -982,7 +1138,11 @@ class ClockModel:
     def _cross_check(self, kind: str, m: int, utc: int) -> bool:
         """Compare a sentence with the PPS labels; learn its latency; open/close doubts."""
         p = self.params
-        est = self._pps_estimate(m, m)
+        self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
+        try:
+            est = self._pps_estimate(m, m)
+        finally:
+            self._reuse = False
         if est is None or est.clock is not ClockState.LOCKED:
             return True
         latency = est.utc_ns - utc
@@ -1006,12 +1166,26 @@ class ClockModel:
         if self._doubts and self._doubts[-1][1] is None:
             self._doubts[-1][1] = m
         lat = self._lat.setdefault(kind, deque(maxlen=p.nmea_learn_window))
+        old = lat[0] if len(lat) == lat.maxlen else None
         lat.append(latency)
         if len(lat) >= p.nmea_learn_min:
-            lo, hi = min(lat), max(lat)
+            span = self._lat_span.get(kind)
+            if span is None or old in span:  # the extreme left the window: look again
+                lo, hi = min(lat), max(lat)
+            else:
+                lo, hi = min(span[0], latency), max(span[1], latency)
+            self._lat_span[kind] = (lo, hi)
             margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
             self._lat_range[kind] = (round(lo - margin), round(hi + margin))
         return True
+
+    def _early_doubt_ns(self, m: int, now: int) -> int:
+        amb = 0
+        for seg in self._segs:
+            for _, delta, known, last_old in seg.doubt_before:
+                if known <= now and m <= last_old + NS_PER_S:
+                    amb += abs(delta)
+        return amb
 
     def _doubt_ns(self, m: int, now: int) -> int:
         for start, end, k in reversed(self._doubts):

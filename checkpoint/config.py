@@ -48,6 +48,8 @@ class MqttConfig:
     prefix: str = "rally"
     keepalive_s: int = 15
     max_inflight: int = 32
+    # Never-acked seqs sent ahead of HQ's ack (0: no limit): under a broker's queue.
+    max_ahead: int = 500
     redeliver_after_s: int = 30
     username: str | None = None
     password_file: str | None = None
@@ -292,6 +294,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         prefix=m.get("prefix", str, MqttConfig.prefix),
         keepalive_s=m.positive("keepalive_s", 15, lo=2, hi=600),
         max_inflight=m.positive("max_inflight", 32, hi=1000),
+        max_ahead=m.positive("max_ahead", MqttConfig.max_ahead, lo=0, hi=1_000_000),
         redeliver_after_s=m.positive("redeliver_after_s", 30, hi=86_400),
         username=m.get("username", str, None),
         password_file=m.get("password_file", str, None),

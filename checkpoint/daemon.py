@@ -56,6 +56,13 @@ _HOLDBACK_FLOOR_NS = 2_000_000
 _HOLDBACK_MAX_NS = 2_000_000_000
 _PAYLOAD_CACHE = 4096
 _MAX_RAW_UNSTORED = 100_000
+# Raw inputs (PPS ticks, beam edges, clock samples) are replay material, not events: they
+# go to disk with the next batch of events (so every stored event has its inputs stored)
+# and otherwise at most this long after arriving, or once this many are waiting. This is
+# the loss window for raw rows on a power cut; each commit is fsync'd (synchronous=FULL),
+# so one a minute instead of two a second is what keeps an idle card quiet.
+_RAW_FLUSH_NS = 60 * 10**9
+_RAW_FLUSH_ROWS = 5_000
 # After a failed commit, retry at most this often: every retry re-serialises the whole
 # in-memory batch, and a full card should not cost the core thread its turns.
 _STORE_RETRY_NS = 1_000_000_000
@@ -160,6 +167,7 @@ class BoxDaemon:
         self.outbox = Outbox(
             store_id=self.store.store_id,
             max_inflight=cfg.mqtt.max_inflight,
+            max_ahead=cfg.mqtt.max_ahead,
             redeliver_after_ns=cfg.mqtt.redeliver_after_s * 10**9,
         )
         self.outbox.load(last, self.store.acked_upto())
@@ -183,6 +191,8 @@ class BoxDaemon:
         self._raw_edges: list[tuple[str, int, bool]] = []
         self._raw_pps: list[int] = []
         self._raw_dropped = 0
+        self._raw_due_ns = 0  # when the raw rows kept in memory must be written
+        self._ack_unstored = False  # an HQ ack not yet written to the store
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._events: list[dict[str, Any]] = []
         self.bad_commands = 0
@@ -438,6 +448,10 @@ class BoxDaemon:
         try:
             self.recorder.write(rec)
         except (OSError, ValueError) as e:
+            self._capture_failed(e)
+
+    def _capture_failed(self, e: Exception) -> None:
+        if self.recorder is not None:
             # The capture is a diagnostic aid on the same card: a full or read-only
             # card must not stop the timing. A half-written line may end the file.
             self.alarms["capture"] = (
@@ -450,6 +464,15 @@ class BoxDaemon:
             except (OSError, ValueError):
                 pass
             self.recorder = None
+
+    def _sync_capture(self) -> None:
+        """fsync the capture file; a failure stops recording like a failed write."""
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.sync()
+        except (OSError, ValueError) as e:
+            self._capture_failed(e)
 
     def _record(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
         self._capture(rec)
@@ -545,8 +568,11 @@ class BoxDaemon:
                 )
         self._unstored += events
         samples = [(s.mono_ns, s.utc_s) for s in self.pipeline.new_samples]
-        pending = self._unstored or self._raw_edges or self._raw_pps or samples
-        if pending and now >= self._store_retry_ns:
+        raw = len(self._raw_edges) + len(self._raw_pps) + len(samples)
+        if not raw and not self._ack_unstored:
+            self._raw_due_ns = now + _RAW_FLUSH_NS
+        due = raw >= _RAW_FLUSH_ROWS or now >= self._raw_due_ns
+        if (self._unstored or due) and now >= self._store_retry_ns:
             self._store_batch(samples, now)
         # Even when the card refuses writes the events are published: HQ having
         # them is better than both copies waiting on a full disk. The hwm published
@@ -570,12 +596,16 @@ class BoxDaemon:
                 last = self.store.last_seq()
                 self._durable_last = max(self._durable_last, last)
                 self._unstored = [ev for ev in self._unstored if ev["seq"] > last]
+            if self._unstored and self.recorder is not None:
+                # The capture is what replays these events: on the card before they are.
+                self._sync_capture()
             self.store.record(
                 boot=self.boot,
                 edges=self._raw_edges,
                 pps=self._raw_pps,
                 samples=samples,
                 events=self._unstored,
+                acked=self.outbox.acked_upto if self._ack_unstored else None,
             )
         except StoreError as e:
             self._store_retry_ns = now + _STORE_RETRY_NS
@@ -599,6 +629,8 @@ class BoxDaemon:
             n = len(self._unstored)
             self._unstored, self._raw_edges, self._raw_pps = [], [], []
             self.pipeline.new_samples.clear()
+            self._ack_unstored = False
+            self._raw_due_ns = now + _RAW_FLUSH_NS
             self._store_logged_ns = None
             if self.alarms.pop("store", None):
                 log.warning("store writable again; the %d events kept in memory are on disk", n)
@@ -758,11 +790,9 @@ class BoxDaemon:
             if upto > self.pipeline.next_seq - 1:
                 return  # refused as implausible
         if self.outbox.hq_ack(self.store.store_id, upto):
-            try:
-                self.store.set_acked(self.outbox.acked_upto)
-            except StoreError as e:
-                # The store's own alarm (with what to do) says it better, if there is one.
-                self.alarms.setdefault("store", str(e))
+            # Written with the next batch: an ack lost to a power cut only means HQ is
+            # offered again events it already has, which it ignores by seq.
+            self._ack_unstored = True
 
     def _link_event(self, ev: LinkEvent, now: int) -> None:
         if isinstance(ev, Connected):
@@ -864,21 +894,8 @@ class BoxDaemon:
         clock = pipe["clock_detail"]
         levels = self.edges.levels()
         faults = self.edges.faults(now)
-        alarms = dict(self.alarms)
-        for name, dropped in faults.items():
-            alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
-        port_error = self.serial.last_error
-        if not self.serial.connected and port_error:
-            # Retried every second: the box goes on timing (system clock) meanwhile.
-            alarms["gps_port"] = port_error
+        alarms = self._alarms_now(faults)
         pairer = self.pipeline.pairer
-        if pairer.mismatch:
-            alarms["gps"] = f"NMEA/PPS convention mismatch: {pairer.advice}"
-        if self._raw_dropped:
-            alarms["raw"] = (
-                f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
-                "store failed; events are not affected, replays of this period will be incomplete"
-            )
         return {
             "state": "ready",
             "box": self.cfg.box,
@@ -915,6 +932,24 @@ class BoxDaemon:
             "bad_commands": self.bad_commands,
         }
 
+    def _alarms_now(self, faults: dict[str, int]) -> dict[str, str]:
+        alarms = dict(self.alarms)
+        for name, dropped in faults.items():
+            alarms[f"input:{name}"] = f"sensor fault: {name} chattering ({dropped} edges dropped)"
+        port_error = self.serial.last_error
+        if not self.serial.connected and port_error:
+            # Retried every second: the box goes on timing (system clock) meanwhile.
+            alarms["gps_port"] = port_error
+        pairer = self.pipeline.pairer
+        if pairer.mismatch:
+            alarms["gps"] = f"NMEA/PPS convention mismatch: {pairer.advice}"
+        if self._raw_dropped:
+            alarms["raw"] = (
+                f"{self._raw_dropped} raw inputs (edges, PPS ticks) could not be kept while the "
+                "store failed; events are not affected, replays of this period will be incomplete"
+            )
+        return alarms
+
     def _status(self, now: int) -> None:
         for t_ns, old, new in self.pipeline.transitions:
             log.warning("clock %s -> %s at tick %d", old, new, t_ns)
@@ -928,16 +963,18 @@ class BoxDaemon:
                 log.warning("GPS time sentences agree with the pulses again: pairing resumes")
         if not self.link.connected:
             return
-        st = self.status(now)
         # Publish on what a marshal or HQ must see at once; counters and beam
         # levels ride along with the periodic message (every passage toggles a
-        # level twice: publishing on that costs a retained status per edge).
+        # level twice: publishing on that costs a retained status per edge). The key
+        # is made every turn, the whole status (clock fit, counters) only to publish.
+        faults = self.edges.faults(now)
         key = {
-            "clock": st["clock"],
-            "alarms": st["alarms"],
-            "faults": {n: i["fault"] for n, i in st["inputs"].items()},
+            "clock": self.pipeline.clock.state(self.pipeline.now_ns or 0).value,
+            "alarms": self._alarms_now(faults),
+            "faults": {i.name: i.name in faults for i in self.cfg.inputs},
         }
         if key != self._last_status or now >= self._next_status_ns:
+            st = self.status(now)
             self.link.publish(self.topics.status, payload_bytes(st), qos=1, retain=True)
             self._last_status = key
             self._next_status_ns = now + self.cfg.status_interval_s * 10**9
@@ -982,6 +1019,10 @@ class BoxDaemon:
                 self.recorder.close()
             except (OSError, ValueError) as e:
                 log.warning("closing the capture: %s", e)
+        if self._writable and (self._raw_edges or self._raw_pps or self.pipeline.new_samples):
+            # The raw rows kept in memory (at most _RAW_FLUSH_NS of them) go down too.
+            self._raw_due_ns = 0
+            self._commit([], time.monotonic_ns())
         if self._unstored:
             log.error(
                 "exiting with %d events not on disk: %s",

@@ -108,6 +108,7 @@ class Outbox:
         *,
         store_id: str,
         max_inflight: int = 32,
+        max_ahead: int = 0,
         redeliver_after_ns: int = 30_000_000_000,
         backoff_ns: int = 1_000_000_000,
         max_backoff_ns: int = 60_000_000_000,
@@ -115,7 +116,11 @@ class Outbox:
     ) -> None:
         """`store_id` is the Store's: HQ acks naming another store are ignored.
 
-        `max_inflight` bounds messages published without a PUBACK. After a refused
+        `max_inflight` bounds messages published without a PUBACK. `max_ahead` (0: no
+        limit) bounds how far past HQ's ack a never-sent seq may go: a broker holds a
+        limited queue per subscriber (stock Mosquitto: 1,000 messages) and drops what
+        does not fit, which resends then repair slowly; pacing by HQ's acks keeps the
+        queue short, so a backlog drains at the speed HQ commits. After a refused
         publish, sending pauses `backoff_ns`, doubling per consecutive refusal up to
         `max_backoff_ns`. Redelivery waits `redeliver_after_ns` without HQ ack progress,
         doubling (up to 8x) per sweep that brought no progress, so a long HQ outage does
@@ -123,6 +128,9 @@ class Outbox:
         """
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if max_ahead < 0:
+            raise ValueError("max_ahead must be >= 0")
+        self.max_ahead = max_ahead
         self.store_id = store_id
         self.max_inflight = max_inflight
         self.redeliver_after_ns = redeliver_after_ns
@@ -256,7 +264,10 @@ class Outbox:
             if seq not in self._seq_mid:
                 out.append(seq)
         seq = self._cursor
-        while len(out) < room and seq <= self._committed:
+        last = self._committed
+        if self.max_ahead:
+            last = min(last, self._acked + self.max_ahead)
+        while len(out) < room and seq <= last:
             out.append(seq)
             seq += 1
         return out

@@ -452,8 +452,12 @@ class Store:
         pps: Sequence[int] = (),
         samples: Sequence[tuple[int, int]] = (),
         events: Sequence[Mapping[str, Any]] = (),
+        acked: int | None = None,
     ) -> None:
         """Store one batch in ONE transaction: all of it, or (on any error) none of it.
+
+        `acked`, when given, is recorded as by `set_acked` in the same transaction (the
+        daemon folds HQ's acks into its batches instead of a commit per ack).
 
         `edges` are `(input, mono_ns, active)`, `pps` are tick mono_ns, `samples` are paired
         `(mono_ns, utc_s)`, all of OS boot `boot`. Each event dict needs `seq` (int) and
@@ -485,6 +489,8 @@ class Store:
             if not _is_int(mono_ns) or not _is_int(utc_s):
                 raise ValueError(f"sample must be (int mono_ns, int utc_s), got {item!r}")
             sample_rows.append((boot, mono_ns, utc_s))
+        if acked is not None and not _is_int(acked):
+            raise ValueError(f"acked must be an int, got {acked!r}")
         event_rows = [_event_row(event, boot) for event in events]
         first = event_rows[0][0] if event_rows else 0
         for offset, row in enumerate(event_rows):
@@ -498,6 +504,8 @@ class Store:
             last = self._last_seq(db)
             if event_rows and first != last + 1:
                 if first <= last and self._already_stored(db, event_rows):
+                    if acked is not None:
+                        self._set_acked(db, acked)
                     return
                 raise StoreError(
                     f"event seq {first} does not follow the last stored seq {last}; "
@@ -517,6 +525,8 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
+            if acked is not None:
+                self._set_acked(db, acked)
 
     @staticmethod
     def _already_stored(db: Database, event_rows: list[tuple[Any, ...]]) -> bool:
@@ -538,8 +548,12 @@ class Store:
         if not _is_int(upto):
             raise ValueError(f"upto must be an int, got {upto!r}")
         with self._sqlite("recording an HQ ack") as db, db.atomic():
-            target = min(upto, self._last_seq(db))
-            db.execute("UPDATE acks SET upto = ? WHERE id = 1 AND upto < ?", [target, target])
+            self._set_acked(db, upto)
+
+    @classmethod
+    def _set_acked(cls, db: Database, upto: int) -> None:
+        target = min(upto, cls._last_seq(db))
+        db.execute("UPDATE acks SET upto = ? WHERE id = 1 AND upto < ?", [target, target])
 
     # -- reading ------------------------------------------------------------------------
 

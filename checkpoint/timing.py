@@ -34,6 +34,12 @@ from checkpoint.pairing import Pairer, Sample
 
 _MAX_PENDING_RESTAMPS = 10_000
 _COARSE = (ClockState.NMEA.value, ClockState.UNSYNCED.value)
+_STATE_EVERY_NS = 1_000_000_000
+# A restamp at least this tight is final; a wider one (the clock has just locked on a
+# short fit) stays pending and is restamped again once the bound has halved once more.
+_RESTAMP_FINAL_NS = 10_000
+# ...but not for ever: a restamped passage deep inside an outage never gets that tight.
+_RESTAMP_FOR_NS = 600 * 10**9
 _CAR = 16
 
 
@@ -113,9 +119,10 @@ class Pipeline:
         self.skipped: Counter[str] = Counter()
         self.refused: deque[str] = deque(maxlen=20)
         self.last_passage: dict[str, Any] | None = None
-        # (seq, mono_ns, published uncertainty_ns, published clock grade)
-        self._unlocked: deque[tuple[int, int, int, str]] = deque()
+        # (seq, mono_ns, published uncertainty_ns, published clock grade, restamped yet)
+        self._unlocked: deque[tuple[int, int, int, str, bool]] = deque()
         self._last_state: ClockState | None = None
+        self._state_at = -_STATE_EVERY_NS
         self.transitions: list[tuple[int, str, str]] = []
 
     # -- records -----------------------------------------------------------
@@ -211,10 +218,16 @@ class Pipeline:
         return out + self._restamps()
 
     def _time(self, mono_ns: int) -> None:
-        """A record arrived: the pipeline's clock (for the clock model) moves on."""
+        """A record arrived: the pipeline's clock (for the clock model) moves on.
+
+        The clock state is looked at once a second of input, not at every NMEA line:
+        a transition is logged up to a second late, and a pulse costs less.
+        """
         if self.now_ns is None or mono_ns > self.now_ns:
             self.now_ns = mono_ns
-        self._note_state()
+        if self.now_ns - self._state_at >= _STATE_EVERY_NS:
+            self._state_at = self.now_ns
+            self._note_state()
 
     # -- marshal corrections ---------------------------------------------------
     def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
@@ -290,7 +303,7 @@ class Pipeline:
         if len(self._unlocked) >= _MAX_PENDING_RESTAMPS:
             self._unlocked.popleft()
             self.skipped["restamp_overflow"] += 1
-        self._unlocked.append((ref_seq, mono_ns, uncertainty_ns, clock))
+        self._unlocked.append((ref_seq, mono_ns, uncertainty_ns, clock, False))
 
     def _restamps(self) -> list[dict[str, Any]]:
         """Re-derive passages stamped before lock (or in an outage) once locked.
@@ -301,23 +314,28 @@ class Pipeline:
         grade is always re-derived (its bound came from priors about the receiver or
         the system clock, the new one from measured pulses); one published at
         `holdover` only once the new bound is at most half the published one, i.e. it
-        is worth replacing the time.
+        is worth replacing the time. Right after lock the fit is short and its bound
+        tens of µs: the passage stays pending, and gets another restamp when the bound
+        has halved again, until one is within `_RESTAMP_FINAL_NS` or the restamped
+        passage is `_RESTAMP_FOR_NS` old.
         """
         if not self._unlocked or self.now_ns is None:
             return []
         if self.clock.state(self.now_ns) != ClockState.LOCKED:
             return []
         out: list[dict[str, Any]] = []
-        keep: deque[tuple[int, int, int, str]] = deque()
-        for entry in self._unlocked:
-            ref_seq, mono_ns, published_unc, grade = entry
+        keep: deque[tuple[int, int, int, str, bool]] = deque()
+        for ref_seq, mono_ns, published_unc, grade, restamped in self._unlocked:
             stamp = self._stamp(mono_ns, self.now_ns)
             better = stamp.clock in (ClockState.LOCKED, ClockState.HOLDOVER)
             coarse = grade in _COARSE
             if better and (coarse or stamp.uncertainty_ns * 2 <= published_unc):
                 out.append(self._event("restamp", ref_seq=ref_seq, **_stamp_fields(stamp)))
-            else:
-                keep.append(entry)
+                published_unc, grade, restamped = stamp.uncertainty_ns, stamp.clock.value, True
+                if published_unc <= _RESTAMP_FINAL_NS:
+                    continue
+            if not restamped or self.now_ns - mono_ns <= _RESTAMP_FOR_NS:
+                keep.append((ref_seq, mono_ns, published_unc, grade, restamped))
         self._unlocked = keep
         return out
 

@@ -1,6 +1,7 @@
 """`python -m sim`: simulate a rally and judge it against the exact truth.
 
-    python -m sim run SCENARIO [--broker URL] [--json] [--workdir DIR] [--speed X] [--keep]
+    python -m sim run SCENARIO [--broker URL] [--json] [--workdir DIR] [--speed X] [--cars N]
+                           [--keep]
         live: a Mosquitto, one real box daemon per box, the HQ collector; verdict at the end
     python -m sim capture SCENARIO --out DIR
         offline: one capture file per box + truth.json, no processes
@@ -41,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a rally live and print the verdict."""
     from sim.live import LiveRun, Options
 
-    sc = scenario.faster(scenario.load(args.scenario), args.speed)
+    sc = scenario.faster(scenario.first_cars(scenario.load(args.scenario), args.cars), args.speed)
     run = LiveRun(
         sc,
         Options(broker=args.broker, workdir=args.workdir),
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="X",
         help="run the schedule X times faster (beams and GPS stay real time)",
+    )
+    r.add_argument(
+        "--cars",
+        type=int,
+        metavar="N",
+        help="only the first N cars of the field (./dev demo's quick run)",
     )
     r.add_argument("--keep", action="store_true", help="keep the work directory")
     r.set_defaults(func=cmd_run)

@@ -737,6 +737,18 @@ def load(path: str | Path) -> Scenario:
     return loads(text, str(path))
 
 
+def first_cars(sc: Scenario, n: int | None) -> Scenario:
+    """The same rally with only its first `n` cars (all when None or more than it has).
+
+    The demo's quick run: the same route, boxes and faults, fewer cars through them.
+    """
+    if n is None or n >= sc.cars.count:
+        return sc
+    if n < 1:
+        raise ScenarioError(f"--cars must be at least 1, got {n}")
+    return replace(sc, cars=replace(sc.cars, count=n))
+
+
 def faster(sc: Scenario, speed: float) -> Scenario:
     """The same rally with its schedule run `speed` times faster.
 

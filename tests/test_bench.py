@@ -95,3 +95,30 @@ def test_report_renders_sections_that_did_not_run():
     md = report.markdown(doc)
     assert "FAILED: BenchError: boom" in md
     assert all(t["met"] is None for t in doc["targets"])
+
+
+def test_replay_bench_runs_the_replay_path_and_reports_beside_its_targets(tmp_path):
+    from bench import replay
+
+    sec = replay.run(tmp_path, smoke=True)
+    rp, cpu = sec["replay"], sec["cpu"]
+    assert rp["capture_s"] == replay.SMOKE_S and rp["records"] > 5 * replay.SMOKE_S
+    assert rp["events"].get("passage", 0) > 0 and rp["x_real_time"] > 0
+    assert cpu["pulses"] > 200 and cpu["us_per_pulse"] > 0 and cpu["passages"] > 0
+    rows = {t["target"]: t for t in report.targets({"replay": sec})}
+    replay_row = next(t for name, t in rows.items() if name.startswith("replay ≥"))
+    assert replay_row["measured"] and replay_row["met"] is not None
+    md = report.markdown(
+        {
+            "meta": {
+                "date": "2026-01-01T00:00:00Z",
+                "machine": common.machine_info(),
+                "command": "python -m bench --only replay",
+                "smoke": True,
+                "duration_s": 1.0,
+            },
+            "targets": report.targets({"replay": sec}),
+            "results": {"replay": sec},
+        }
+    )
+    assert "### Replay" in md and "× real time" in md

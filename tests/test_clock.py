@@ -184,7 +184,9 @@ def test_state_transitions_unsynced_nmea_locked_holdover_nmea() -> None:
     at = {s: t for t, s in reversed(seen)}  # first time in each state
     at["nmea again"] = seen[-1][0]
     assert 10 <= at["nmea"] < 14  # three consistent sentences
-    assert 78 <= at["locked"] < 90  # 60 samples, the first at the first pulse
+    # min_lock_samples (10) paired pulses, the first at the first pulse (20 s): within
+    # 15 s of the first pulse with a fix
+    assert 28 <= at["locked"] <= 20 + 15
     assert 252 <= at["holdover"] < 255  # locked_gap after the last pulse
     assert 309 <= at["nmea again"] < 312  # holdover_max
     assert_covered(recs)
@@ -208,7 +210,7 @@ def test_cold_start_bounds_are_honest() -> None:
     )
     truth, model, recs = simulate(prof)
     assert_covered(recs)
-    before_lock = [r for r in recs if r.mono < truth.mono_at[70] and not r.late]
+    before_lock = [r for r in recs if r.mono < truth.mono_at[24] and not r.late]
     assert before_lock and {r.clock for r in before_lock} <= {"nmea", "unsynced"}
     nmea = [r for r in before_lock if r.clock == "nmea"]
     assert nmea and all(r.unc >= 900_000_000 for r in nmea)  # ±1 s prior, nothing learnt
@@ -379,3 +381,69 @@ def test_deterministic() -> None:
     a = replay(generate(prof), Pairer("after"), ClockModel())
     b = replay(generate(prof), Pairer("after"), ClockModel())
     assert a == b
+
+
+EARLY_LOCK_PROFILES = [
+    Profile(
+        name="+50ppm 2%out", seconds=240, offset_ppm=50.0, outlier_rate=0.02, seed=41, **WANDER
+    ),
+    Profile(
+        name="-44ppm 5%out before",
+        seconds=240,
+        offset_ppm=-44.0,
+        outlier_rate=0.05,
+        convention="before",
+        seed=42,
+        **WANDER,
+    ),
+    Profile(
+        name="cold, late pps",
+        seconds=240,
+        offset_ppm=31.0,
+        outlier_rate=0.02,
+        nmea_start_s=7,
+        pps_start_s=25,
+        seed=43,
+        **WANDER,
+    ),
+    # The receiver's first seconds name the wrong second, then it corrects itself.
+    Profile(
+        name="wrong second at start",
+        seconds=240,
+        offset_ppm=-17.0,
+        outlier_rate=0.02,
+        label_jumps=((0, 1), (6, -1)),
+        seed=44,
+        **WANDER,
+    ),
+]
+
+
+@pytest.mark.parametrize("prof", EARLY_LOCK_PROFILES, ids=lambda p: p.name)
+def test_locked_within_15_s_with_a_bound_that_holds_and_narrows(prof: Profile) -> None:
+    truth = generate(prof)
+    model = ClockModel()
+    first_locked: list[int] = []
+
+    def probe(mono: int) -> None:
+        if not first_locked and model.state(mono) is ClockState.LOCKED:
+            first_locked.append(mono)
+
+    recs = replay(truth, Pairer(prof.convention), model, probe=probe)
+    first_pulse = truth.mono_at[max(prof.pps_start_s, prof.nmea_start_s)]
+    assert first_locked and (first_locked[0] - first_pulse) / NS <= 15
+    # every stamp, the early short-fit ones included, lies within its bound ...
+    assert_covered(recs)
+    locked = [r for r in recs if r.clock == "locked" and not r.late]
+    lock_at = first_locked[0]
+    early = [r for r in locked if r.mono < lock_at + 20 * NS]
+    later = [r for r in locked if r.mono > lock_at + 150 * NS]
+    assert early and later
+    # ... and the bound narrows as pulses accumulate
+    assert statistics.median(r.unc for r in later) < statistics.median(r.unc for r in early)
+    # knowing everything, the passages before lock are re-stamped honestly too
+    final = restamp_all(truth, model, truth.mono_at[prof.seconds])
+    assert_covered(final)
+    if not prof.label_jumps:
+        before = [r for r in final if r.mono < lock_at and r.mono > first_pulse]
+        assert before and max(r.unc for r in before) < 50_000

@@ -58,6 +58,28 @@ def test_window_and_order():
     assert o.inflight == 3
 
 
+def test_max_ahead_paces_new_seqs_by_hqs_ack_not_by_the_broker():
+    # A stock broker queues 1,000 messages per subscriber and drops the rest: never
+    # send more than max_ahead seqs past HQ's ack; each ack lets more go.
+    o = box(max_inflight=1000, max_ahead=100)
+    o.load(0, 0)
+    o.connected(0)
+    o.committed(1000)
+    mids = list(range(1, 2000))
+    sent = send_all(o, 0, mids)
+    assert sent == list(range(1, 101))
+    for mid in range(1, 101):
+        o.puback(mid, True, 1)
+    assert o.next_to_send(1) == []  # PUBACKs are not HQ's ack
+    o.hq_ack(S, 40)
+    assert send_all(o, 2, mids) == list(range(101, 141))
+    # HQ asking for seqs (a gap) is answered whatever the pace
+    o.resend(5, 6)
+    assert o.next_to_send(3)[:2] == [5, 6]
+    with pytest.raises(ValueError):
+        box(max_ahead=-1)
+
+
 def test_sent_rejects_misuse():
     o = box(max_inflight=2)
     o.load(0, 0)

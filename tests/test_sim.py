@@ -1,8 +1,8 @@
 """The rally simulator: scenarios, exact truth, GPS, judging, offline and live rallies.
 
 The live tests run each fault scenario through real box daemons, a real Mosquitto
-and the real HQ collector. A box clock needs 60 PPS pulses to lock, so every live
-rally lasts over a minute; they are started together (one process tree each) and
+and the real HQ collector. A box clock needs 10 PPS pulses to lock, so every live
+rally lasts a while; they are started together (one process tree each) and
 judged one by one, which keeps this file at a little over two minutes on 2 cores.
 """
 

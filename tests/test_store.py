@@ -248,6 +248,19 @@ def test_acked_upto_is_monotone_and_clamped(store):
         assert again.acked_upto() == 5
 
 
+def test_an_ack_rides_in_a_batch_with_the_same_rules(store):
+    # The daemon folds HQ's acks into its next batch instead of a commit per ack.
+    store.record(boot=BOOT, events=[ev(q) for q in range(1, 4)], acked=2)
+    assert store.acked_upto() == 2
+    store.record(boot=BOOT, pps=[7], acked=1)
+    assert store.acked_upto() == 2
+    store.record(boot=BOOT, events=[ev(4)], acked=99)
+    assert store.acked_upto() == 4
+    with pytest.raises(ValueError):
+        store.record(boot=BOOT, pps=[8], acked="4")
+    assert store.counts()["pps"] == 1
+
+
 def test_passages_apply_corrections(store):
     env = {"schema": "checkpoint/event/1", "box": "box7", "checkpoint": "TC3", "store": "s"}
     store.record(

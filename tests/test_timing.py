@@ -152,3 +152,23 @@ def test_nmea_grade_bound_holds_for_a_tail_past_the_next_pulse():
         old.nmea(t + 1_300_000_000, gga(utc_s).strip())
     lied = old.clock.stamp(tick, tick)
     assert abs(lied.utc_ns - world.utc(tick)) > lied.uncertainty_ns
+
+
+def test_a_restamp_from_the_first_short_fit_is_followed_by_a_tighter_one():
+    # Lock comes 10 pulses after the first, on a short fit: the passages from before
+    # are restamped then (tens of µs) and again once the bound has halved; the last
+    # restamp of each is within 10 µs, and every one is true.
+    w = World()
+    cars = [5 * NS, 14 * NS, 27 * NS]
+    events = run(w, pipeline(), 120, fix_from=10, pps_from=20, cars=cars)
+    passages = sorted(e["seq"] for e in events if e["type"] == "passage")
+    by_car = dict(zip(cars, passages, strict=True))
+    for c in cars:
+        rs = [e for e in events if e["type"] == "restamp" and e["ref_seq"] == by_car[c]]
+        assert rs
+        for e in rs:
+            assert abs(e["utc_ns"] - (UTC0 + c)) <= e["uncertainty_ns"]
+        bounds = [e["uncertainty_ns"] for e in rs]
+        assert all(b * 2 <= a for a, b in zip(bounds, bounds[1:], strict=False))
+        assert bounds[-1] <= 10_000
+    assert any(len([e for e in events if e.get("ref_seq") == by_car[c]]) >= 2 for c in cars)

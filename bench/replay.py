@@ -1,0 +1,123 @@
+"""Replay speed and the pipeline's CPU per PPS pulse and per passage.
+
+A capture is written the way the simulator writes one (`sim.capture.records`): box01 of
+the California Mille (a u-blox M8 at factory settings: RMC, VTG, GGA, GSA, GSV, GLL,
+ZDA, about 8 sentences a second, plus PPS), its cars in the first minutes and then
+idle running, for `HOURS` of capture (`--smoke`: 5 minutes). It is replayed through
+`checkpoint.cli.replay_events`, the same `timing.Pipeline` the daemon runs, timed with
+the process's CPU clock: capture seconds per CPU second is the replay speed.
+
+CPU per PPS pulse: the idle part (a capture with no cars, same receiver) over its
+pulses, every record of that second included (the pulse, its sentences, the clock
+model's work). CPU per passage: the extra CPU of a capture with a car every 2 s over
+the same span, per passage. Both are this machine's; a Pi Zero 2 W core is roughly a
+tenth of one, so multiply by ~10 for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from checkpoint import capture as capfmt
+from checkpoint.cli import replay_events
+from checkpoint.config import InputConfig
+from sim import scenario
+from sim.capture import NS, clocks_and_receivers, records
+from sim.world import Rally
+
+HOURS = 1.0
+SMOKE_S = 300
+PASSAGE_S = 600  # the per-passage capture: this long, a car every 2 s
+MILLE = Path(__file__).resolve().parent.parent / "sim" / "scenarios" / "california_mille.toml"
+
+
+def _write(path: Path, seconds: int, *, cars: bool, car_every_s: float | None = None) -> int:
+    """One box's capture of `seconds`; the number of records."""
+    sc = scenario.load(MILLE)
+    if car_every_s is not None:
+        sc = scenario.faster(sc, sc.cars.start_interval_s / car_every_s)
+    if not cars:
+        sc = scenario.first_cars(sc, 1)
+    clocks, rx = clocks_and_receivers(sc)
+    start = sc.epoch_utc_ns + round(sc.lead_s * NS)
+    for r in rx.values():
+        r.rally_start_utc_ns = start
+    rally = Rally(sc, start, clocks)
+    box = sc.boxes[0]
+    if not cars:
+        rally.boxes[box.id].edges.clear()
+    path.unlink(missing_ok=True)
+    # The header carries the inputs, as a daemon's capture does (replay needs no config).
+    names = sorted({e.input for e in rally.boxes[box.id].edges} | {"beam"})
+    inputs = [
+        dataclasses.asdict(
+            InputConfig(name=n, pin=f"capture:{n}", source="manual" if "button" in n else "beam")
+        )
+        for n in names
+    ]
+    writer = capfmt.Writer(
+        path, box.id, box.control, convention=box.receiver.convention, inputs=inputs
+    )
+    n = 0
+    try:
+        for rec in records(sc, rally, box.id, rx[box.id], start + seconds * NS):
+            writer.write(rec)
+            n += 1
+    finally:
+        writer.close()
+    return n
+
+
+def _replay(path: Path) -> tuple[float, dict[str, int]]:
+    """CPU seconds to replay `path`, and the events it gave by type."""
+    kinds: dict[str, int] = {}
+    t0 = time.process_time()
+    for ev in replay_events(str(path)):
+        kinds[ev["type"]] = kinds.get(ev["type"], 0) + 1
+    return time.process_time() - t0, kinds
+
+
+def _pulses(path: Path) -> int:
+    _, recs = capfmt.read(path)
+    return sum(1 for r in recs if r["type"] == "pps")
+
+
+def run(work: Path, smoke: bool = False) -> dict[str, Any]:
+    """Replay speed over a long capture; CPU per pulse and per passage."""
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = SMOKE_S if smoke else round(HOURS * 3600)
+    out: dict[str, Any] = {}
+
+    long = work / "long.jsonl"
+    n = _write(long, seconds, cars=True)
+    cpu, kinds = _replay(long)
+    out["replay"] = {
+        "capture_s": seconds,
+        "records": n,
+        "events": kinds,
+        "cpu_s": round(cpu, 3),
+        "x_real_time": round(seconds / cpu) if cpu > 0 else None,
+        "day_s": round(cpu * 86_400 / seconds, 1),
+        "us_per_record": round(cpu / n * 1e6, 1),
+    }
+
+    span = min(seconds, PASSAGE_S)
+    idle = work / "idle.jsonl"
+    _write(idle, span, cars=False)
+    idle_cpu, _ = _replay(idle)
+    pulses = _pulses(idle)
+    busy = work / "busy.jsonl"
+    _write(busy, span, cars=True, car_every_s=2.0)
+    busy_cpu, busy_kinds = _replay(busy)
+    passages = busy_kinds.get("passage", 0)
+    out["cpu"] = {
+        "span_s": span,
+        "pulses": pulses,
+        "us_per_pulse": round(idle_cpu / pulses * 1e6, 1) if pulses else None,
+        "passages": passages,
+        "us_per_passage": (round((busy_cpu - idle_cpu) / passages * 1e6, 1) if passages else None),
+    }
+    return out
