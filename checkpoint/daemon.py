@@ -66,6 +66,7 @@ _FLOOR_GRACE_NS = 1_000_000_000
 # this store (a box makes a few thousand events a day): it is refused, not obeyed.
 _MAX_SKIP = 10_000
 _LOG_REPEAT_NS = 30 * 10**9
+_MAX_LOGGED = 200  # characters of a bad command's reason in the log
 _RECENT = 50  # passages the marshal page shows
 _SNAPSHOT_EVERY_NS = 500_000_000
 # Running on a read-only view of the store: try to reopen it for writing this often.
@@ -810,6 +811,9 @@ class BoxDaemon:
         self.bad_commands += 1
         # Rate-limited in effect by the sender; a flood shows in the counter, not the log.
         if self.bad_commands <= 100 or self.bad_commands % 1000 == 0:
+            # Bounded: the reason may quote what the sender put in the message.
+            if len(why) > _MAX_LOGGED:
+                why = f"{why[:_MAX_LOGGED]}... ({len(why)} characters)"
             log.warning("ignored message on %s: %s (%d so far)", topic, why, self.bad_commands)
 
     # -- status -------------------------------------------------------------
