@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, chain
+from checkpoint import EVENT_SCHEMA, chain, integrity
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hqstore import MAX_CAR, HQStore, iso_now
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, SubAck
@@ -453,10 +453,7 @@ class Ingest:
             self.stats.duplicates += 1
             return
         if result == "conflict":
-            self.stats.conflicts += 1
-            self._reject(
-                topic, payload, "conflict", f"{store[:8]}/{seq} differs from the stored event", box
-            )
+            self._conflict(topic, box, store, seq, p, at)
             return
         self.stats.events += 1
         self.store.note_event(box, at)
@@ -489,12 +486,49 @@ class Ingest:
                 detail=json.dumps(detail),
                 at=at,
             )
+        if not p.quarantine:
+            self._check_anchor(box, store, {"seq": seq, "head": ev.get(chain.HASH)}, at)
         # Memory last: if anything above raised, the savepoint undid the rows
         # and memory must not claim them.
         if new_store:
             self._new_store(box, store)
         self.trackers.setdefault(key, SeqTracker()).add(seq)
         self._dirty.add(key)
+
+    def _conflict(self, topic: str, box: str, store: str, seq: int, p: Parsed, at: str) -> None:
+        """Another version of an event HQ holds: keep it, flag the seq, count nothing yet.
+
+        A forgery sent with a stolen credential and the real box's event end up here in
+        either order. Both are kept; until HQ decides (`hq conflict`, audited) neither
+        counts in the results. A version with a broken seal is kept as evidence only.
+        """
+        self.stats.conflicts += 1
+        integrity.add_conflict(
+            self.store.db,
+            box=box,
+            store=store,
+            seq=seq,
+            payload=p.text,
+            quarantine=p.quarantine,
+            topic=topic,
+            at=at,
+        )
+        what = "a version with a broken seal" if p.quarantine else "another sealed version"
+        detail = (
+            f"{what} of seq {seq} ({integrity.version_id(p.text)[:16]}...) arrived; HQ holds "
+            "both and counts neither until decided (checkpoint hq conflict)"
+        )
+        self._reject(topic, p.text.encode(), "conflict", f"{store[:8]}/{seq}: {detail}", box)
+        if p.quarantine or self.store.has_chain_break(box, store, seq, "conflict"):
+            return
+        c = self.chains.setdefault((box, store), chain.ChainState(store))
+        c.breaks += 1
+        self._dirty.add((box, store))
+        self.stats.chain_breaks += 1
+        self.store.add_chain_break(
+            box=box, store=store, seq=seq, reason="conflict", detail=detail, at=at
+        )
+        log.warning("box %s store %s seq %d: CONFLICT: %s", box, store, seq, detail)
 
     def _new_store(self, box: str, store: str) -> None:
         self.stats.new_stores.append((box, store))
@@ -561,6 +595,7 @@ class Ingest:
                 if last > t.hint:
                     t.hint = last
                     self._dirty.add((box, store))
+            integrity.record_anchor(self.store.db, box, store, st, at)
             self._check_anchor(box, store, st.get("chain"), at)
 
     def _check_anchor(self, box: str, store: str, anchor: object, at: str) -> None:
@@ -574,11 +609,14 @@ class Ingest:
             return
         rows = self.store.event_payloads(box, store, seq, seq, limit=1)
         if not rows:
-            return  # not arrived yet
+            return  # not arrived yet: checked against every anchor when it does
         try:
             ours = json.loads(rows[0][1]).get(chain.HASH)
         except (ValueError, AttributeError):  # pragma: no cover - parsed on arrival
             ours = None
+        # Every head the box ever published for this seq, not only this status's.
+        heads = integrity.anchor_heads(self.store.db, box, store, seq) | {head}
+        head = next((h for h in sorted(heads) if h != ours), ours)
         if ours == head or self.store.has_chain_break(box, store, seq, "forked"):
             return
         detail = (
@@ -644,6 +682,12 @@ class Ingest:
                 reason, detail = problem
                 if reason == "unsealed" and c.sealed == 0:
                     continue  # a store of box software before the chain: counted, not broken
+                if reason == "deleted" and ev.get(chain.PREV) in integrity.conflict_versions(
+                    self.store.db, box, store, seq - 1
+                ):
+                    # It follows the other version of seq - 1: that conflict is the break
+                    # (recorded and counted when it arrived).
+                    continue
                 c.breaks += 1
                 self.stats.chain_breaks += 1
                 self.store.add_chain_break(
@@ -688,6 +732,20 @@ class Ingest:
             if everything or self.acked.get(box) != (store, t.upto):
                 out.append((box, store, t.upto))
         return out
+
+    def ack_payload(self, box: str, store: str, upto: int) -> bytes:
+        """The ack: `store`, `upto` and `head`, the hash of the event HQ holds at `upto`.
+
+        With `head` the box checks that HQ holds *its* event there, not one somebody
+        else published under its name first (it then publishes its own again).
+        """
+        ack: dict[str, Any] = {"store": store, "upto": upto}
+        rows = self.store.event_payloads(box, store, upto, upto, limit=1)
+        if rows:
+            head = integrity.version_id(rows[0][1])
+            if chain.is_hash(json.loads(rows[0][1]).get(chain.HASH)):
+                ack["head"] = head
+        return json.dumps(ack, separators=(",", ":")).encode()
 
     def ack_sent(self, box: str, store: str, upto: int) -> None:
         """Remember a published ack."""
@@ -970,7 +1028,7 @@ class Collector:
         elif subscribed is False:
             self.subscribed.clear()
         for box, s, upto in ingest.acks_due(everything=reack_all):
-            payload = json.dumps({"store": s, "upto": upto}, separators=(",", ":")).encode()
+            payload = ingest.ack_payload(box, s, upto)
             if self.link.publish(ingest.ack_topic(box), payload, qos=1, retain=True) is not None:
                 ingest.ack_sent(box, s, upto)
 
