@@ -521,14 +521,20 @@ class Ingest:
         self._reject(topic, p.text.encode(), "conflict", f"{store[:8]}/{seq}: {detail}", box)
         if p.quarantine or self.store.has_chain_break(box, store, seq, "conflict"):
             return
+        self._anchor_break(box, store, seq, "conflict", detail, at)
+
+    def _anchor_break(
+        self, box: str, store: str, seq: int, reason: str, detail: str, at: str
+    ) -> None:
+        """Record a break found outside the chain walk (conflict, forked)."""
         c = self.chains.setdefault((box, store), chain.ChainState(store))
         c.breaks += 1
         self._dirty.add((box, store))
         self.stats.chain_breaks += 1
         self.store.add_chain_break(
-            box=box, store=store, seq=seq, reason="conflict", detail=detail, at=at
+            box=box, store=store, seq=seq, reason=reason, detail=detail, at=at
         )
-        log.warning("box %s store %s seq %d: CONFLICT: %s", box, store, seq, detail)
+        log.warning("box %s store %s seq %d: CHAIN BREAK %s: %s", box, store, seq, reason, detail)
 
     def _new_store(self, box: str, store: str) -> None:
         self.stats.new_stores.append((box, store))
@@ -623,14 +629,7 @@ class Ingest:
             f"the box's chain head at seq {seq} is {head[:16]}..., HQ's event has "
             f"{str(ours)[:16]}...: HQ holds a different event than the box"
         )
-        c = self.chains.setdefault((box, store), chain.ChainState(store))
-        c.breaks += 1
-        self._dirty.add((box, store))
-        self.stats.chain_breaks += 1
-        self.store.add_chain_break(
-            box=box, store=store, seq=seq, reason="forked", detail=detail, at=at
-        )
-        log.warning("box %s store %s seq %d: CHAIN BREAK forked: %s", box, store, seq, detail)
+        self._anchor_break(box, store, seq, "forked", detail, at)
         self._reject(
             f"{self.prefix}/{box}/event",
             rows[0][1].encode(),
@@ -741,10 +740,9 @@ class Ingest:
         """
         ack: dict[str, Any] = {"store": store, "upto": upto}
         rows = self.store.event_payloads(box, store, upto, upto, limit=1)
-        if rows:
-            head = integrity.version_id(rows[0][1])
-            if chain.is_hash(json.loads(rows[0][1]).get(chain.HASH)):
-                ack["head"] = head
+        head = json.loads(rows[0][1]).get(chain.HASH) if rows else None
+        if chain.is_hash(head):
+            ack["head"] = head
         return json.dumps(ack, separators=(",", ":")).encode()
 
     def ack_sent(self, box: str, store: str, upto: int) -> None:
