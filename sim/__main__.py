@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint.errors import CheckpointError
-from sim import capture, scenario, verdict
+from sim import capture, scenario, secure, verdict
 from sim.broker import MosquittoError
 
 
@@ -44,7 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     sc = scenario.faster(scenario.load(args.scenario), args.speed)
     run = LiveRun(
         sc,
-        Options(broker=args.broker, workdir=args.workdir),
+        Options(
+            broker=args.broker,
+            workdir=args.workdir,
+            credentials=secure.Credentials.from_args(args),
+            hq_broker=args.hq_broker,
+        ),
     )
     v = None
     try:
@@ -157,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help=cmd_run.__doc__)
     r.add_argument("scenario", help="scenario file (TOML)")
     r.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
+    r.add_argument(
+        "--hq-broker",
+        metavar="URL",
+        help="HQ's own listener for the collector and the monitor (shipped config: :8885)",
+    )
+    secure.add_arguments(r)
     r.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     r.add_argument("--workdir", type=Path, help="keep box stores, logs and HQ's db here")
     r.add_argument(
