@@ -138,8 +138,14 @@ def _signed(
             found.append(chain.Break(box, store, seq, "badsig", problem))
         elif held.get((box, store, seq)) == a["head"]:
             proven[(box, store)] = max(proven.get((box, store), 0), seq)
+    last = {(s.box, s.store): s.last_seq or 0 for s in result.report.stores}
     for (box, store), seq in sorted(proven.items()):
         result.signed.append((box, store, seq))
+        if last.get((box, store), 0) > seq:
+            result.notes.append(
+                f"{box} store {store}: seq {seq + 1}..{last[(box, store)]} are not covered "
+                "by a signed chain head (the box never signed them: not proven to be its own)"
+            )
     for box, key in by_box.items():
         if key is not None and not any(b == box for b, _s in proven):
             result.notes.append(f"{box}: no signed chain head matches HQ's events")

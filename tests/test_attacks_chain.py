@@ -183,6 +183,22 @@ def test_edits_of_hq_database_after_the_box_stopped_fail_verify(rally: Rally) ->
     code, out = verify(full, rally.keys)
     assert code == 1 and "badsig" in out, out
 
+    # 2b. A sealed event appended under the next seq (a thief after the box stopped, or
+    # an insider): the chain holds, no anchor covers it, --keys says so.
+    extra = copy(rally.db, "extra.db")
+    last = json.loads(rows(extra, "SELECT payload FROM events WHERE seq=5")[0][0])
+    forged = chain.seal({**last, "seq": 6, "utc_ns": last["utc_ns"] + 10**9}, last["hash"])
+    sql(
+        extra,
+        (
+            "INSERT INTO events (box, store, seq, type, checkpoint, utc_ns, payload)"
+            " VALUES (?,?,?,?,?,?,?)",
+            ("box07", last["store"], 6, "passage", "PC3", forged["utc_ns"], json.dumps(forged)),
+        ),
+    )
+    code, out = verify(extra, rally.keys)
+    assert "seq 6..6 are not covered by a signed chain head" in out, out
+
     # 3. Columns that change the results, outside the payload.
     for column, value in (("quarantine", "bad_time"), ("type", "heartbeat")):
         flipped = copy(rally.db, f"{column}.db")
