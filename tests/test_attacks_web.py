@@ -194,3 +194,36 @@ def test_malformed_http_requests_are_logged_as_one_bounded_line(marshal, caplog)
     assert records and not [r for r in records if r.exc_info or r.exc_text]
     assert len(records) <= 10  # at most 10 a minute; the rest counted, not written
     assert all(len(r.getMessage()) < 400 for r in records)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"assign"',
+        b"{}",
+        b'{"kind": {}, "seq": 1, "value": "4"}',
+        b'{"kind": "assign", "seq": "1", "value": "4"}',
+        b'{"kind": "assign", "seq": true, "value": "4"}',
+        b'{"kind": "assign", "seq": 1e400, "value": "4"}',
+        b'{"kind": "assign", "seq": NaN, "value": "4"}',
+        b'{"kind": "assign", "seq": 123456789012345678901234567890, "value": "4"}',
+        b'{"kind": "assign", "seq": 1, "value": ["4"]}',
+        b'{"kind": "assign", "seq": 1, "value": "' + b"9" * 5000 + b'"}',
+        b'{"kind": "void", "seq": 1, "value": "\\ud800"}',
+        b'{"kind": "format_card", "seq": 1, "value": "x"}',
+    ],
+)
+def test_malformed_corrections_are_a_4xx_without_a_traceback(marshal, body, caplog):
+    c = _logged_in(marshal)
+    with caplog.at_level(logging.DEBUG):
+        status, _, text = c.request(
+            "POST",
+            "/api/correct",
+            body,
+            {"Content-Type": "application/json", "X-CSRF-Token": c.csrf()},
+        )
+    assert 400 <= status < 500, (status, text[:200])
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
