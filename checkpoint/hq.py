@@ -741,6 +741,8 @@ class Ingest:
         ack: dict[str, Any] = {"store": store, "upto": upto}
         rows = self.store.event_payloads(box, store, upto, upto, limit=1)
         head = json.loads(rows[0][1]).get(chain.HASH) if rows else None
+        # A disputed seq decided for its other version: that one is what HQ holds.
+        head = integrity.kept_version(self.store.db, box, store, upto) or head
         if chain.is_hash(head):
             ack["head"] = head
         return json.dumps(ack, separators=(",", ":")).encode()

@@ -201,6 +201,16 @@ def disputed(db: Db) -> dict[tuple[str, str, int], str | None]:
     return out
 
 
+def kept_version(db: Db, box: str, store: str, seq: int) -> str | None:
+    """The version of (box, store, seq) HQ decided to keep, if it decided."""
+    row = db.execute(
+        "SELECT detail FROM corrections WHERE box=? AND store=? AND ref_seq=? AND action='keep'"
+        " ORDER BY id DESC LIMIT 1",
+        (box, store, seq),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def conflict_rows(db: Db) -> list[dict[str, Any]]:
     """Every disputed seq with both versions and the decision (for `hq conflict`)."""
     decided = disputed(db)
