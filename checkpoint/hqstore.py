@@ -560,15 +560,28 @@ class HQStore:
             "event_seq": event_seq,
             "detail": detail,
         }
-        last = self.db.execute(
-            "SELECT hash FROM corrections WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        row = integrity.seal_correction(row, last[0] if last else None)
-        cols = ", ".join(row)
-        cur = self.db.execute(
-            f"INSERT INTO corrections ({cols}) VALUES ({', '.join('?' * len(row))})",
-            tuple(row.values()),
-        )
+        # The seal names the row before: read it and insert under the write lock, or a
+        # correction from the CLI and one from the collector could both follow the
+        # same row. Inside a caller's transaction, the caller holds it.
+        own = not self.db.conn.in_transaction
+        if own:
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            last = self.db.execute(
+                "SELECT hash FROM corrections WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            row = integrity.seal_correction(row, last[0] if last else None)
+            cols = ", ".join(row)
+            cur = self.db.execute(
+                f"INSERT INTO corrections ({cols}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+        except BaseException:
+            if own:
+                self.db.conn.rollback()
+            raise
+        if own:
+            self.db.conn.commit()
         return int(cur.lastrowid or 0)
 
     # -- reads --------------------------------------------------------------------

@@ -145,3 +145,25 @@ def test_hq_audit_trail_is_chained(tmp_path):
             1,
             "its content does not match its seal: edited after it was written",
         )
+
+
+def test_concurrent_corrections_keep_the_audit_chain_whole(tmp_path):
+    import threading
+
+    db = tmp_path / "hq.db"
+    with closing(HQStore(db)) as store:
+        _feed(Ingest(store), store, "event", _event(1, chain.genesis(STORE), T0))
+
+    def writer(n: int) -> None:
+        with closing(HQStore(db)) as s:
+            for i in range(40):
+                s.correct("box07", 1, "assign", car=f"{n}-{i}", by=f"desk{n}")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with closing(HQStore(db)) as store:
+        assert len(store.corrections()) == 120
+        assert integrity.audit_problem(store.db) is None
