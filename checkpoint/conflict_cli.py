@@ -24,16 +24,17 @@ def cmd_conflict(args: argparse.Namespace) -> int:
             return _list(store, args.json)
         if args.seq is None or not args.keep:
             raise CommandError("to decide, give BOX SEQ --keep ID --by NAME --reason TEXT")
-        with store.transaction():
-            done = integrity.decide(
-                store,
-                args.box,
-                args.seq,
-                args.keep,
-                by=args.by or "",
-                reason=args.reason or "",
-                store=args.store,
-            )
+        # No surrounding transaction: the correction takes the write lock itself (a read
+        # snapshot could not be upgraded while the collector commits).
+        done = integrity.decide(
+            store,
+            args.box,
+            args.seq,
+            args.keep,
+            by=args.by or "",
+            reason=args.reason or "",
+            store=args.store,
+        )
         print(
             f"box {done['box']} seq {done['seq']}: version {done['kept'][:16]} counts from now "
             f"on (correction {done['id']})"
