@@ -167,3 +167,24 @@ def test_concurrent_corrections_keep_the_audit_chain_whole(tmp_path):
     with closing(HQStore(db)) as store:
         assert len(store.corrections()) == 120
         assert integrity.audit_problem(store.db) is None
+
+
+def test_a_decision_names_an_existing_dispute_and_one_version(tmp_path):
+    import pytest
+
+    from checkpoint.errors import CommandError
+
+    with closing(HQStore(tmp_path / "hq.db")) as store:
+        ing = Ingest(store)
+        e1 = _event(1, chain.genesis(STORE), T0)
+        _feed(ing, store, "event", e1)
+        with pytest.raises(CommandError, match="no conflict"):
+            integrity.decide(store, "box07", 1, e1["hash"][:8], by="jury", reason="x")
+        _feed(ing, store, "event", _event(1, chain.genesis(STORE), T0 + 5))
+        with pytest.raises(CommandError, match="at least 8"):
+            integrity.decide(store, "box07", 1, "abc", by="jury", reason="x")
+        with pytest.raises(CommandError, match="names none"):
+            integrity.decide(store, "box07", 1, "0" * 12, by="jury", reason="x")
+        with pytest.raises(CommandError, match="--by"):
+            integrity.decide(store, "box07", 1, e1["hash"][:8], by="", reason="x")
+        assert [c["action"] for c in store.corrections()] == []
