@@ -282,6 +282,36 @@ def _columns(conn: sqlite3.Connection) -> list[chain.Break]:
     return found
 
 
+def _conflict_columns(conn: sqlite3.Connection) -> list[chain.Break]:
+    """A kept other version must say what its payload says: its key, its version id and
+    its `quarantine` (a quarantined version disputes nothing, so flipping it would
+    quietly end a dispute)."""
+    from checkpoint.hq import Rejected, parse_event
+
+    if not integrity.is_integrity_db(conn):
+        return []
+    found = []
+    for box, store, seq, vid, quarantine, payload in conn.execute(
+        "SELECT box, store, seq, hash, quarantine, payload FROM conflicts ORDER BY id"
+    ):
+        try:
+            p = parse_event(box, payload.encode())
+            ok = (p.event["store"], p.event["seq"], p.quarantine) == (store, seq, quarantine)
+        except (Rejected, AttributeError):
+            ok = False
+        if not ok or integrity.version_id(payload) != vid:
+            found.append(
+                chain.Break(
+                    box,
+                    store,
+                    seq,
+                    "edited",
+                    "a kept conflicting version's columns do not match its payload",
+                )
+            )
+    return found
+
+
 def _audit(conn: sqlite3.Connection) -> list[chain.Break]:
     """HQ's audit trail: its own chain, and every box correction backed by its event."""
     found: list[chain.Break] = []
@@ -363,7 +393,7 @@ def _verify_hq(conn: sqlite3.Connection, p: Path, keys: Path | None) -> Result:
         for e in events
         if isinstance(e.get("seq"), int)
     }
-    result.anchored = disputes + _columns(conn) + _audit(conn)
+    result.anchored = disputes + _columns(conn) + _conflict_columns(conn) + _audit(conn)
     result.anchored += _hq_anchors(conn, result, held, keys)
     return result
 

@@ -317,3 +317,8 @@ def test_a_forged_event_with_a_stolen_credential_becomes_a_conflict(rally: Rally
     assert decision["by"] == "chief timekeeper" and decision["detail"] == mine[2]["hash"]
     code, out = verify(rally.db, rally.keys)
     assert code == 0, out
+    # An insider marking the forgery as broken (quarantined) to end the dispute quietly.
+    flipped = copy(rally.db, "flipped.db")
+    sql(flipped, ("UPDATE conflicts SET quarantine='chain_hash'", ()))
+    code, out = verify(flipped)
+    assert code == 1 and "seq 3: edited: a kept conflicting version" in out, out
