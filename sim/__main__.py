@@ -1,7 +1,9 @@
 """`python -m sim`: simulate a rally and judge it against the exact truth.
 
     python -m sim run SCENARIO [--broker URL] [--json] [--workdir DIR] [--speed X] [--keep]
+            [--hq-broker URL] [--credentials DIR] [--ca FILE] [--user NAME] [--password-file F]
         live: a Mosquitto, one real box daemon per box, the HQ collector; verdict at the end
+        (with --credentials: against a secured broker such as the shipped broker/ config)
     python -m sim capture SCENARIO --out DIR
         offline: one capture file per box + truth.json, no processes
     python -m sim judge DIR [--json]
