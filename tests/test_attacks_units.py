@@ -188,3 +188,16 @@ def test_a_decision_names_an_existing_dispute_and_one_version(tmp_path):
         with pytest.raises(CommandError, match="--by"):
             integrity.decide(store, "box07", 1, e1["hash"][:8], by="", reason="x")
         assert [c["action"] for c in store.corrections()] == []
+
+
+def test_an_event_arriving_after_an_anchor_that_names_another_is_forked(tmp_path):
+    with closing(HQStore(tmp_path / "hq.db")) as store:
+        ing = Ingest(store)
+        e1 = _event(1, chain.genesis(STORE), T0)
+        e2 = _event(2, e1["hash"], T0 + 10**9)
+        status = {"state": "ready", "store": STORE, "chain": {"seq": 2, "head": "d" * 64}}
+        _feed(ing, store, "status", status)  # the box's head first ...
+        _feed(ing, store, "event", e1)
+        assert store.chain_breaks() == []
+        _feed(ing, store, "event", e2)  # ... then a different event under that seq
+        assert [(b["seq"], b["reason"]) for b in store.chain_breaks()] == [(2, "forked")]
