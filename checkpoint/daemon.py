@@ -14,10 +14,13 @@ Seq floor. Events published from memory while the store failed are at HQ but not
 the store; if the process restarts before the store recovers, the store's last seq is
 behind what HQ holds, and reusing those seqs for new events would make HQ reject the
 new events as conflicts. So before this run publishes any seq above the store's last
-seq at start, it learns what the broker knows about this store: HQ's retained ack
-(`{"store":S,"upto":N}` on `.../ack`) and the box's own retained high-water mark
-(`{"store":S,"last_seq":N}` on `.../hwm`, published before any seq that is not yet on
-disk). Seqs up to that floor are never reused: the store gets a `skipped` placeholder
+seq at start, it learns what the broker knows about this store: the box's own retained
+high-water mark (`{"store":S,"last_seq":N}` on `.../hwm`, published before any seq that
+is not yet on disk). HQ's retained ack is held until then but never raises the floor:
+an ack proves what HQ holds, not that this box wrote it (a forgery under the box's name
+is acked too), so an ack beyond what the box numbered, or naming another event's hash
+(`head`) than the box's own, is a `conflict` alarm and the box publishes its own events
+under those seqs. Seqs up to that floor are never reused: the store gets a `skipped` placeholder
 for each seq never assigned here, events this run had already numbered inside the
 range are issued again under new seqs (`reissue_of` names the old one; later
 corrections that name it are renumbered too), and an alarm says what happened. HQ
