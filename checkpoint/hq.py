@@ -36,6 +36,13 @@ is kept and not quarantined: both events are self-consistent, so which one is wr
 (or whether the box itself lost its chain head in a crash) is for the officials to
 judge with the box's SD card and `checkpoint verify`. A store whose events carry no
 seal at all (older box software) is counted as unsealed, not as broken.
+
+Forgery (`checkpoint.integrity`): a second version of a (box, store, seq) is a conflict:
+both are kept, a `conflict` break is recorded and neither counts in the results until an
+audited `keep` decision (`hq conflict`). Every chain head a box publishes in its status
+is kept (`anchors`) and compared with the event HQ holds under that seq, whichever
+arrives first (`forked`). Acks carry the hash of the event HQ holds at `upto`, so the
+real box notices when HQ holds somebody else's event and publishes its own again.
 """
 
 from __future__ import annotations
