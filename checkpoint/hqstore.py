@@ -19,6 +19,9 @@ Tables (schema via `sqlite_utils.Migrations("checkpoint-hq")`):
 * `chain_breaks` every break of a box's hash chain HQ found (m002): which seq,
               why (`checkpoint.chain` reasons), when. `stores.chain_*` hold how far
               each store's chain is verified, so a restarted HQ goes on from there.
+* `anchors`   every chain head boxes published in their status (m003).
+* `conflicts` every other version of a stored (box, store, seq) (m003); corrections
+              gain `prev`/`hash`, HQ's audit trail chained (see checkpoint.integrity).
 
 Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
