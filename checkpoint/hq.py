@@ -458,6 +458,11 @@ class Ingest:
         )
         if result == "duplicate":
             self.stats.duplicates += 1
+            t = self.trackers.get(key)
+            if t is not None and seq <= t.upto:
+                # The box sends again what HQ acked: it did not take that ack (lost, or
+                # naming another version than its own). Ack again, as HQ holds it now.
+                self.acked.pop(box, None)
             return
         if result == "conflict":
             self._conflict(topic, box, store, seq, p, at)

@@ -201,3 +201,26 @@ def test_an_event_arriving_after_an_anchor_that_names_another_is_forked(tmp_path
         assert store.chain_breaks() == []
         _feed(ing, store, "event", e2)  # ... then a different event under that seq
         assert [(b["seq"], b["reason"]) for b in store.chain_breaks()] == [(2, "forked")]
+
+
+def test_hq_acks_again_with_the_decided_version_when_the_box_sends_it_again(tmp_path):
+    with closing(HQStore(tmp_path / "hq.db")) as store:
+        ing = Ingest(store)
+        e1 = _event(1, chain.genesis(STORE), T0)
+        forged = _event(2, e1["hash"], T0 - 60 * 10**9)
+        real = _event(2, e1["hash"], T0 + 10**9)
+        for ev in (e1, forged):
+            _feed(ing, store, "event", ev)
+        [(box, st, upto)] = ing.acks_due()
+        assert json.loads(ing.ack_payload(box, st, upto))["head"] == forged["hash"]
+        ing.ack_sent(box, st, upto)
+        _feed(ing, store, "event", real)  # the box's own: a conflict
+        assert ing.acks_due() == []
+        integrity.decide(store, "box07", 2, real["hash"][:12], by="jury", reason="card")
+        _feed(ing, store, "event", real)  # the box did not take the ack: sends it again
+        [(box, st, upto)] = ing.acks_due()
+        assert json.loads(ing.ack_payload(box, st, upto)) == {
+            "store": STORE,
+            "upto": 2,
+            "head": real["hash"],
+        }
