@@ -52,6 +52,7 @@ AUDIT_FIELDS = (
     "detail",
 )
 
+MAX_SEQ = 2**53  # as checkpoint.hq: beyond this JSON numbers stop being exact (and SQLite's)
 Db = Any  # a sqlite_utils.Database or an sqlite3.Connection: both have execute()
 
 
@@ -109,7 +110,7 @@ def record_anchor(db: Db, box: str, store: str, status: Mapping[str, Any], at: s
     if not isinstance(anchor, Mapping):
         return False
     seq, head, sig = anchor.get("seq"), anchor.get("head"), anchor.get("sig")
-    if not _is_int(seq) or seq < 1 or not chain.is_hash(head):
+    if not _is_int(seq) or not 1 <= seq <= MAX_SEQ or not chain.is_hash(head):
         return False
     acked = status.get("acked_upto")
     cur = db.execute(
@@ -124,7 +125,7 @@ def record_anchor(db: Db, box: str, store: str, status: Mapping[str, Any], at: s
             seq,
             head,
             sig if isinstance(sig, str) and len(sig) <= 200 else None,
-            acked if _is_int(acked) and acked >= 0 else None,
+            acked if _is_int(acked) and 0 <= acked <= MAX_SEQ else None,
             str(status.get("state"))[:20],
         ),
     )

@@ -224,3 +224,17 @@ def test_hq_acks_again_with_the_decided_version_when_the_box_sends_it_again(tmp_
             "upto": 2,
             "head": real["hash"],
         }
+
+
+def test_a_status_with_absurd_anchor_numbers_is_still_recorded(tmp_path):
+    with closing(HQStore(tmp_path / "hq.db")) as store:
+        ing = Ingest(store)
+        status = {
+            "state": "ready",
+            "store": STORE,
+            "acked_upto": 10**30,
+            "chain": {"seq": 10**30, "head": "d" * 64, "sig": "x" * 10_000},
+        }
+        _feed(ing, store, "status", status)
+        assert store.rejects() == [] and store.summaries()[0].state == "online"
+        assert integrity.anchors(store.db) == []
