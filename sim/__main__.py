@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from checkpoint.errors import CheckpointError
+from checkpoint.errors import CheckpointError, ConfigError
 from sim import capture, scenario, secure, verdict
 from sim.broker import MosquittoError
 
@@ -44,12 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.live import LiveRun, Options
 
     sc = scenario.faster(scenario.load(args.scenario), args.speed)
+    creds = secure.Credentials.from_args(args)
+    if (creds is not None or args.hq_broker) and not args.broker:
+        raise ConfigError("--credentials/--ca/--user/--hq-broker need --broker (a secured broker)")
     run = LiveRun(
         sc,
         Options(
             broker=args.broker,
             workdir=args.workdir,
-            credentials=secure.Credentials.from_args(args),
+            credentials=creds,
             hq_broker=args.hq_broker,
         ),
     )

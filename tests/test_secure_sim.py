@@ -77,3 +77,13 @@ def test_credentials_dir_must_exist(tmp_path: Path) -> None:
         timeout=60,
     )
     assert res.returncode == 2 and "--credentials" in res.stderr and "not a folder" in res.stderr
+
+
+def test_credentials_need_a_broker(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [*(sys.executable, "-m", "sim", "run", str(BOX_KILL)), "--ca", str(BOX_KILL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "need --broker" in res.stderr
