@@ -1,6 +1,7 @@
 """Many emulated boxes in one process, publishing valid passage events to HQ.
 
     python -m bench.fleet --broker URL --boxes N --first K --rate 5 --seconds S --out FILE
+        [--credentials DIR | --ca FILE]   (a secured broker: see sim/secure.py)
 
 Each box is one `checkpoint.mqtt.Link` (its own MQTT connection and client id) with
 its own store id and contiguous seqs from 1; it publishes its retained `ready` status
@@ -29,6 +30,7 @@ from typing import Any
 from bench.common import pct
 from bench.rig import passage_event
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
+from sim import secure
 
 NS = 1_000_000_000
 
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--wait", type=float, default=30.0, help="max seconds to wait for acks")
     ap.add_argument("--out", required=True)
+    secure.add_arguments(ap)  # a secured broker: DIR/secrets/fleetNNN.password per box
     args = ap.parse_args(argv)
+    creds = secure.Credentials.from_args(args)
 
     names = [f"fleet{args.first + i:03d}" for i in range(args.boxes)]
     mine = set(names)
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             acks.on_event,
             will=(f"{args.prefix}/{b}/status", b'{"state":"lost"}', True),
             subscriptions=[(f"{args.prefix}/{b}/ack", 1), (f"{args.prefix}/{b}/cmd", 1)],
+            **(creds.box_link(b) if creds else {}),
         )
         for b in names
     }

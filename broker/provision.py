@@ -10,8 +10,9 @@ calls the `openssl` and `mosquitto_passwd` commands (Debian: openssl, mosquitto)
     python3 broker/provision.py passwd  --dir /etc/mosquitto/checkpoint hq box01 box02 ...
     python3 broker/provision.py client  --dir /etc/mosquitto/checkpoint box01 box02 ...
 
-`passwd` adds or replaces users in DIR/passwd. Each new password is random (192 bits)
-and written to DIR/secrets/USER.password (mode 600): copy it to the box as its
+`passwd` adds or replaces users in DIR/passwd (and the user `hq` in DIR/hq-passwd too,
+for HQ's own listener where several HQ clients connect at once). Each new password is
+random (192 bits) and written to DIR/secrets/USER.password (mode 600): copy it to the box as its
 `[mqtt] password_file` (or to HQ for `--password-file`) and delete it here if you like.
 A password never appears on a command line (it would show in `ps`): plain
 `user:password` lines go into a private temporary file that `mosquitto_passwd -U`
@@ -19,7 +20,7 @@ hashes in place (PBKDF2-SHA512).
 
 Private keys and secrets are created with mode 600 and are never overwritten: delete
 a file to make it again. Mosquitto drops to user `mosquitto` and must read passwd,
-acl and server.key: `chgrp mosquitto` them and `chmod 640`, as the README says.
+hq-passwd, acl and server.key: `chgrp mosquitto` them and `chmod 640`, as the README says.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from pathlib import Path
 
 # The box id rule of checkpoint's config: also what keeps %u in ACL patterns harmless.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+HQ_USER = "hq"  # the ACL's HQ user; also written to HQ_PASSWD for HQ's own listener
+HQ_PASSWD = "hq-passwd"
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
@@ -176,9 +179,15 @@ def set_passwords(d: Path, passwords: dict[str, str]) -> None:
                 f"mosquitto_passwd -U failed: {(res.stderr or res.stdout).strip()}"
             )
         hashed = _read_passwd(plain)
-    path = d / "passwd"
-    users = _read_passwd(path) | hashed
-    tmp_path = d / ".passwd.tmp"
+    users = _read_passwd(d / "passwd") | hashed
+    _write_passwd(d / "passwd", users)
+    # HQ's listener (8885) knows HQ's users only: no box can log in there.
+    hq = _read_passwd(d / HQ_PASSWD) | {u: h for u, h in hashed.items() if u == HQ_USER}
+    _write_passwd(d / HQ_PASSWD, hq)
+
+
+def _write_passwd(path: Path, users: dict[str, str]) -> None:
+    tmp_path = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.writelines(f"{u}:{h}\n" for u, h in users.items())

@@ -31,6 +31,8 @@ event's `hash` matches its content, and every `prev` is the `hash` before it.
 ``forked``     (HQ only) the box's own chain head for a seq, from its status,
                differs from the event HQ holds under that seq
 ``badsig``     (HQ only) the box's signed chain head does not verify with its key
+``conflict``   (HQ only) two versions of one seq arrived (a forgery under the box's
+               name, and the box's own): both kept, undecided
 
 What the chain proves, and what it does not: the hash is not a secret, so anyone
 who can rewrite a record can rewrite every later one too. An edit is evident when
@@ -64,6 +66,7 @@ REASONS = (
     "malformed",
     "forked",
     "badsig",
+    "conflict",
 )
 
 

@@ -14,10 +14,13 @@ Seq floor. Events published from memory while the store failed are at HQ but not
 the store; if the process restarts before the store recovers, the store's last seq is
 behind what HQ holds, and reusing those seqs for new events would make HQ reject the
 new events as conflicts. So before this run publishes any seq above the store's last
-seq at start, it learns what the broker knows about this store: HQ's retained ack
-(`{"store":S,"upto":N}` on `.../ack`) and the box's own retained high-water mark
-(`{"store":S,"last_seq":N}` on `.../hwm`, published before any seq that is not yet on
-disk). Seqs up to that floor are never reused: the store gets a `skipped` placeholder
+seq at start, it learns what the broker knows about this store: the box's own retained
+high-water mark (`{"store":S,"last_seq":N}` on `.../hwm`, published before any seq that
+is not yet on disk). HQ's retained ack is held until then but never raises the floor:
+an ack proves what HQ holds, not that this box wrote it (a forgery under the box's name
+is acked too), so an ack beyond what the box numbered, or naming another event's hash
+(`head`) than the box's own, is a `conflict` alarm and the box publishes its own events
+under those seqs. Seqs up to that floor are never reused: the store gets a `skipped` placeholder
 for each seq never assigned here, events this run had already numbered inside the
 range are issued again under new seqs (`reissue_of` names the old one; later
 corrections that name it are renumbered too), and an alarm says what happened. HQ
@@ -40,7 +43,7 @@ from typing import Any
 from checkpoint import EVENT_SCHEMA, __version__, capture, chain
 from checkpoint.config import Config
 from checkpoint.edges import COARSE_TICK_NS, EdgeSource
-from checkpoint.errors import CommandError, StoreError
+from checkpoint.errors import CommandError, ConfigError, StoreError
 from checkpoint.fieldkit import FieldKit
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
 from checkpoint.nmea import SerialReader
@@ -73,6 +76,7 @@ _FLOOR_GRACE_NS = 1_000_000_000
 # this store (a box makes a few thousand events a day): it is refused, not obeyed.
 _MAX_SKIP = 10_000
 _LOG_REPEAT_NS = 30 * 10**9
+_MAX_LOGGED = 200  # characters of a bad command's reason in the log
 _RECENT = 50  # passages the marshal page shows
 _SNAPSHOT_EVERY_NS = 500_000_000
 # Running on a read-only view of the store: try to reopen it for writing this often.
@@ -110,6 +114,18 @@ def _is_int(v: object) -> bool:
 def payload_bytes(event: dict[str, Any]) -> bytes:
     """The one serialisation of an event, as published and as stored."""
     return json.dumps(event, separators=(",", ":")).encode()
+
+
+def _signing_key(path: str | None) -> Any:
+    """The box's Ed25519 key for signing its chain head, or None when not configured."""
+    if not path:
+        return None
+    try:
+        return chain.load_signing_key(Path(path).read_bytes())
+    except OSError as e:
+        raise ConfigError(f"integrity.sign_key {path}: cannot read: {e.strerror}") from None
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"integrity.sign_key {path}: {e}") from None
 
 
 class Topics:
@@ -181,7 +197,8 @@ class BoxDaemon:
         self._floor_due_ns: int | None = None
         self._floor_seen = 0  # highest seq of this store the broker told us about
         self._floor_hwm: tuple[int, str | None] = (0, None)  # the hwm's seq and chain head
-        self._floor_ack: int | None = None  # an HQ ack held back until the check is done
+        # An HQ ack (upto, head) held back until the check is done.
+        self._floor_ack: tuple[int, str | None] | None = None
         self._foreign: list[tuple[int, int]] = []  # seq ranges HQ may hold other content for
         self._placeholders: set[int] = set()  # seqs holding a `skipped` placeholder
         self._remap: dict[int, int] = {}  # reissued seq -> new seq, for ref_seq
@@ -196,6 +213,10 @@ class BoxDaemon:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._events: list[dict[str, Any]] = []
         self.bad_commands = 0
+        # Acks whose head named another event than ours (seq, head): handled once each.
+        self._conflicts: set[tuple[int, str]] = set()
+        self._signer = _signing_key(cfg.integrity.sign_key)
+        self._signed: dict[str, Any] = {}
         self._last_status: dict[str, Any] = {}
         self._next_status_ns = 0
         self._gps_mismatch = False  # the pairing mismatch state last logged
@@ -718,8 +739,8 @@ class BoxDaemon:
         else:
             log.info("seq floor: nothing beyond seq %d known for this store", self._start_last)
         if self._floor_ack is not None:
-            upto, self._floor_ack = self._floor_ack, None
-            self._ack(upto)
+            (upto, head), self._floor_ack = self._floor_ack, None
+            self._ack(upto, head)
 
     def _skip(self, floor: int, lo: int, head: str | None = None) -> None:
         """Never use seqs lo..floor here: placeholders, reissues, alarm (module docstring)."""
@@ -782,17 +803,51 @@ class BoxDaemon:
         )
         return False
 
-    def _ack(self, upto: int) -> None:
-        if upto > self.pipeline.next_seq - 1:
-            # HQ holds seqs this store never numbered: a restart after publishing from
-            # memory whose hwm/ack arrived late, or a restored copy of the card.
-            self._skip(upto, self.pipeline.next_seq)
-            if upto > self.pipeline.next_seq - 1:
-                return  # refused as implausible
+    def _ack(self, upto: int, head: str | None = None) -> None:
+        top = self.pipeline.next_seq - 1
+        if upto > top:
+            # HQ holds seqs this store never numbered. Not skipped: somebody published
+            # under this box's name (a stolen credential) or a copy of this card ran
+            # elsewhere. This box's own events take those seqs and HQ flags each
+            # conflict; an earlier run of this store would have left its hwm.
+            self._conflict(
+                f"HQ acknowledges seq {upto} of store {self.store.store_id}, but this box "
+                f"has numbered only {top}: events under this box's name came from elsewhere "
+                "(stolen credentials? a copied card?). This box publishes its own; HQ keeps "
+                "both as conflicts for the officials"
+            )
+            return
+        if head is not None and not any(lo <= upto <= hi for lo, hi in self._foreign):
+            own = self._stored_event(upto)
+            if own is not None and own.get(chain.HASH) not in (None, head):
+                self._refute(upto, head)
+                return
         if self.outbox.hq_ack(self.store.store_id, upto):
             # Written with the next batch: an ack lost to a power cut only means HQ is
             # offered again events it already has, which it ignores by seq.
             self._ack_unstored = True
+
+    def _conflict(self, msg: str) -> None:
+        if self.alarms.get("conflict") != msg:
+            log.error("conflict: %s", msg)
+        self.alarms["conflict"] = msg
+
+    def _refute(self, upto: int, head: str) -> None:
+        """HQ acked `upto` with the hash of another event than ours: someone published
+        under this box's name first. Not taken as delivered: ours go out again (once per
+        such ack), so HQ holds both and flags the conflict."""
+        self._conflict(
+            f"HQ holds another event than this box's under seq {upto} of store "
+            f"{self.store.store_id} (hash {head[:16]}...): published under this box's name "
+            "from elsewhere (stolen credentials?). This box's own events were sent again; "
+            "HQ keeps both for the officials"
+        )
+        if (upto, head) in self._conflicts:
+            return
+        self._conflicts.add((upto, head))
+        lo = self.outbox.acked_upto + 1
+        n = self.outbox.resend(lo, upto)
+        log.warning("seq %d..%d: %d published again after a conflicting ack", lo, upto, n)
 
     def _link_event(self, ev: LinkEvent, now: int) -> None:
         if isinstance(ev, Connected):
@@ -838,11 +893,14 @@ class BoxDaemon:
                 return
             if not self._plausible(msg.topic, upto):
                 return
+            head = data.get("head") if chain.is_hash(data.get("head")) else None
             if not self._floor_done:
-                self._floor_seen = max(self._floor_seen, upto)
-                self._floor_ack = max(self._floor_ack or 0, upto)
+                # Held until the floor is known. The floor itself comes only from the
+                # box's own hwm: an ack proves what HQ holds, not that this box wrote it.
+                if upto >= (self._floor_ack or (0, None))[0]:
+                    self._floor_ack = (upto, head)
                 return
-            self._ack(upto)
+            self._ack(upto, head)
         elif msg.topic == self.topics.hwm:
             store, last = data.get("store"), data.get("last_seq")
             if not isinstance(store, str) or not _is_int(last) or last < 0:
@@ -885,6 +943,9 @@ class BoxDaemon:
         self.bad_commands += 1
         # Rate-limited in effect by the sender; a flood shows in the counter, not the log.
         if self.bad_commands <= 100 or self.bad_commands % 1000 == 0:
+            # Bounded: the reason may quote what the sender put in the message.
+            if len(why) > _MAX_LOGGED:
+                why = f"{why[:_MAX_LOGGED]}... ({len(why)} characters)"
             log.warning("ignored message on %s: %s (%d so far)", topic, why, self.bad_commands)
 
     # -- status -------------------------------------------------------------
@@ -930,6 +991,7 @@ class BoxDaemon:
             },
             "alarms": alarms,
             "bad_commands": self.bad_commands,
+            **self._chain_anchor(),
         }
 
     def _alarms_now(self, faults: dict[str, int]) -> dict[str, str]:
@@ -949,6 +1011,20 @@ class BoxDaemon:
                 "store failed; events are not affected, replays of this period will be incomplete"
             )
         return alarms
+
+    def _chain_anchor(self) -> dict[str, Any]:
+        """`{"chain": {"seq", "head"[, "sig"]}}`: the head of this store's chain, signed
+        with `[integrity] sign_key`; empty before the first event. HQ keeps every one."""
+        seq = self.pipeline.next_seq - 1
+        if seq < 1:
+            return {}
+        head = self.pipeline.head
+        if self._signer is None:
+            return {"chain": {"seq": seq, "head": head}}
+        if self._signed.get("seq") != seq or self._signed.get("head") != head:
+            box, store = self.cfg.box, self.store.store_id
+            self._signed = chain.sign_head(self._signer, box, store, seq, head)
+        return {"chain": self._signed}
 
     def _status(self, now: int) -> None:
         for t_ns, old, new in self.pipeline.transitions:
@@ -1011,7 +1087,17 @@ class BoxDaemon:
         self.serial.stop()
         self.edges.close()
         if self.link.connected:
-            offline = {"state": "offline", "box": self.cfg.box, "store": self.store.store_id}
+            # The box's last word: HQ keeps this anchor after the box is gone, so an
+            # event deleted from HQ later still contradicts it.
+            offline = {
+                "state": "offline",
+                "box": self.cfg.box,
+                "store": self.store.store_id,
+                "last_seq": self.pipeline.next_seq - 1,
+                "backlog": self.outbox.backlog,
+                "acked_upto": self.outbox.acked_upto,
+                **self._chain_anchor(),
+            }
             self.link.publish(self.topics.status, payload_bytes(offline), qos=1, retain=True)
         self.link.stop()
         if self.recorder is not None:

@@ -36,6 +36,13 @@ is kept and not quarantined: both events are self-consistent, so which one is wr
 (or whether the box itself lost its chain head in a crash) is for the officials to
 judge with the box's SD card and `checkpoint verify`. A store whose events carry no
 seal at all (older box software) is counted as unsealed, not as broken.
+
+Forgery (`checkpoint.integrity`): a second version of a (box, store, seq) is a conflict:
+both are kept, a `conflict` break is recorded and neither counts in the results until an
+audited `keep` decision (`hq conflict`). Every chain head a box publishes in its status
+is kept (`anchors`) and compared with the event HQ holds under that seq, whichever
+arrives first (`forked`). Acks carry the hash of the event HQ holds at `upto`, so the
+real box notices when HQ holds somebody else's event and publishes its own again.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, chain
+from checkpoint import EVENT_SCHEMA, chain, integrity
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hqstore import MAX_CAR, HQStore, iso_now
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, SubAck
@@ -451,12 +458,14 @@ class Ingest:
         )
         if result == "duplicate":
             self.stats.duplicates += 1
+            t = self.trackers.get(key)
+            if t is not None and seq <= t.upto:
+                # The box sends again what HQ acked: it did not take that ack (lost, or
+                # naming another version than its own). Ack again, as HQ holds it now.
+                self.acked.pop(box, None)
             return
         if result == "conflict":
-            self.stats.conflicts += 1
-            self._reject(
-                topic, payload, "conflict", f"{store[:8]}/{seq} differs from the stored event", box
-            )
+            self._conflict(topic, box, store, seq, p, at)
             return
         self.stats.events += 1
         self.store.note_event(box, at)
@@ -489,12 +498,57 @@ class Ingest:
                 detail=json.dumps(detail),
                 at=at,
             )
+        own = ev.get(chain.HASH)
+        if not p.quarantine and integrity.anchor_heads(self.store.db, box, store, seq) - {own}:
+            # The box published another chain head for this seq before it arrived.
+            self._check_anchor(box, store, {"seq": seq, "head": own}, at)
         # Memory last: if anything above raised, the savepoint undid the rows
         # and memory must not claim them.
         if new_store:
             self._new_store(box, store)
         self.trackers.setdefault(key, SeqTracker()).add(seq)
         self._dirty.add(key)
+
+    def _conflict(self, topic: str, box: str, store: str, seq: int, p: Parsed, at: str) -> None:
+        """Another version of an event HQ holds: keep it, flag the seq, count nothing yet.
+
+        A forgery sent with a stolen credential and the real box's event end up here in
+        either order. Both are kept; until HQ decides (`hq conflict`, audited) neither
+        counts in the results. A version with a broken seal is kept as evidence only.
+        """
+        self.stats.conflicts += 1
+        integrity.add_conflict(
+            self.store.db,
+            box=box,
+            store=store,
+            seq=seq,
+            payload=p.text,
+            quarantine=p.quarantine,
+            topic=topic,
+            at=at,
+        )
+        what = "a version with a broken seal" if p.quarantine else "another sealed version"
+        detail = (
+            f"{what} of seq {seq} ({integrity.version_id(p.text)[:16]}...) arrived; HQ holds "
+            "both and counts neither until decided (checkpoint hq conflict)"
+        )
+        self._reject(topic, p.text.encode(), "conflict", f"{store[:8]}/{seq}: {detail}", box)
+        if p.quarantine or self.store.has_chain_break(box, store, seq, "conflict"):
+            return
+        self._anchor_break(box, store, seq, "conflict", detail, at)
+
+    def _anchor_break(
+        self, box: str, store: str, seq: int, reason: str, detail: str, at: str
+    ) -> None:
+        """Record a break found outside the chain walk (conflict, forked)."""
+        c = self.chains.setdefault((box, store), chain.ChainState(store))
+        c.breaks += 1
+        self._dirty.add((box, store))
+        self.stats.chain_breaks += 1
+        self.store.add_chain_break(
+            box=box, store=store, seq=seq, reason=reason, detail=detail, at=at
+        )
+        log.warning("box %s store %s seq %d: CHAIN BREAK %s: %s", box, store, seq, reason, detail)
 
     def _new_store(self, box: str, store: str) -> None:
         self.stats.new_stores.append((box, store))
@@ -561,6 +615,7 @@ class Ingest:
                 if last > t.hint:
                     t.hint = last
                     self._dirty.add((box, store))
+            integrity.record_anchor(self.store.db, box, store, st, at)
             self._check_anchor(box, store, st.get("chain"), at)
 
     def _check_anchor(self, box: str, store: str, anchor: object, at: str) -> None:
@@ -574,25 +629,21 @@ class Ingest:
             return
         rows = self.store.event_payloads(box, store, seq, seq, limit=1)
         if not rows:
-            return  # not arrived yet
+            return  # not arrived yet: checked against every anchor when it does
         try:
             ours = json.loads(rows[0][1]).get(chain.HASH)
         except (ValueError, AttributeError):  # pragma: no cover - parsed on arrival
             ours = None
+        # Every head the box ever published for this seq, not only this status's.
+        heads = integrity.anchor_heads(self.store.db, box, store, seq) | {head}
+        head = next((h for h in sorted(heads) if h != ours), ours)
         if ours == head or self.store.has_chain_break(box, store, seq, "forked"):
             return
         detail = (
             f"the box's chain head at seq {seq} is {head[:16]}..., HQ's event has "
             f"{str(ours)[:16]}...: HQ holds a different event than the box"
         )
-        c = self.chains.setdefault((box, store), chain.ChainState(store))
-        c.breaks += 1
-        self._dirty.add((box, store))
-        self.stats.chain_breaks += 1
-        self.store.add_chain_break(
-            box=box, store=store, seq=seq, reason="forked", detail=detail, at=at
-        )
-        log.warning("box %s store %s seq %d: CHAIN BREAK forked: %s", box, store, seq, detail)
+        self._anchor_break(box, store, seq, "forked", detail, at)
         self._reject(
             f"{self.prefix}/{box}/event",
             rows[0][1].encode(),
@@ -644,6 +695,12 @@ class Ingest:
                 reason, detail = problem
                 if reason == "unsealed" and c.sealed == 0:
                     continue  # a store of box software before the chain: counted, not broken
+                if reason == "deleted" and ev.get(chain.PREV) in integrity.conflict_versions(
+                    self.store.db, box, store, seq - 1
+                ):
+                    # It follows the other version of seq - 1: that conflict is the break
+                    # (recorded and counted when it arrived).
+                    continue
                 c.breaks += 1
                 self.stats.chain_breaks += 1
                 self.store.add_chain_break(
@@ -688,6 +745,21 @@ class Ingest:
             if everything or self.acked.get(box) != (store, t.upto):
                 out.append((box, store, t.upto))
         return out
+
+    def ack_payload(self, box: str, store: str, upto: int) -> bytes:
+        """The ack: `store`, `upto` and `head`, the hash of the event HQ holds at `upto`.
+
+        With `head` the box checks that HQ holds *its* event there, not one somebody
+        else published under its name first (it then publishes its own again).
+        """
+        ack: dict[str, Any] = {"store": store, "upto": upto}
+        rows = self.store.event_payloads(box, store, upto, upto, limit=1)
+        head = json.loads(rows[0][1]).get(chain.HASH) if rows else None
+        # A disputed seq decided for its other version: that one is what HQ holds.
+        head = integrity.kept_version(self.store.db, box, store, upto) or head
+        if chain.is_hash(head):
+            ack["head"] = head
+        return json.dumps(ack, separators=(",", ":")).encode()
 
     def ack_sent(self, box: str, store: str, upto: int) -> None:
         """Remember a published ack."""
@@ -970,7 +1042,7 @@ class Collector:
         elif subscribed is False:
             self.subscribed.clear()
         for box, s, upto in ingest.acks_due(everything=reack_all):
-            payload = json.dumps({"store": s, "upto": upto}, separators=(",", ":")).encode()
+            payload = ingest.ack_payload(box, s, upto)
             if self.link.publish(ingest.ack_topic(box), payload, qos=1, retain=True) is not None:
                 ingest.ack_sent(box, s, upto)
 

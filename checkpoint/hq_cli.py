@@ -455,6 +455,10 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--limit", type=_positive_int, default=50)
     r.set_defaults(func=cmd_rejects)
 
+    from checkpoint.conflict_cli import add_conflict_command
+
+    add_conflict_command(sub)
+
     # The live board (checkpoint/web); aiohttp is only imported when it runs.
     from checkpoint.web.serve_cli import add_serve_command
 

@@ -19,6 +19,9 @@ Tables (schema via `sqlite_utils.Migrations("checkpoint-hq")`):
 * `chain_breaks` every break of a box's hash chain HQ found (m002): which seq,
               why (`checkpoint.chain` reasons), when. `stores.chain_*` hold how far
               each store's chain is verified, so a restarted HQ goes on from there.
+* `anchors`   every chain head boxes published in their status (m003).
+* `conflicts` every other version of a stored (box, store, seq) (m003); corrections
+              gain `prev`/`hash`, HQ's audit trail chained (see checkpoint.integrity).
 
 Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
@@ -39,6 +42,7 @@ from typing import Any
 
 import sqlite_utils
 
+from checkpoint import integrity
 from checkpoint.errors import CommandError, StoreError
 
 MIGRATIONS = sqlite_utils.Migrations("checkpoint-hq")
@@ -188,6 +192,47 @@ def m002_chain(db: sqlite_utils.Database) -> None:
     db["chain_breaks"].create_index(["box", "store"])
 
 
+@MIGRATIONS()
+def m003_integrity(db: sqlite_utils.Database) -> None:
+    """Anchors and conflicts (see checkpoint.integrity): every chain head a box published,
+    and every other version of an event HQ already held under the same seq."""
+    db["anchors"].create(
+        {
+            "id": int,
+            "at": str,
+            "box": str,
+            "store": str,
+            "seq": int,
+            "head": str,
+            "sig": str,
+            "acked_upto": int,
+            "state": str,
+        },
+        pk="id",
+        not_null={"at", "box", "store", "seq", "head"},
+    )
+    db["anchors"].create_index(["box", "store", "seq", "head"], unique=True)
+    db["conflicts"].create(
+        {
+            "id": int,
+            "at": str,
+            "box": str,
+            "store": str,
+            "seq": int,
+            "hash": str,
+            "quarantine": str,
+            "topic": str,
+            "payload": str,
+        },
+        pk="id",
+        not_null={"at", "box", "store", "seq", "payload"},
+    )
+    db["conflicts"].create_index(["box", "store", "seq"])
+    # HQ's own audit trail is chained like a box's events (checkpoint.integrity).
+    db["corrections"].add_column("prev", str)
+    db["corrections"].add_column("hash", str)
+
+
 def iso_now() -> str:
     """HQ's wall clock as ISO 8601 UTC with microseconds (for received_at and audit)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -322,6 +367,11 @@ class HQStore:
             same = json.loads(row[0]) == event
         except ValueError:  # pragma: no cover - stored payloads parsed when stored
             same = False
+        if not same:
+            # The same other version again (the box republishing it): a duplicate.
+            same = integrity.version_id(payload) in integrity.conflict_versions(
+                self.db, box, store, seq
+            )
         column = "duplicates" if same else "conflicts"
         self.ensure_box(box, received_at)
         self.db.execute(f"UPDATE boxes SET {column} = {column} + 1 WHERE box=?", (box,))
@@ -499,24 +549,42 @@ class HQStore:
         detail: str | None = None,
         at: str | None = None,
     ) -> int:
-        """Append one row to the audit trail; returns its id."""
-        cur = self.db.execute(
-            "INSERT INTO corrections (at, box, store, ref_seq, action, car, reason, by, source,"
-            " event_seq, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                at or iso_now(),
-                box,
-                store,
-                ref_seq,
-                action,
-                car,
-                reason,
-                by,
-                source,
-                event_seq,
-                detail,
-            ),
-        )
+        """Append one row to the audit trail (sealed on the row before); returns its id."""
+        row = {
+            "at": at or iso_now(),
+            "box": box,
+            "store": store,
+            "ref_seq": ref_seq,
+            "action": action,
+            "car": car,
+            "reason": reason,
+            "by": by,
+            "source": source,
+            "event_seq": event_seq,
+            "detail": detail,
+        }
+        # The seal names the row before: read it and insert under the write lock, or a
+        # correction from the CLI and one from the collector could both follow the
+        # same row. Inside a caller's transaction, the caller holds it.
+        own = not self.db.conn.in_transaction
+        if own:
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            last = self.db.execute(
+                "SELECT hash FROM corrections WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            row = integrity.seal_correction(row, last[0] if last else None)
+            cols = ", ".join(row)
+            cur = self.db.execute(
+                f"INSERT INTO corrections ({cols}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+        except BaseException:
+            if own:
+                self.db.conn.rollback()
+            raise
+        if own:
+            self.db.conn.commit()
         return int(cur.lastrowid or 0)
 
     # -- reads --------------------------------------------------------------------
@@ -650,20 +718,50 @@ class HQStore:
         if checkpoint is not None:
             sql += " AND checkpoint=?"
             params.append(checkpoint)
-        rows = self.db.execute(sql, params).fetchall()
+        # A seq with two valid versions (a forgery and the box's own) counts only as the
+        # version HQ decided to keep (checkpoint.integrity); undecided, neither counts.
+        disputed = integrity.disputed(self.db)
+
+        def counts(box: str, store: str, seq: int, payload: str) -> bool:
+            key = (box, store, seq)
+            return key not in disputed or disputed[key] == integrity.version_id(payload)
+
+        rows = [r for r in self.db.execute(sql, params).fetchall() if counts(*r)]
+        for (box, store, seq), kept in disputed.items():
+            other = self.db.execute(
+                "SELECT payload FROM conflicts WHERE box=? AND store=? AND seq=? AND hash=?"
+                " AND quarantine IS NULL",
+                (box, store, seq, kept),
+            ).fetchone()
+            ev = json.loads(other[0]) if other else {}
+            if ev.get("type") == "passage" and checkpoint in (None, ev.get("checkpoint")):
+                rows.append((box, store, seq, other[0]))
 
         restamps: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for box, store, _seq, payload in self.db.execute(
+        for box, store, seq, payload in self.db.execute(
             "SELECT box, store, seq, payload FROM events"
             " WHERE type='restamp' AND quarantine IS NULL ORDER BY seq"
         ):
+            if not counts(box, store, seq, payload):
+                continue
             ev = json.loads(payload)
             restamps[(box, store, ev["ref_seq"])] = ev  # ascending seq: the last one wins
+        # Box corrections were made from the version stored first: they count only if
+        # that version is the one kept.
+        unproven = set()
+        for key, kept in disputed.items():
+            first = self.db.execute(
+                "SELECT payload FROM events WHERE box=? AND store=? AND seq=?", key
+            ).fetchone()
+            if kept is None or first is None or integrity.version_id(first[0]) != kept:
+                unproven.add(key)
 
         cars: dict[tuple[str, str, int], tuple[tuple[int, int], str]] = {}
         voids: dict[tuple[str, str, int], tuple[tuple[int, int], str, str | None]] = {}
         for c in self.corrections():
             key = (c["box"], c["store"], c["ref_seq"])
+            if c["source"] == "box" and (c["box"], c["store"], c["event_seq"]) in unproven:
+                continue  # made by an event whose seq is disputed
             # HQ (1) beats box (0); within a source the later (id / seq) wins.
             rank = (1, c["id"]) if c["source"] == "hq" else (0, c["event_seq"] or 0)
             if c["action"] == "assign":

@@ -1,8 +1,10 @@
 """`python -m sim`: simulate a rally and judge it against the exact truth.
 
     python -m sim run SCENARIO [--broker URL] [--json] [--workdir DIR] [--speed X] [--cars N]
-                           [--keep]
+            [--keep] [--hq-broker URL] [--credentials DIR] [--ca FILE] [--user NAME]
+            [--password-file F]
         live: a Mosquitto, one real box daemon per box, the HQ collector; verdict at the end
+        (with --credentials: against a secured broker such as the shipped broker/ config)
     python -m sim capture SCENARIO --out DIR
         offline: one capture file per box + truth.json, no processes
     python -m sim judge DIR [--json]
@@ -23,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from checkpoint.errors import CheckpointError
-from sim import capture, scenario, verdict
+from checkpoint.errors import CheckpointError, ConfigError
+from sim import capture, scenario, secure, verdict
 from sim.broker import MosquittoError
 
 
@@ -43,9 +45,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.live import LiveRun, Options
 
     sc = scenario.faster(scenario.first_cars(scenario.load(args.scenario), args.cars), args.speed)
+    creds = secure.Credentials.from_args(args)
+    if (creds is not None or args.hq_broker) and not args.broker:
+        raise ConfigError("--credentials/--ca/--user/--hq-broker need --broker (a secured broker)")
     run = LiveRun(
         sc,
-        Options(broker=args.broker, workdir=args.workdir),
+        Options(
+            broker=args.broker,
+            workdir=args.workdir,
+            credentials=creds,
+            hq_broker=args.hq_broker,
+        ),
     )
     v = None
     try:
@@ -158,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help=cmd_run.__doc__)
     r.add_argument("scenario", help="scenario file (TOML)")
     r.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
+    r.add_argument(
+        "--hq-broker",
+        metavar="URL",
+        help="HQ's own listener for the collector and the monitor (shipped config: :8885)",
+    )
+    secure.add_arguments(r)
     r.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     r.add_argument("--workdir", type=Path, help="keep box stores, logs and HQ's db here")
     r.add_argument(

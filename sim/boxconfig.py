@@ -36,6 +36,7 @@ def render(
     store: str = "box.db",
     capture: str = "",
     status_interval_s: int = 1,
+    mqtt: list[str] | None = None,
 ) -> str:
     """box.toml text for `box`; relative paths are taken from the file's folder."""
     rx = box.receiver
@@ -61,6 +62,7 @@ def render(
         "",
         "[mqtt]",
         f"broker = {_q(broker)}",
+        *(mqtt or []),  # credentials for a secured broker (sim.secure)
         f"prefix = {_q(sc.prefix)}",
         # Short timers: a simulated outage lasts seconds, not minutes.
         "keepalive_s = 4",

@@ -21,9 +21,10 @@ from checkpoint.hqstore import HQStore
 from sim.procs import Child
 
 
-def collector(db: Path, broker: str, prefix: str, log: Path) -> Child:
-    """The HQ collector as a child process (not started)."""
-    return Child("hq", ["hq", "run", "--broker", broker, "--db", str(db), "--prefix", prefix], log)
+def collector(db: Path, broker: str, prefix: str, log: Path, extra: list[str] = ()) -> Child:
+    """The HQ collector as a child process (not started); `extra`: more `hq run` options."""
+    args = ["hq", "run", "--broker", broker, "--db", str(db), "--prefix", prefix, *extra]
+    return Child("hq", args, log)
 
 
 def export(db: Path) -> list[dict[str, Any]]:

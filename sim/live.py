@@ -40,6 +40,7 @@ from sim.monitor import Monitor
 from sim.procs import Child
 from sim.proxy import LinkProxy
 from sim.scenario import Incident, Scenario, ScenarioError
+from sim.secure import Credentials
 from sim.world import Rally
 
 NS = 1_000_000_000
@@ -62,6 +63,9 @@ class Options:
 
     broker: str | None = None
     workdir: Path | None = None
+    #: Credentials for a secured broker, and HQ's own listener (sim.secure).
+    credentials: Credentials | None = None
+    hq_broker: str | None = None
     progress: IO[str] | None = sys.stderr
 
 
@@ -184,8 +188,16 @@ class LiveRun:
                 self.proxies[b.id] = proxy
                 url = proxy.url
             cfg = boxdir / "box.toml"
+            creds = self.opts.credentials
             cfg.write_text(
-                boxconfig.render(sc, b, gps_port=feed.port, broker=url, capture="capture.jsonl")
+                boxconfig.render(
+                    sc,
+                    b,
+                    gps_port=feed.port,
+                    broker=url,
+                    capture="capture.jsonl",
+                    mqtt=creds.box_toml(b.id) if creds else None,
+                )
             )
             self.children[b.id] = Child(
                 b.id,
@@ -195,11 +207,17 @@ class LiveRun:
             )
         for stale in ("hq.db", "hq.db-wal", "hq.db-shm"):
             (self.workdir / stale).unlink(missing_ok=True)
+        creds = self.opts.credentials
+        hq_url = self.opts.hq_broker or self.broker_url
         self.hq = hqclient.collector(
-            self.workdir / "hq.db", self.broker_url, sc.prefix, self.workdir / "hq.log"
+            self.workdir / "hq.db",
+            hq_url,
+            sc.prefix,
+            self.workdir / "hq.log",
+            [*creds.hq_args(), "--client-id", "checkpoint-sim-hq"] if creds else [],
         )
         self.hq.start()
-        self.monitor = Monitor(self.broker_url, sc.prefix)
+        self.monitor = Monitor(hq_url, sc.prefix, **(creds.hq_link() if creds else {}))
         self.monitor.start()
         self.scheduler = Scheduler(self.feeds)
         self.scheduler.on_error = lambda _e: self._abort.set()

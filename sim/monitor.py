@@ -18,7 +18,7 @@ from checkpoint.mqtt import Link, LinkEvent, Message
 class Monitor:
     """Latest status per box and the first sighting of every event (wall ns)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, **link: Any) -> None:
         self.prefix = prefix
         self._lock = threading.Lock()
         self.status: dict[str, dict[str, Any]] = {}
@@ -30,6 +30,7 @@ class Monitor:
             f"checkpoint-sim-monitor-{time.monotonic_ns()}",
             self._on_event,
             subscriptions=[(f"{prefix}/+/status", 1), (f"{prefix}/+/event", 1)],
+            **link,  # username, password, ca_file on a secured broker
         )
 
     def start(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hq_box import T0_NS, EmulatedBox, fmt_utc, wait_until
 
+from checkpoint import integrity
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hq import (
     Collector,
@@ -277,13 +278,19 @@ def test_duplicates_counted_and_stored_once(broker, hq, db, boxes):
     box.publish(1, 2, 2, 3, 1, 4, 4, 4)
     box.wait_acked(4)
     wait_until(lambda: summary(db).duplicates == 4, 5, "4 duplicates counted")
-    # same key, different content: a conflict, the stored event is kept
+    # same key, different content: a conflict; both kept, neither counts until decided
     forged = dict(box.events[2], utc_ns=T0_NS + 99 * 10**9)
     box.publish_raw(raw(forged))
     wait_until(lambda: summary(db).conflicts == 1, 5, "conflict counted")
+    assert export_keys(db) == [("box07", box.store, s) for s in (1, 3, 4)]
+    assert [r["reason"] for r in read(db, lambda s: s.rejects())] == ["conflict"]
+    box.publish_raw(raw(forged))  # the same other version again: a duplicate
+    wait_until(lambda: summary(db).duplicates == 5, 5, "5 duplicates counted")
+    [dispute] = read(db, lambda s: integrity.conflict_rows(s.db))
+    first = dispute["versions"][0]["id"]
+    read(db, lambda s: integrity.decide(s, "box07", 2, first[:12], by="chief", reason="card"))
     assert export_keys(db) == [("box07", box.store, s) for s in (1, 2, 3, 4)]
     assert read(db, lambda s: s.passages())[1]["utc_ns"] == T0_NS + 2 * 10**9
-    assert [r["reason"] for r in read(db, lambda s: s.rejects())] == ["conflict"]
 
 
 def test_gap_repaired_by_resend(broker, hq, db, boxes):

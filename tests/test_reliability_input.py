@@ -196,6 +196,7 @@ def test_malformed_commands_and_acks_are_ignored_counted_and_harmless(tmp_path, 
             (cmd, deep),
             (cmd, b"{" + b" " * 1_000_000 + b"}"),  # 1 MB, valid, no cmd
             (cmd, json.dumps({"cmd": "format_card"}).encode()),
+            (cmd, json.dumps({"cmd": "x" * 100_000}).encode()),  # logged truncated
             (cmd, json.dumps({"cmd": "resend", "store": store, "from": "1", "to": 3}).encode()),
             (cmd, json.dumps({"cmd": "resend", "store": store, "from": True, "to": 3}).encode()),
             (cmd, json.dumps({"cmd": "resend", "store": store, "from": 1.5, "to": 3}).encode()),
@@ -234,6 +235,8 @@ def test_malformed_commands_and_acks_are_ignored_counted_and_harmless(tmp_path, 
         sender.stop()
         watch.close()
         rig.close()
+    longest = max(len(line) for line in rig.log_text().splitlines())
+    assert longest < 1000, f"a {longest}-character log line"
     assert st["bad_commands"] == len(bad)
     assert st["skipped_seqs"] == 0 and "seq" in st["alarms"]  # the huge ack: refused, loudly
     assert st["acked_upto"] == 0  # no bogus ack was taken

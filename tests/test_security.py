@@ -87,17 +87,20 @@ def password(pki: Path, user: str) -> str:
     return (pki / "secrets" / f"{user}.password").read_text().strip()
 
 
-def render_conf(pki: Path, workdir: Path, acl: Path, pw_port: int, cert_port: int) -> str:
+def render_conf(
+    pki: Path, workdir: Path, acl: Path, pw_port: int, cert_port: int, hq_port: int
+) -> str:
     """The shipped mosquitto.conf with paths and ports moved into the test's folders."""
     text = (BROKER / "mosquitto.conf").read_text()
     subs = [
-        ("acl_file /etc/mosquitto/checkpoint/acl\n", f"acl_file {acl}\n"),
+        ("acl_file /etc/mosquitto/checkpoint/acl\n", f"acl_file {acl}\n"),  # every listener
         ("/etc/mosquitto/checkpoint/", f"{pki}/"),
         ("persistence_location /var/lib/mosquitto/\n", f"persistence_location {workdir}/\n"),
         ("log_dest file /var/log/mosquitto/mosquitto.log\n", f"log_dest file {workdir}/log\n"),
         # Loopback only: a test broker is never reachable from elsewhere.
         ("listener 8883\n", f"listener {pw_port} 127.0.0.1\n"),
         ("listener 8884\n", f"listener {cert_port} 127.0.0.1\n"),
+        ("listener 8885\n", f"listener {hq_port} 127.0.0.1\n"),
     ]
     for old, new in subs:
         assert old in text, f"shipped mosquitto.conf no longer has {old!r}"
@@ -115,7 +118,7 @@ class ShippedBroker:
     def __init__(self, workdir: Path, pki: Path, acl: Path) -> None:
         self.workdir, self.pki, self.acl = workdir, pki, acl
         self.proc: subprocess.Popen[bytes] | None = None
-        self.pw_port = self.cert_port = 0
+        self.pw_port = self.cert_port = self.hq_port = 0
 
     def url(self, port: int, host: str = "localhost") -> str:
         return f"mqtts://{host}:{port}"
@@ -128,11 +131,20 @@ class ShippedBroker:
     def cert_url(self) -> str:
         return self.url(self.cert_port)
 
+    @property
+    def hq_url(self) -> str:
+        """HQ's own listener: several HQ clients, each with its own client id."""
+        return self.url(self.hq_port)
+
     def start(self) -> ShippedBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pw_port, self.cert_port = free_port(), free_port()
+        self.pw_port, self.cert_port, self.hq_port = free_port(), free_port(), free_port()
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(render_conf(self.pki, self.workdir, self.acl, self.pw_port, self.cert_port))
+        conf.write_text(
+            render_conf(
+                self.pki, self.workdir, self.acl, self.pw_port, self.cert_port, self.hq_port
+            )
+        )
         out = open(self.workdir / "out", "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf)],
@@ -145,7 +157,7 @@ class ShippedBroker:
             assert self.proc.poll() is None, (self.workdir / "out").read_text()
             log = self.workdir / "log"
             if log.exists() and " running" in log.read_text(errors="replace"):
-                if all(_listens(p) for p in (self.pw_port, self.cert_port)):
+                if all(_listens(p) for p in (self.pw_port, self.cert_port, self.hq_port)):
                     return self
             time.sleep(0.05)
         raise AssertionError("shipped broker did not start: " + (self.workdir / "out").read_text())
@@ -338,6 +350,35 @@ def test_a_box_cannot_take_over_another_box_session(shipped: ShippedBroker, clie
     intruder.next(Connected)
     assert not [e for e in box07.drain(1.0) if isinstance(e, Disconnected)]
     assert box07.link.connected and box07.publish("rally/box07/event").ok
+
+
+@needs_tools
+def test_several_hq_clients_connect_at_once_on_hq_listener(shipped: ShippedBroker, clients) -> None:
+    # The collector and a read-only tool, both user "hq", each with its own client id:
+    # neither knocks the other off (on 8883 the id would be forced to "hq" for both).
+    subs = [("rally/+/status", 1)]
+    collector = clients(shipped.hq_url, "hq", client_id="checkpoint-hq-main", subscriptions=subs)
+    watcher = clients(shipped.hq_url, "hq", client_id="checkpoint-hq-watch", subscriptions=subs)
+    for c in (collector, watcher):
+        assert c.next(SubAck).ok
+    box = clients(shipped.pw_url, "box07")
+    box.next(Connected)
+    assert box.publish("rally/box07/status", b'{"state":"ready"}').ok
+    for c in (collector, watcher):
+        c.next(Message, lambda m: m.topic == "rally/box07/status")
+        assert not [e for e in c.drain(0.5) if isinstance(e, Disconnected)]
+        assert c.link.connected
+    # The same ACL holds there: HQ cannot publish an event.
+    assert not collector.publish("rally/box07/event").ok
+    assert collector.publish("rally/box07/ack", b'{"store":"s","upto":0}').ok
+
+
+@needs_tools
+def test_a_box_cannot_log_in_on_hq_listener(shipped: ShippedBroker, clients) -> None:
+    # A box's credentials do not exist there, so a stolen one cannot pick a client id.
+    intruder = clients(shipped.hq_url, "box07", client_id="checkpoint-hq-main")
+    refused = intruder.next(Disconnected)
+    assert "Not authorized" in refused.reason or "password" in refused.reason
 
 
 # -- TLS ---------------------------------------------------------------------------------

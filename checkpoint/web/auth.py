@@ -157,6 +157,20 @@ class LoginLimiter:
             wait = max(wait, c.locked_until - now)
         return max(0.0, wait)
 
+    def attempt(self, client: str) -> float:
+        """Admit one login try from `client` and count it as wrong at once; returns 0.
+
+        Returns the seconds to wait instead when `client` (or everybody) is over the
+        limit, counting nothing. Call it before anything is awaited: the check and the
+        count are one step, so a burst of concurrent requests cannot all pass the check
+        before any of them is counted. A right PIN then calls `succeeded`, which gives
+        the try back.
+        """
+        wait = self.retry_after(client)
+        if wait <= 0:
+            self.failed(client)
+        return wait
+
     def failed(self, client: str) -> None:
         """Count one wrong PIN from `client`."""
         now = self.clock()
@@ -174,5 +188,7 @@ class LoginLimiter:
             c.failures = []
 
     def succeeded(self, client: str) -> None:
-        """A right PIN: forget the client's record (the global count stays)."""
+        """A right PIN (after `attempt`): give its try back and forget the client's record."""
+        if self._all:
+            self._all.pop()  # the try `attempt` counted; the order of the others is kept
         self._clients.pop(client, None)

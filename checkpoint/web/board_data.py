@@ -190,7 +190,8 @@ class BoardReader:
         self._data_version = version
         changed: dict[str, Any] = {}
         mark = store.db.execute(
-            "SELECT (SELECT max(id) FROM events), (SELECT max(id) FROM corrections)"
+            "SELECT (SELECT max(id) FROM events), (SELECT max(id) FROM corrections),"
+            " (SELECT max(id) FROM conflicts)"  # a conflict takes a passage out of results
         ).fetchone()
         if mark != self._events_mark:
             self._events_mark = tuple(mark)

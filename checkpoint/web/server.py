@@ -30,6 +30,7 @@ from string import Template
 from typing import Any, Self
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from checkpoint.errors import CheckpointError
 from checkpoint.web.auth import LoginLimiter, Session, Sessions, secret_matches
@@ -95,8 +96,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise web.HTTPUnsupportedMediaType(text="send application/json")
     try:
         data = await request.json()
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError too
         raise web.HTTPBadRequest(text="body is not JSON") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(text="body is nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return data
@@ -166,6 +169,47 @@ class Assets:
 # -- login ----------------------------------------------------------------------------
 
 
+class FailureLog:
+    """Failed logins, logged once per burst: the first at once, then one line with the
+    counts every `every_s` while they go on, so a flood of guesses cannot flood the
+    journal on the SD card. Use only from the server's loop."""
+
+    def __init__(self, label: str, every_s: float = 10.0) -> None:
+        self.label, self.every_s = label, every_s
+        self.wrong = self.refused = 0
+        self._clients: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, client: str, *, refused: bool) -> None:
+        """One wrong PIN (or one try refused by the rate limit) from `client`."""
+        if self._timer is None:
+            what = "login refused (too many tries)" if refused else f"wrong {self.label}"
+            log.warning("%s from %s", what, client[:64])
+            self._timer = asyncio.get_running_loop().call_later(self.every_s, self._flush)
+            return
+        self.refused += refused
+        self.wrong += not refused
+        if len(self._clients) < 1000:
+            self._clients.add(client[:64])
+
+    def _flush(self) -> None:
+        if not (self.wrong or self.refused):
+            self._timer = None  # quiet: the next failure is logged at once
+            return
+        log.warning(
+            "%d more wrong %s and %d logins refused (too many tries) from %d addresses "
+            "in the last %.0f s",
+            self.wrong,
+            self.label,
+            self.refused,
+            len(self._clients),
+            self.every_s,
+        )
+        self.wrong = self.refused = 0
+        self._clients.clear()
+        self._timer = asyncio.get_running_loop().call_later(self.every_s, self._flush)
+
+
 class Auth:
     """PIN/password login for one application; `secret=None` means nobody can log in."""
 
@@ -184,6 +228,7 @@ class Auth:
         self.cookie, self.title, self.label, self.home = cookie, title, label, home
         self.sessions = sessions or Sessions()
         self.limiter = limiter or LoginLimiter()
+        self.failures = FailureLog(label)
         self._template = Template((STATIC / "login.html").read_text(encoding="utf-8"))
 
     @property
@@ -241,19 +286,24 @@ class Auth:
         if not self.enabled:
             return self.login_page("Logging in is disabled (no password file given).", 403)
         client = request.remote or "?"
-        wait = self.limiter.retry_after(client)
-        if wait > 0:
-            resp = self.login_page(f"Too many wrong tries: wait {wait:.0f} s.", 429)
-            resp.headers["Retry-After"] = str(int(wait) + 1)
-            return resp
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}":
             raise web.HTTPForbidden(text="cross-origin login refused")
-        form = await request.post()
+        # Counted as wrong before anything is awaited: concurrent requests cannot all
+        # pass the check before the first of them is counted. A right PIN gives it back.
+        wait = self.limiter.attempt(client)
+        if wait > 0:
+            self.failures.note(client, refused=True)
+            resp = self.login_page(f"Too many wrong tries: wait {wait:.0f} s.", 429)
+            resp.headers["Retry-After"] = str(int(wait) + 1)
+            return resp
+        try:
+            form = await request.post()
+        except ValueError:
+            form = {}  # an unreadable form is a wrong PIN (already counted)
         given = form.get("pin")
         if not isinstance(given, str) or not secret_matches(given.strip(), self._secret or ""):
-            self.limiter.failed(client)
-            log.warning("wrong %s from %s", self.label, client)
+            self.failures.note(client, refused=False)
             await asyncio.sleep(WRONG_PIN_DELAY_S)
             return self.login_page(f"Wrong {self.label}.", 401)
         self.limiter.succeeded(client)
@@ -452,8 +502,43 @@ class ServerThread:
             await runner.cleanup()
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every malformed HTTP request with a full traceback: anyone on the
+    Wi-Fi could fill the box's journal without logging in. Such a record becomes one
+    bounded line, at most `per_minute` of them a minute (the rest are counted)."""
+
+    def __init__(self, per_minute: int = 10) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._minute = 0
+        self._count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        minute = int(record.created // 60)
+        if minute != self._minute:
+            self._minute, self._count = minute, 0
+        self._count += 1
+        if self._count > self.per_minute:
+            return False
+        who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "malformed HTTP request from %s refused (400): %s%s"
+        last = self._count == self.per_minute
+        more = " (further ones this minute are not logged)" if last else ""
+        record.args = (str(who)[:64], str(exc)[:200], more)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED = _MalformedRequests()
+
+
 def new_app() -> web.Application:
     """An application with the shared limits and headers."""
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # once: a filter is a set member
     return web.Application(client_max_size=MAX_BODY, middlewares=[security_headers])
 
 
