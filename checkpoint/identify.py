@@ -10,6 +10,9 @@ cars by a global one-to-one matching per control, in route order:
   The prediction's sigma grows as the square root of the sum of the legs' variances
   (`identify.sigma_s` on a regularity leg, `transfer_sigma_s` outside a trial, or
   the control's own `sigma_s`).
+* At a time control a car on time arrives anywhere in its own unit (the minute):
+  the prediction is that window, from its start plus the due offset, and the
+  deviation counts from the window's edges (sigma: the control's, else `sigma_s`).
 * Gate: a car further than `gate_sigmas` sigmas from a passage cannot be it.
 * Matching: the cost of car c for passage p is z^2/2 + ln(sigma_c / sigma_s)
   (negative log-likelihood against a one-leg sigma, z the deviation in sigmas);
@@ -190,6 +193,7 @@ def identify(
         cum_var[k] = cum_var[k - 1] + leg_var[k]
     start_var = idp.sigma_ns**2
     base = idp.sigma_ns / NS_PER_S
+    unit = int(event.rules.time_unit_s * NS_PER_S)
 
     for k, ctl in enumerate(ctls):
         due = ctl.due_ns or 0
@@ -201,9 +205,15 @@ def identify(
                 calls[i] = Call(t, t.car_source or "marshal", t.car)
                 human_cars.add(t.car)
         cars = sorted(c for c in starts if c not in human_cars and c not in gone)
+        # A prediction is a window [lo, lo + width] (width 0 but at a time control,
+        # where a car on time arrives anywhere in its own unit) and a sigma (s).
+        width = 0
         preds: list[tuple[int, float]] = []
         for c in cars:
-            if c in anchor:
+            if ctl.kind == "time":
+                pred, var = starts[c] + due, (ctl.sigma_ns or idp.sigma_ns) ** 2
+                width = unit
+            elif c in anchor:
                 j, t0, var0 = anchor[c]
                 pred = t0 + due - (ctls[j].due_ns or 0)
                 var = var0 + cum_var[k] - cum_var[j]
@@ -220,14 +230,15 @@ def identify(
         # Passages and predictions sorted by time: only neighbours inside the gate.
         order = sorted(range(len(cars)), key=lambda j: preds[j][0])
         ptimes = [preds[j][0] for j in order]
-        max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0)
+        max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0) + width
         for pi, i in enumerate(free):
             t = passages[i].utc_ns
             lo = bisect.bisect_left(ptimes, t - max_reach)
             hi = bisect.bisect_right(ptimes, t + max_reach)
             for oj in order[lo:hi]:
                 pred, sig = preds[oj]
-                z = (t - pred) / NS_PER_S / sig
+                off = t - pred if t < pred else max(0, t - pred - width)
+                z = off / NS_PER_S / sig
                 if abs(z) <= gate:
                     edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
                     zs[(pi, oj)] = z
