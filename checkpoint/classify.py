@@ -42,7 +42,7 @@ Rules (parameters in the event file's `[rules]`, Mille Miglia style by default):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from checkpoint.entries import Entry
@@ -363,14 +363,7 @@ def classify(
         )
         classes[k] = tuple(c.number for _, c in ranked) + tuple(c.number for c in rest)
     final_cars = [
-        CarResult(
-            **{
-                **{f: getattr(c, f) for f in CarResult.__slots__},  # type: ignore[attr-defined]
-                "rank": rank_of.get(c.number),
-                "class_rank": class_rank.get(c.number),
-            }
-        )
-        for c in cars
+        replace(c, rank=rank_of.get(c.number), class_rank=class_rank.get(c.number)) for c in cars
     ]
     final_cars.sort(
         key=lambda c: (

@@ -64,6 +64,9 @@ EXPORT_FIELDS = (
     "void_reason",
     "restamped",
     "orig_utc_ns",
+    # Where `car` comes from: "hq" or "marshal" (a person), "auto" (identified by
+    # HQ from the schedule, `hq export` with an event loaded), empty without a car.
+    "car_source",
 )
 
 
@@ -186,6 +189,45 @@ def m002_chain(db: sqlite_utils.Database) -> None:
         not_null={"at", "box", "store", "reason"},
     )
     db["chain_breaks"].create_index(["box", "store"])
+
+
+@MIGRATIONS()
+def m003_rally_office(db: sqlite_utils.Database) -> None:
+    """The rally office (checkpoint.officestore): entry list, its audit, the event file."""
+    db["entries"].create(
+        {
+            "number": str,
+            "crew": str,
+            "car": str,
+            "year": int,
+            "class": str,
+            "start": str,
+            "coefficient": str,
+            "status": str,
+            "updated_at": str,
+        },
+        pk="number",
+        not_null={"crew", "year", "start", "status"},
+    )
+    db["entry_changes"].create(
+        {
+            "id": int,
+            "at": str,
+            "number": str,
+            "action": str,
+            "field": str,
+            "old": str,
+            "new": str,
+            "by": str,
+        },
+        pk="id",
+        not_null={"at", "number", "action"},
+    )
+    db["event_files"].create(
+        {"id": int, "at": str, "name": str, "source": str, "text": str, "by": str},
+        pk="id",
+        not_null={"at", "text"},
+    )
 
 
 def iso_now() -> str:
@@ -660,7 +702,7 @@ class HQStore:
             ev = json.loads(payload)
             restamps[(box, store, ev["ref_seq"])] = ev  # ascending seq: the last one wins
 
-        cars: dict[tuple[str, str, int], tuple[tuple[int, int], str]] = {}
+        cars: dict[tuple[str, str, int], tuple[tuple[int, int], str, str]] = {}
         voids: dict[tuple[str, str, int], tuple[tuple[int, int], str, str | None]] = {}
         for c in self.corrections():
             key = (c["box"], c["store"], c["ref_seq"])
@@ -668,7 +710,7 @@ class HQStore:
             rank = (1, c["id"]) if c["source"] == "hq" else (0, c["event_seq"] or 0)
             if c["action"] == "assign":
                 if key not in cars or rank > cars[key][0]:
-                    cars[key] = (rank, c["car"])
+                    cars[key] = (rank, c["car"], "hq" if rank[0] else "marshal")
             elif c["action"] in ("void", "unvoid"):
                 if key not in voids or rank > voids[key][0]:
                     voids[key] = (rank, c["action"], c["reason"])
@@ -687,6 +729,7 @@ class HQStore:
                     if f in rs:
                         row[f] = rs[f]
             row["car"] = cars[key][1] if key in cars else None
+            row["car_source"] = cars[key][2] if key in cars else None
             v = voids.get(key)
             row["void"] = v is not None and v[1] == "void"
             row["void_reason"] = v[2] if row["void"] else None
