@@ -24,7 +24,9 @@ cars by a global one-to-one matching per control, in route order:
 * Confidence: for each pair, the same problem is solved again with that pair
   forbidden; the increase in cost is the pair's margin (log-likelihood lead). Under
   `min_margin` the passage is "to confirm": it keeps the suggestion but no car,
-  and it anchors nothing.
+  and it anchors nothing. A passage the optimum leaves as nobody although a car was
+  in its gate is solved again forced to be a car: if that costs less than
+  `min_margin` more, it is "to confirm" too (two passages for one car).
 * A marshal's or HQ's assignment always wins: those passages and cars leave the
   matching, and anchor the car's next prediction.
 * A car marked retired drops out of the matching after the first control it missed.
@@ -127,9 +129,13 @@ def _components(
 
 
 def _solve_block(
-    ps: list[int], cs: list[int], edges: Mapping[tuple[int, int], float], unmatched: float
-) -> tuple[dict[int, int], float, list[list[float]]]:
-    """Min-cost matching of one block; returns passage → car, total, the matrix."""
+    ps: list[int], cs: list[int], edges: Mapping[tuple[int, int], float], unmatched: float,
+    must: int | None = None,
+) -> tuple[dict[int, int], float, list[list[float]]]:  # fmt: skip
+    """Min-cost matching of one block; returns passage → car, total, the matrix.
+
+    `must`: a passage that may not be left without a car.
+    """
     n, m = len(ps), len(cs)
     big = assign.FORBIDDEN
     size = n + m
@@ -138,7 +144,7 @@ def _solve_block(
         for j, c in enumerate(cs):
             if (p, c) in edges:
                 mat[i][j] = edges[(p, c)]
-        mat[i][m + i] = unmatched  # the passage is nobody
+        mat[i][m + i] = big if p == must else unmatched  # the passage is nobody
     for j in range(m):
         mat[n + j][j] = unmatched  # the car is not here
         for i in range(n):
@@ -243,16 +249,29 @@ def identify(
                     edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
                     zs[(pi, oj)] = z
         matched: dict[int, tuple[int, float]] = {}
+        # A passage left as nobody although some car was in its gate: how sure is
+        # that? Forced to be a car, which would it be, at what extra cost?
+        nobody: dict[int, tuple[int, float]] = {}
         for ps, cs in _components(len(free), len(cars), edges):
             sub = {e: v for e, v in edges.items() if e[0] in ps}
             pairs, best, _ = _solve_block(ps, cs, sub, unmatched)
             for p, c in pairs.items():
                 matched[p] = (c, _margin(ps, cs, sub, unmatched, p, c, best))
+            for p in ps:
+                if p not in pairs:
+                    forced, alt, _ = _solve_block(ps, cs, sub, unmatched, must=p)
+                    if p in forced:
+                        nobody[p] = (forced[p], alt - best)
         seen_cars = set()
         for pi, i in enumerate(free):
             t = passages[i]
             if pi not in matched:
-                calls[i] = Call(t, "unknown", None)
+                if pi in nobody and nobody[pi][1] < idp.min_margin:
+                    oj, margin = nobody[pi]
+                    pred, z = preds[oj][0], round(zs[(pi, oj)], 3)
+                    calls[i] = Call(t, "confirm", None, cars[oj], pred, round(margin, 3), z)
+                else:
+                    calls[i] = Call(t, "unknown", None)
                 continue
             oj, margin = matched[pi]
             car = cars[oj]

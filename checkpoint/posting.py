@@ -251,7 +251,7 @@ def render_confirm(calls: list[Call]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CSS = """
+PAGE_CSS = """
 @page { size: A4; margin: 12mm; }
 body { font: 10pt/1.3 system-ui, sans-serif; color: #000; background: #fff; margin: 0 auto;
        max-width: 186mm; }
@@ -322,7 +322,7 @@ def render_html(cls: Classification, issued: str, *, refresh_s: int | None = Non
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
-        f"<title>{e(cls.event or 'Results')} - results</title><style>{_CSS}</style></head>"
+        f"<title>{e(cls.event or 'Results')} - results</title><style>{PAGE_CSS}</style></head>"
         f'<body><h1>{e(cls.event or "Results")}</h1><p class="meta" id="issued">{meta}</p>'
         + "".join(parts)
         + '<p class="meta">* a missed control in the trial; struck through: joker (dropped);'
