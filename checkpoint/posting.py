@@ -64,7 +64,7 @@ def render_table(cls: Classification, issued: str, *, top: int | None = None) ->
                 c.number,
                 c.entry.crew,
                 c.entry.klass,
-                str(c.coefficient),
+                f"{c.coefficient:.2f}",
                 *_trial_cells(c),
                 str(c.time_points + c.passage_points),
                 _total(c),
@@ -282,7 +282,7 @@ def _cells(c: CarResult) -> str:
     return (
         f'<td class="n">{e(_place(c))}</td><td>{e(c.number)}</td><td>{e(c.entry.crew)}</td>'
         f"<td>{e(c.entry.car)}</td><td>{e(c.entry.klass)}</td>"
-        f'<td class="n">{c.coefficient}</td>{trials}'
+        f'<td class="n">{c.coefficient:.2f}</td>{trials}'
         f'<td class="n">{c.time_points + c.passage_points}</td>'
         f'<td class="n">{e(_total(c))}</td><td>{prov}</td>'
     )

@@ -150,3 +150,66 @@ def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     assert all(r.find_elements("css selector", "td")[3].text == "21" for r in queue)
     assert "2 passage(s)" in page.find_element("id", "confirm-note").text
     assert console_errors(page) == []
+
+
+MARSHAL_EVENT = """
+[event]
+name = "Coppa delle Alpi"
+[identify]
+sigma_s = 2
+[[control]]
+id = "PC1"
+[[control]]
+id = "PC2"
+[[trial]]
+name = "PS1"
+start = "PC1"
+finish = "PC2"
+target_s = 120
+"""
+
+
+def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
+    import time
+
+    from webrig import PIN, FakeBox, login
+
+    from checkpoint.event import parse_event
+    from checkpoint.marshal_office import MarshalOffice
+    from checkpoint.web.marshal import MarshalServer
+
+    now = time.time_ns() // S * S
+    starts = [now - 200 * S, now - 140 * S, now - 80 * S, now - 20 * S]
+    iso = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t // S)) for t in starts]
+    entries = "number,crew,year,start\n" + "".join(
+        f"{n},crew {n},1950,{s}\n" for n, s in zip("1234", iso, strict=True)
+    )
+    office = MarshalOffice(parse_event(MARSHAL_EVENT), parse_entries(entries), "PC2")
+    box = FakeBox(checkpoint="PC2")
+    page = MarshalServer(
+        box.snapshot, box.passages, box.correct, host="127.0.0.1", port=0, pin=PIN,
+        tick_s=0.1, office=office,
+    ).start()  # fmt: skip
+    phone = make_driver(tmp_path, width=390, height=844, mobile=True)
+    try:
+        s1 = box.passage(starts[0] + 120 * S + 30 * MS)  # car 1, on time
+        s2 = box.passage(starts[1] + 120 * S + 200 * MS)  # car 2 ... or the one behind it?
+        s3 = box.passage(starts[1] + 120 * S + 600 * MS)
+        login(phone, page.url, PIN)
+        nxt = wait_for(phone, lambda d: css(d, "#next li"), what="cars due next")
+        assert [li.find_element("tag name", "strong").text for li in nxt] == ["2", "3", "4"]
+        assert "late" in nxt[0].get_attribute("class")  # car 2: due, no sure passage yet
+        li1 = wait_for(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
+        assert li1.find_element("css selector", "input.car").get_attribute("value") == "1"
+        for s in (s2, s3):
+            li = wait_for(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"].confirm'))[0]
+            assert "to confirm: car 2?" in li.find_element("css selector", ".state").text
+        # One tap confirms the prediction: the box gets the marshal's assignment.
+        li1.find_element("css selector", "button.set").click()
+        wait_until_text = lambda d: "car 1 ✓" in css(d, f'li.p[data-seq="{s1}"] .state')[0].text  # noqa: E731
+        wait_for(phone, wait_until_text, what="car 1 confirmed")
+        assert box.corrections == [("assign", s1, "1")]
+        assert console_errors(phone) == []
+    finally:
+        quit_driver(phone)
+        page.stop()
