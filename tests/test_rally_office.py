@@ -139,3 +139,55 @@ def test_organiser_from_entry_list_to_posted_results(broker, hq, db, boxes, tmp_
     assert rc == 0 and "PS1" in out and "marshal" in out
     rc, out = cli("confirm", "--db", str(db))
     assert rc == 0 and out == "nothing to confirm\n"
+
+
+def test_readme_examples_load_and_edit(tmp_path):
+    from pathlib import Path
+
+    from checkpoint.hqstore import HQStore
+
+    repo = Path(__file__).resolve().parents[1]
+    hqdb = tmp_path / "hq.db"
+    HQStore(hqdb).close()  # what `checkpoint hq run` creates
+    rc, out = cli("event", "load", "--db", str(hqdb), str(repo / "examples/event.toml"))
+    assert rc == 0 and "5 controls, 2 trials" in out
+    rc, out = cli("event", "show", "--db", str(hqdb))
+    # PS1: 12 km at 40 km/h = 18 min; the secret control at 6.5 km: 9 min 45 s;
+    # the time control after 12 km at 45 km/h: 34 min after the start.
+    assert "PC2      passage  due +585.000 s" in out
+    assert "TC1      time     due +2040.000 s" in out
+    rc, out = cli("entries", "import", "--db", str(hqdb), str(repo / "examples/entries.csv"))
+    assert rc == 0 and "7 added" in out
+    rc, out = cli("entries", "import", "--db", str(hqdb), str(repo / "examples/entries.csv"))
+    assert "7 unchanged" in out
+    assert (
+        cli("entries", "set", "--db", str(hqdb), "5", "--start", "09:12", "--by", "clerk")[0] == 0
+    )
+    assert cli("entries", "set", "--db", str(hqdb), "5", "--start", "9h12")[0] == 2
+    rc, out = cli("entries", "list", "--db", str(hqdb), "--format", "json")
+    five = next(e for e in json.loads(out) if e["number"] == "5")
+    assert five["start"] == "09:12" and five["coefficient"] == "1.30"
+    rc, out = cli("entries", "log", "--db", str(hqdb))
+    assert "car 5  edit by clerk start: 09:04 -> 09:12" in out
+    rc, out = cli("results", "--db", str(hqdb), "--live")
+    assert rc == 0 and "California Mille - day 1" in out  # no passage yet: all still running
+    assert cli("confirm", "--db", str(hqdb))[1] == "nothing to confirm\n"
+
+
+def test_box_config_names_the_office_files_together_and_absolute(tmp_path):
+    import pytest
+
+    from checkpoint import config
+    from checkpoint.errors import ConfigError
+
+    base = '[box]\nid = "box01"\ncheckpoint = "PC1"\n[web]\n'
+    p = tmp_path / "box.toml"
+    p.write_text(base + 'event = "/etc/checkpoint/event.toml"\n')
+    with pytest.raises(ConfigError, match="web.entries: give event and entries together"):
+        config.load(p)
+    p.write_text(base + 'event = "event.toml"\nentries = "/etc/checkpoint/entries.csv"\n')
+    with pytest.raises(ConfigError, match="web.event: must be an absolute path"):
+        config.load(p)
+    p.write_text(base + 'event = "/e/event.toml"\nentries = "/e/entries.csv"\n')
+    cfg = config.load(p)
+    assert (cfg.web.event, cfg.web.entries) == ("/e/event.toml", "/e/entries.csv")
