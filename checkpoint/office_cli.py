@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from checkpoint import office, officestore, posting
 from checkpoint.entries import STATUSES, parse_entries, render_entries
-from checkpoint.errors import CommandError, ConfigError
+from checkpoint.errors import CheckpointError, CommandError, ConfigError
 from checkpoint.event import parse_event
 from checkpoint.hqstore import HQStore, iso_now
 from checkpoint.results import fmt_seconds
@@ -204,7 +205,12 @@ def export_rows(store: HQStore, checkpoint: str | None) -> list[dict[str, Any]]:
     entries = officestore.entries_of(store)
     if ev is None or not entries or not ev.scheduled:
         return rows
-    full = office.build(store.passages(), ev, entries, final=False)
+    try:
+        full = office.build(store.passages(), ev, entries, final=False)
+    except CheckpointError as err:
+        # The export is the evidence: it never fails because of the rally office.
+        print(f"checkpoint hq: warning: no automatic car numbers: {err}", file=sys.stderr)
+        return rows
     if checkpoint is not None:
         return [r for r in full.rows if r["checkpoint"] == checkpoint]
     return full.rows
