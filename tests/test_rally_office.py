@@ -191,3 +191,30 @@ def test_box_config_names_the_office_files_together_and_absolute(tmp_path):
     p.write_text(base + 'event = "/e/event.toml"\nentries = "/e/entries.csv"\n')
     cfg = config.load(p)
     assert (cfg.web.event, cfg.web.entries) == ("/e/event.toml", "/e/entries.csv")
+
+
+def test_an_unplaceable_start_drops_auto_cars_but_never_the_export(tmp_path, capsys):
+    from pathlib import Path
+
+    from hq_box import T0_NS
+
+    from checkpoint.hqstore import HQStore
+
+    repo = Path(__file__).resolve().parents[1]
+    hqdb = tmp_path / "hq.db"
+    HQStore(hqdb).close()
+    (tmp_path / "ev.toml").write_text(EVENT.replace('date = "2024-04-21"\n', ""))
+    assert cli("event", "load", "--db", str(hqdb), str(tmp_path / "ev.toml"))[0] == 0
+    assert cli("entries", "import", "--db", str(hqdb), str(repo / "examples/entries.csv"))[0] == 0
+    from webrig import HQFiller
+
+    f = HQFiller(hqdb)
+    f.passage("box01", "PC1", T0_NS)
+    f.close()
+    capsys.readouterr()
+    rc, out = cli("export", "--db", str(hqdb), "--format", "jsonl")
+    assert rc == 0 and json.loads(out)["car"] is None
+    assert "no automatic car numbers" in capsys.readouterr().err
+    rc, _ = cli("results", "--db", str(hqdb))
+    assert rc == 1
+    assert "needs [event] date" in capsys.readouterr().err
