@@ -47,7 +47,7 @@ def _trial_cells(c: CarResult) -> list[str]:
 def _grid(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
+    lines.append("  ".join("-" * w for w in widths).rstrip())
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in body]
     return lines
 
