@@ -267,6 +267,9 @@ thead { display: table-header-group; }
 .joker { text-decoration: line-through; color: #555; }
 .out { color: #555; }
 ul.notes { font-size: 9pt; padding-left: 5mm; }
+div.trials { display: flex; flex-wrap: wrap; gap: 4mm; break-inside: avoid; }
+table.trial { width: auto; min-width: 40mm; }
+table.trial caption { font-weight: bold; text-align: left; }
 @media screen { body { padding: 6mm; } }
 """
 
@@ -304,6 +307,23 @@ def _table(cls: Classification, cars: list[CarResult], caption: str, klass: str)
     )
 
 
+def _trials_html(cls: Classification, top: int = 10) -> str:
+    """Each trial's own ranking (its first `top`), side by side where the page allows."""
+    e = html.escape
+    blocks = []
+    for t in cls.trials:
+        rows = "".join(
+            f'<tr><td class="n">{r}</td><td>{e(n)}</td><td class="n">{e(fmt_points(s))}</td></tr>'
+            for r, n, s in cls.trial_ranks.get(t, ())[:top]
+        )
+        blocks.append(
+            f'<table class="trial" data-trial="{e(t)}"><caption>{e(t)}</caption><thead><tr>'
+            '<th class="n">Pos</th><th>No</th><th class="n">Score</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>"
+        )
+    return f'<h2>Trials (first {top})</h2><div class="trials">{"".join(blocks)}</div>'
+
+
 def render_html(cls: Classification, issued: str, *, refresh_s: int | None = None) -> str:
     """A standalone page: overall, each class, notes; prints cleanly on A4."""
     e = html.escape
@@ -314,6 +334,7 @@ def render_html(cls: Classification, issued: str, *, refresh_s: int | None = Non
         # Within a class the position is the class rank.
         shown = [replace(c, rank=c.class_rank) for c in members]
         parts.append(_table(cls, shown, f"Class {k}", k))
+    parts.append(_trials_html(cls))
     notes = [f"<li>car {e(c.number)}: {e(r)}</li>" for c in cls.cars for r in c.provisional]
     meta = f"Issued {e(issued)}"
     if cls.to_confirm:

@@ -116,6 +116,9 @@ def test_results_page_posts_and_prints_on_a4(page, rally):
     assert classes == ["", "A", "B"]
     class_b = css(page, 'table.results[data-class="B"] tbody tr')
     assert class_b[0].find_elements("css selector", "td")[0].text == "1"  # 15 leads B
+    # Each trial's own ranking: PS1 by score, car 21 (to confirm) not in it.
+    trial = [r.text.split() for r in css(page, 'table.trial[data-trial="PS1"] tbody tr')]
+    assert trial == [["1", "7", "6.45"], ["2", "12", "16.08"], ["3", "15", "46.50"]]
     # The inline style is allowed by its hash: no CSP violation, no script error.
     assert console_errors(page) == []
 
@@ -149,6 +152,8 @@ def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     assert len(queue) == 2
     assert all(r.find_elements("css selector", "td")[3].text == "21" for r in queue)
     assert "2 passage(s)" in page.find_element("id", "confirm-note").text
+    queue[0].click()  # not logged in: the correction form stays hidden and empty
+    assert page.find_element("id", "c-box").get_attribute("value") == ""
     assert console_errors(page) == []
 
 

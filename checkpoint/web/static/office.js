@@ -46,6 +46,16 @@
       cell(tr, c.box + " #" + c.seq);
       cell(tr, c.suggest);
       cell(tr, c.margin != null ? c.margin.toFixed(2) : "", "num");
+      // A click fills the correction form (shown once logged in) with the likely car.
+      tr.addEventListener("click", () => {
+        if ($("correct-panel").hidden) return;
+        $("c-action").value = "assign";
+        $("c-box").value = c.box;
+        $("c-seq").value = c.seq;
+        $("c-value").value = c.suggest || "";
+        $("c-msg").textContent = `to confirm: ${c.box} #${c.seq} at ${c.control}, likely car ${c.suggest}`;
+        $("c-msg").className = "msg";
+      });
       body.appendChild(tr);
     }
     $("confirm-note").textContent = doc.confirm.length
