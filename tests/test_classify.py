@@ -272,3 +272,21 @@ def test_entries_errors_name_row_and_column(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_entries(text, "entries.csv")
     assert f"entries.csv: {where}" in str(err.value)
+
+
+def test_sheet_shows_backup_disagreement_and_source() -> None:
+    from checkpoint.posting import render_sheet
+
+    e, entries, starts, got = rally()
+    c = got["1"]["F"]
+    timed = Timed(
+        "F", c.timed.utc_ns, 0, c.timed.key, c.timed.members, ("box05:button",),
+        backup="box05:button", disagree_ns=-700 * MS,
+    )  # fmt: skip
+    got["1"]["F"] = Call(timed, "marshal", "1")
+    car = classify(e, entries, starts, got).car("1")
+    assert car is not None
+    text = render_sheet(car)
+    line = next(ln for ln in text.splitlines() if ln.startswith("F "))
+    assert "backup box05:button" in line and "inputs disagree -0.700 s" in line
+    assert "marshal" in line

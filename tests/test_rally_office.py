@@ -160,6 +160,14 @@ def test_readme_examples_load_and_edit(tmp_path):
     assert rc == 0 and "7 added" in out
     rc, out = cli("entries", "import", "--db", str(hqdb), str(repo / "examples/entries.csv"))
     assert "7 unchanged" in out
+    # A later list without car 7 and with car 6's class changed: updated, nothing deleted.
+    lines = (repo / "examples/entries.csv").read_text().splitlines()
+    later = tmp_path / "later.csv"
+    later.write_text("\n".join([*lines[:6], lines[6].replace(",C,", ",B,")]) + "\n")
+    rc, out = cli("entries", "import", "--db", str(hqdb), str(later))
+    assert "6 cars" in out and "1 changed" in out and "5 unchanged" in out
+    rc, out = cli("entries", "list", "--db", str(hqdb), "--format", "csv")
+    assert out.count("\n") == 8 and "\n7,Lee / Park" in out
     assert (
         cli("entries", "set", "--db", str(hqdb), "5", "--start", "09:12", "--by", "clerk")[0] == 0
     )
