@@ -106,6 +106,10 @@ class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     pin_file: str = ""
+    # The rally office's files on the box (absolute paths, both or neither): the page
+    # then shows the cars due next and pre-fills each passage's predicted car.
+    event: str = ""
+    entries: str = ""
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,15 @@ def _web(table: dict[str, Any], file: str) -> WebConfig:
         host=w.get("host", str, WebConfig.host),
         port=w.positive("port", WebConfig.port, lo=1, hi=65_535),
         pin_file=w.get("pin_file", str, ""),
+        event=w.get("event", str, ""),
+        entries=w.get("entries", str, ""),
     )
+    if bool(web.event) != bool(web.entries):
+        raise w.fail("event" if not web.event else "entries", "give event and entries together")
+    for key in ("event", "entries"):
+        path = getattr(web, key)
+        if path and not path.startswith("/"):
+            raise w.fail(key, f"must be an absolute path, got {path!r}")
     if not web.host:
         raise w.fail("host", "must be an address such as 127.0.0.1 or 0.0.0.0")
     if web.enabled and not web.pin_file:

@@ -276,7 +276,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if args.checkpoint is None or r["checkpoint"] == args.checkpoint
             )
         else:
-            text = export_text(store.passages(checkpoint=args.checkpoint), args.format)
+            from checkpoint.office_cli import export_rows
+
+            text = export_text(export_rows(store, args.checkpoint), args.format)
     finally:
         store.close()
     _write_out(text, args.out)
@@ -284,7 +286,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    """Regularity results from HQ's passages and a stages file (lowest points wins)."""
+    """Results: the classification from the event file and entry list loaded at HQ
+    (or --event), or the stage results of a --stages file (lowest points wins)."""
+    if args.stages is None:
+        from checkpoint.office_cli import cmd_classify
+
+        return cmd_classify(args)
+    if args.format == "html":
+        raise CommandError("--format html needs the event file, not --stages")
     path = Path(args.stages)
     try:
         text = path.read_text(encoding="utf-8")
@@ -432,10 +441,17 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("results", help=cmd_results.__doc__)
     _db(r)
-    r.add_argument("--stages", required=True, metavar="STAGES.toml")
-    r.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    r.add_argument("--stages", metavar="STAGES.toml", help="stage results from this file")
+    r.add_argument("--event", metavar="EVENT.toml", help="use this event file, not HQ's")
+    r.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
+    r.add_argument("--top", type=_positive_int, metavar="N", help="table: only the first N")
+    r.add_argument("--live", action="store_true", help="no DNF for cars not yet finished")
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
-    r.set_defaults(func=cmd_results)
+    r.set_defaults(func=_usage_errors(cmd_results))
+
+    from checkpoint.office_cli import add_office_commands
+
+    add_office_commands(sub, _db, _usage_errors)
 
     for name, fn in (("assign", cmd_assign), ("void", cmd_void), ("unvoid", cmd_unvoid)):
         r = sub.add_parser(name, help=fn.__doc__)

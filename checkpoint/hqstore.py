@@ -22,6 +22,8 @@ Tables (schema via `sqlite_utils.Migrations("checkpoint-hq")`):
 * `anchors`   every chain head boxes published in their status (m003).
 * `conflicts` every other version of a stored (box, store, seq) (m003); corrections
               gain `prev`/`hash`, HQ's audit trail chained (see checkpoint.integrity).
+* `entries`, `entry_changes`, `event_files` the rally office's entry list, its audit
+              and the event files loaded (m004, see checkpoint.officestore).
 
 Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
@@ -68,6 +70,9 @@ EXPORT_FIELDS = (
     "void_reason",
     "restamped",
     "orig_utc_ns",
+    # Where `car` comes from: "hq" or "marshal" (a person), "auto" (identified by
+    # HQ from the schedule, `hq export` with an event loaded), empty without a car.
+    "car_source",
 )
 
 
@@ -231,6 +236,45 @@ def m003_integrity(db: sqlite_utils.Database) -> None:
     # HQ's own audit trail is chained like a box's events (checkpoint.integrity).
     db["corrections"].add_column("prev", str)
     db["corrections"].add_column("hash", str)
+
+
+@MIGRATIONS()
+def m004_rally_office(db: sqlite_utils.Database) -> None:
+    """The rally office (checkpoint.officestore): entry list, its audit, the event file."""
+    db["entries"].create(
+        {
+            "number": str,
+            "crew": str,
+            "car": str,
+            "year": int,
+            "class": str,
+            "start": str,
+            "coefficient": str,
+            "status": str,
+            "updated_at": str,
+        },
+        pk="number",
+        not_null={"crew", "year", "start", "status"},
+    )
+    db["entry_changes"].create(
+        {
+            "id": int,
+            "at": str,
+            "number": str,
+            "action": str,
+            "field": str,
+            "old": str,
+            "new": str,
+            "by": str,
+        },
+        pk="id",
+        not_null={"at", "number", "action"},
+    )
+    db["event_files"].create(
+        {"id": int, "at": str, "name": str, "source": str, "text": str, "by": str},
+        pk="id",
+        not_null={"at", "text"},
+    )
 
 
 def iso_now() -> str:
@@ -756,7 +800,7 @@ class HQStore:
             if kept is None or first is None or integrity.version_id(first[0]) != kept:
                 unproven.add(key)
 
-        cars: dict[tuple[str, str, int], tuple[tuple[int, int], str]] = {}
+        cars: dict[tuple[str, str, int], tuple[tuple[int, int], str, str]] = {}
         voids: dict[tuple[str, str, int], tuple[tuple[int, int], str, str | None]] = {}
         for c in self.corrections():
             key = (c["box"], c["store"], c["ref_seq"])
@@ -766,7 +810,7 @@ class HQStore:
             rank = (1, c["id"]) if c["source"] == "hq" else (0, c["event_seq"] or 0)
             if c["action"] == "assign":
                 if key not in cars or rank > cars[key][0]:
-                    cars[key] = (rank, c["car"])
+                    cars[key] = (rank, c["car"], "hq" if rank[0] else "marshal")
             elif c["action"] in ("void", "unvoid"):
                 if key not in voids or rank > voids[key][0]:
                     voids[key] = (rank, c["action"], c["reason"])
@@ -785,6 +829,7 @@ class HQStore:
                     if f in rs:
                         row[f] = rs[f]
             row["car"] = cars[key][1] if key in cars else None
+            row["car_source"] = cars[key][2] if key in cars else None
             v = voids.get(key)
             row["void"] = v is not None and v[1] == "void"
             row["void_reason"] = v[2] if row["void"] else None

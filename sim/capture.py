@@ -21,8 +21,9 @@ from typing import Any
 
 from checkpoint import capture as capfmt
 from checkpoint import config as configmod
+from checkpoint import office, posting
 from checkpoint.cli import replay_events
-from sim import boxconfig, verdict
+from sim import boxconfig, rallyoffice, verdict
 from sim.boxclock import BoxClock
 from sim.gps import GpsReceiver
 from sim.scenario import Scenario, ScenarioError
@@ -138,6 +139,10 @@ def write(sc: Scenario, out: str | Path) -> dict[str, Any]:
         "passages": [t.as_dict() for t in rally.truth],
     }
     (out / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    for stale in ("event.toml", "entries.csv"):
+        (out / stale).unlink(missing_ok=True)
+    if sc.regularity is not None:
+        rallyoffice.write(sc, out, start)
     return truth
 
 
@@ -169,4 +174,14 @@ def replay_rows(out: str | Path, truth: dict[str, Any]) -> list[dict[str, Any]]:
 def judge(out: str | Path) -> verdict.Verdict:
     """Replay a capture directory and judge it against its truth.json."""
     truth = load_truth(out)
-    return verdict.judge(truth["passages"], replay_rows(out, truth))
+    rows = replay_rows(out, truth)
+    office_files = rallyoffice.read(Path(out))
+    if office_files is None:
+        return verdict.judge(truth["passages"], rows)
+    # A regularity rally: HQ's rally office identifies the cars, as `hq export` does.
+    event, entries = office_files
+    off = office.build(rows, event, entries)
+    v = verdict.judge(truth["passages"], off.rows)
+    top = posting.render_table(off.classification, "replay", top=10)
+    rallyoffice.judge(v, off.rows, truth["passages"], event, entries, top)
+    return v

@@ -27,6 +27,33 @@ def collector(db: Path, broker: str, prefix: str, log: Path, extra: list[str] = 
     return Child("hq", args, log)
 
 
+def _hq(*argv: str) -> str:
+    """Run `checkpoint hq ARGV...` as an operator would; its stdout, or CheckpointError."""
+    res = subprocess.run(
+        [sys.executable, "-m", "checkpoint", "hq", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if res.returncode != 0:
+        raise CheckpointError(
+            f"hq {argv[0]} failed ({res.returncode}): {res.stderr.strip()[-500:]}"
+        )
+    return res.stdout
+
+
+def office_setup(db: Path, event: Path, entries: Path) -> str:
+    """Load the event file and import the entry list, as the organiser does."""
+    return _hq("event", "load", "--db", str(db), str(event)) + _hq(
+        "entries", "import", "--db", str(db), str(entries)
+    )
+
+
+def results_top(db: Path, n: int) -> str:
+    """The top of the classification, as `checkpoint hq results --top N` prints it."""
+    return _hq("results", "--db", str(db), "--top", str(n))
+
+
 def export(db: Path) -> list[dict[str, Any]]:
     """HQ's passages, one row each, as `checkpoint hq export --format jsonl` prints them."""
     res = subprocess.run(

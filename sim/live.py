@@ -31,7 +31,7 @@ from typing import IO
 
 from checkpoint.errors import CheckpointError
 from checkpoint.mqtt import parse_broker_url
-from sim import boxconfig, hqclient, verdict
+from sim import boxconfig, hqclient, rallyoffice, verdict
 from sim.boxclock import BoxClock
 from sim.broker import Mosquitto
 from sim.feed import BoxFeed, Scheduler, edge_items, gps_items
@@ -275,6 +275,12 @@ class LiveRun:
         for rx in self.receivers.values():
             rx.rally_start_utc_ns = start
         self.rally = Rally(self.sc, start, self.clocks)
+        if self.sc.regularity is not None:
+            # The organiser's files, written now that the start is known, and
+            # loaded into HQ through its CLI: HQ identifies the cars from them.
+            ev, en = rallyoffice.write(self.sc, self.workdir, start)
+            hqclient.office_setup(self.workdir / "hq.db", ev, en)
+            self.say(f"event file and entry list ({self.sc.cars.count} cars) loaded at HQ")
         for box, br in self.rally.boxes.items():
             self.scheduler.add(edge_items(box, br.edges))
         truth = self.rally.truth
@@ -370,6 +376,11 @@ class LiveRun:
                 locked=locked,
             )
             v.unassigned = sum(1 for r in rows if r.get("car") is None and not r.get("void"))
+        office_files = rallyoffice.read(self.workdir)
+        if self.sc.regularity is not None and office_files is not None:
+            event, entries = office_files
+            top = hqclient.results_top(db, 10)
+            rallyoffice.judge(v, rows, truth, event, entries, top)
         return v
 
     def feed_lateness_ms(self) -> dict[str, float | None]:

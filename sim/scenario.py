@@ -73,6 +73,19 @@ class Cars:
 
 
 @dataclass(frozen=True)
+class Regularity:
+    """Crews drive regularity: each aims at its ideal times (start + trial targets)
+    and misses by its own skill, a sigma per leg drawn log-uniform between the best
+    and the worst crew. HQ gets an event file and an entry list, and identifies cars."""
+
+    skill_min_s: float = 0.005
+    skill_max_s: float = 0.2
+    identify_sigma_s: float = 0.25
+    classes: tuple[str, ...] = ("A", "B", "C")
+    service_vehicles: int = 0
+
+
+@dataclass(frozen=True)
 class Receiver:
     """A GPS receiver profile: what it sends on the serial line and the PPS pin."""
 
@@ -154,6 +167,7 @@ class Scenario:
     prefix: str = "rally"
     incidents: tuple[Incident, ...] = ()
     marshal_assign: bool = False
+    regularity: Regularity | None = None
     source: str = "<scenario>"
 
     def control(self, control_id: str) -> Control:
@@ -580,6 +594,31 @@ def _cars(raw: Any, file: str) -> Cars:
     return cars
 
 
+def _regularity(raw: Any, file: str) -> Regularity | None:
+    if raw is None:
+        return None
+    t = _Table(raw, "regularity", file)
+    d = Regularity()
+    classes = t.raw("classes", list(d.classes))
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+    ):
+        raise t.fail("classes", "must be a non-empty list of class names")
+    r = Regularity(
+        skill_min_s=t.num("skill_min_s", d.skill_min_s, lo=1e-4, hi=600),
+        skill_max_s=t.num("skill_max_s", d.skill_max_s, lo=1e-4, hi=600),
+        identify_sigma_s=t.num("identify_sigma_s", d.identify_sigma_s, lo=1e-3, hi=3600),
+        classes=tuple(c.strip() for c in classes),
+        service_vehicles=t.int("service_vehicles", 0, lo=0, hi=100),
+    )
+    if r.skill_max_s < r.skill_min_s:
+        raise t.fail("skill_max_s", "must not be below skill_min_s")
+    t.done()
+    return r
+
+
 def _check_break_fits_lockout(sc: Scenario) -> None:
     """A whole car must clear the beam inside the lockout, or its tail is a second passage."""
     c = sc.cars
@@ -691,6 +730,7 @@ def parse(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
     marshal = _Table(top.raw("marshal", {}), "marshal", file)
     assign = marshal.bool("assign", False)
     marshal.done()
+    regularity = _regularity(top.raw("regularity", None), file)
     top.done()
     sc = Scenario(
         name=name,
@@ -708,6 +748,7 @@ def parse(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
         prefix=prefix,
         incidents=incidents,
         marshal_assign=assign,
+        regularity=regularity,
         source=file,
     )
     _check_break_fits_lockout(sc)
@@ -771,8 +812,18 @@ def faster(sc: Scenario, speed: float) -> Scenario:
         )
         for b in sc.boxes
     )
+    reg = sc.regularity
+    if reg is not None:
+        # Crews miss by a share of the schedule: a faster schedule, smaller misses.
+        reg = replace(
+            reg,
+            skill_min_s=reg.skill_min_s / speed,
+            skill_max_s=reg.skill_max_s / speed,
+            identify_sigma_s=reg.identify_sigma_s / speed,
+        )
     return replace(
         sc,
+        regularity=reg,
         cars=replace(sc.cars, start_interval_s=sc.cars.start_interval_s / speed),
         travel_speedup=sc.travel_speedup * speed,
         boxes=boxes,

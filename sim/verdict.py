@@ -105,10 +105,21 @@ class Verdict:
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     #: (box, store, seq) of every matched passage → the car it truly was.
     matches: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    #: With [regularity]: HQ's automatic identification and results vs the truth
+    #: (`sim.rallyoffice.Figures.as_dict`), and the lines to print (figures, top).
+    identification: dict[str, Any] | None = None
+    office_text: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.false == 0 and self.duplicates == 0 and self.coarse == 0
+        wrong_ids = (self.identification or {}).get("wrongly_identified", 0)
+        return (
+            self.missing == 0
+            and self.false == 0
+            and self.duplicates == 0
+            and self.coarse == 0
+            and not wrong_ids
+        )
 
     @property
     def coverage(self) -> float | None:
@@ -137,6 +148,7 @@ class Verdict:
             "restamped": self.restamped,
             "wrong_car": self.wrong_car,
             "unassigned": self.unassigned,
+            "identification": self.identification,
             "error_ns": {
                 "p50": percentile(abs_err, 50),
                 "p99": percentile(abs_err, 99),
@@ -355,6 +367,8 @@ def render(v: Verdict, title: str = "") -> str:
     for what, items in d["examples"].items():
         for text in items:
             lines.append(f"  {what}: {text}")
+    if v.office_text:
+        lines.append(v.office_text.rstrip("\n"))
     lines.append("  VERDICT: " + ("PASS, nothing lost or invented" if v.ok else "FAIL, see above"))
     return "\n".join(lines)
 

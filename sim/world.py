@@ -129,25 +129,67 @@ def plan(sc: Scenario) -> list[CarPlan]:
         for n in names
     }
     at = {n: round(i * c.start_interval_s * NS) for i, n in enumerate(names)}
+    reg = sc.regularity
+    skill: dict[str, float] = {}
+    extra: list[str] = []
+    if reg is not None:
+        # Own streams, so a scenario without [regularity] draws exactly as before.
+        crews = random.Random(f"{sc.seed}/crews")
+        lo, hi = math.log(reg.skill_min_s), math.log(reg.skill_max_s)
+        skill = {n: math.exp(crews.uniform(lo, hi)) for n in names}
+        legs = leg_targets_ns(sc)
+        extra = service_names(sc)
+        for j, sv in enumerate(extra):
+            # Service vehicles drive the route at the cars' pace: the course
+            # opener two start intervals before the first car, the sweeper two
+            # after the last, then further out. Their passages are no car's.
+            k = j // 2 + 2
+            slot = -k if j % 2 == 0 else len(names) - 1 + k
+            at[sv] = round(slot * c.start_interval_s * NS)
+            skill[sv] = reg.skill_min_s
+            length[sv] = 5.0
+        names = names + extra
     out: list[CarPlan] = []
     min_gap = round(c.min_gap_s * NS)
     for k, ctl in enumerate(sc.controls):
         if k > 0:
             km = ctl.km - sc.controls[k - 1].km
             for n in names:
+                if n in skill:
+                    # A regularity crew aims at its ideal time: the trial's target
+                    # after its own passage at the previous control.
+                    at[n] += legs[k - 1] + round(crews.gauss(0, skill[n]) * NS)
+                    continue
                 v = speed[n] * _clip(1 + rng.gauss(0, c.leg_spread_pct / 100), 0.5, 1.5)
                 at[n] += round(km / v * 3600 / sc.travel_speedup * NS)
+        here = names
         prev: int | None = None
-        for n in sorted(names, key=lambda n: (at[n], int(n) if n.isdigit() else 0)):
+        for n in sorted(here, key=lambda n: (at[n], int(n) if n.isdigit() else 0)):
             if prev is not None and at[n] < prev + min_gap:
                 at[n] = prev + min_gap + round(rng.uniform(0, 0.3) * NS)
             prev = at[n]
-        for n in names:
+        for n in here:
             v_cross = (
                 ctl.speed_kmh / 3.6 * _clip(1 + rng.gauss(0, c.crossing_spread_pct / 100), 0.7, 1.3)
             )
             out.append(CarPlan(n, ctl.id, at[n], v_cross, length[n]))
     return sorted(out, key=lambda p: (p.offset_ns, p.control))
+
+
+def leg_targets_ns(sc: Scenario) -> list[int]:
+    """Each leg's target time as run (compressed like the travel), to the millisecond:
+    the leg's km at the cars' average speed. The event file HQ gets says the same."""
+    out = []
+    for a, b in zip(sc.controls, sc.controls[1:], strict=False):
+        s = (b.km - a.km) / sc.cars.avg_speed_kmh * 3600 / sc.travel_speedup
+        out.append(round(s * 1000) * 1_000_000)
+    return out
+
+
+def service_names(sc: Scenario) -> list[str]:
+    """The service vehicles' names (not on the entry list)."""
+    n = sc.regularity.service_vehicles if sc.regularity else 0
+    return [f"SV{i + 1}" for i in range(n)]
 
 
 @dataclass
@@ -226,6 +268,8 @@ def _box_rally(
             # A gap in the body (high clearance, a towbar): two breaks within the lockout.
             cut = nose + round(t_len * rng.uniform(0.35, 0.65))
             gap = round(rng.uniform(0.02, 0.12) * NS)
+            # A short fast car: the gap must still end inside the car.
+            gap = min(gap, (nose + t_len - cut) // 2)
             utc_spans = [(nose, cut), (cut + gap, nose + t_len)]
         else:
             utc_spans = [(nose, nose + t_len)]

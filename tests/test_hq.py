@@ -465,6 +465,7 @@ def test_corrections_restamp_and_export(broker, hq, db, boxes, tmp_path):
     assert rows[1]["utc"] == fmt_utc(T0_NS + 777_000_000) and rows[1]["car"] == "12"
     assert rows[2]["car"] == "42" and rows[2]["void"] is False  # voided, then unvoided
     assert rows[3]["car"] == "8"  # HQ's assignment overrides the box's
+    assert rows[3]["car_source"] == "hq" and rows[2]["car_source"] == "marshal"
     assert rows[4]["void"] is True and rows[4]["void_reason"] == "insect"
     trail = read(db, lambda s: s.corrections())
     assert {(c["source"], c["action"]) for c in trail} >= {
@@ -485,6 +486,7 @@ def test_corrections_restamp_and_export(broker, hq, db, boxes, tmp_path):
     assert list(table[0]) == [
         "box", "store", "seq", "checkpoint", "input", "source", "mono_ns", "utc_ns", "utc",
         "clock", "uncertainty_ns", "car", "void", "void_reason", "restamped", "orig_utc_ns",
+        "car_source",
     ]  # fmt: skip
 
 

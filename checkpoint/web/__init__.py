@@ -14,10 +14,11 @@ Modules, in the order data flows through them:
 * `server`      aiohttp plumbing both share: thread, login, SSE hub, headers, static files.
 * `marshal`     `MarshalServer`, served by the box.
 * `board`       `BoardServer`, served by `checkpoint hq serve`.
+* `office_web`  the board's /results pages (no login) and its classification panel.
 * `boxhook`     starting the marshal server from the box config.
 * `serve_cli`   the `checkpoint hq serve` command.
 
-Only `server`, `marshal` and `board` import aiohttp. Pages are static files in
+Only `server`, `marshal`, `board` and `office_web` import aiohttp. Pages are static files in
 `static/` (vanilla JS and CSS, no build step, no CDN): the box serves every byte a
 phone needs, so the page works on a marshal Wi-Fi with no internet.
 """

@@ -15,6 +15,7 @@ Routes:
     GET  /api/session          {"logged_in": bool, "csrf": token|null, "can_correct": bool}
     GET  /api/events           SSE: hq, boxes, feed, results, checkpoints, hist
     GET  /api/car?car=42       one car: passages at every control, stage results
+    GET  /results[.csv|.json], /api/office   the rally office (checkpoint.web.office_web)
     POST /api/correct          {"box", "seq", "action": assign|void|unvoid, "car"?, "reason"?,
                                 "store"?}  (login + CSRF token)
 """
@@ -36,6 +37,7 @@ from checkpoint.errors import CommandError, StoreError
 from checkpoint.hqstore import HQStore
 from checkpoint.web import forms
 from checkpoint.web.board_data import BoardReader
+from checkpoint.web.office_web import add_office_routes
 from checkpoint.web.server import (
     Assets,
     Auth,
@@ -101,14 +103,17 @@ class BoardServer(Site):
             log.exception("board: cannot read %s", self.db)
         self._task = asyncio.get_running_loop().create_task(self._poller())
         app = new_app()
-        assets = Assets(["board.html", "board.js", "common.js", "style.css", "favicon.svg"])
+        assets = Assets(
+            ["board.html", "board.js", "office.js", "common.js", "style.css", "favicon.svg"]
+        )
         self.auth.add_routes(app)
         app.router.add_get("/", assets.route("board.html"))
-        assets.add_routes(app, ["board.js", "common.js", "style.css"])
+        assets.add_routes(app, ["board.js", "office.js", "common.js", "style.css"])
         app.router.add_get("/api/session", self._session)
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/api/car", self._car)
         app.router.add_post("/api/correct", self._post_correct)
+        add_office_routes(app, self.db, self._in_worker)
         return app
 
     async def _on_stop(self) -> None:

@@ -40,6 +40,39 @@ def marshal_pin(cfg: Any) -> str | None:
     return load_secret(web.pin_file, "web.pin_file")
 
 
+def _office(cfg: Any, daemon: Any) -> Any:
+    """The rally office at this control from `[web] event` and `entries`, if given.
+
+    A file that cannot be read or is wrong costs the predictions, never the page or
+    the timing: the daemon's alarm says why.
+    """
+    web = _web(cfg)
+    ev_path, en_path = getattr(web, "event", ""), getattr(web, "entries", "")
+    if not ev_path or not en_path:
+        return None
+    from pathlib import Path
+
+    from checkpoint.entries import parse_entries
+    from checkpoint.errors import CheckpointError
+    from checkpoint.event import parse_event
+    from checkpoint.marshal_office import MarshalOffice
+
+    try:
+        office = MarshalOffice(
+            parse_event(Path(ev_path).read_text(encoding="utf-8"), ev_path),
+            parse_entries(Path(en_path).read_text(encoding="utf-8"), en_path),
+            cfg.checkpoint,
+        )
+    except (OSError, UnicodeDecodeError, CheckpointError) as e:
+        log.error("marshal page: no predictions: %s", e)
+        daemon.alarms["office"] = f"marshal page has no car predictions: {e}"
+        return None
+    if not office.usable:
+        daemon.alarms["office"] = f"{cfg.checkpoint} is not a scheduled control of {ev_path}"
+        return None
+    return office
+
+
 def start_marshal(cfg: Any, daemon: Any, pin: str | None) -> MarshalServer | None:
     """Serve the marshal page for `daemon`; None when disabled or the address is unusable.
 
@@ -60,6 +93,7 @@ def start_marshal(cfg: Any, daemon: Any, pin: str | None) -> MarshalServer | Non
         host=web.host,
         port=web.port,
         pin=pin,
+        office=_office(cfg, daemon),
     )
     try:
         server.start()

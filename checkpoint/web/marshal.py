@@ -74,8 +74,13 @@ class MarshalServer(Site):
         pin: str,
         tick_s: float = TICK_S,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        office: Any = None,
     ) -> None:
         self._snapshot, self._passages, self._correct = snapshot, passages, correct
+        # checkpoint.marshal_office.MarshalOffice: cars due next, predicted car numbers.
+        self._office = office
+        self._next: list[dict[str, Any]] = []
+        self._next_text = ""
         self._tick_s, self._clock_ns = tick_s, clock_ns
         self.auth = Auth(pin, cookie="checkpoint_marshal", title="checkpoint marshal", label="PIN")
         self.hub = SseHub(max_clients=16)  # a Pi Zero serves a few phones, not a crowd
@@ -158,11 +163,25 @@ class MarshalServer(Site):
             return  # the daemon publishes a new tuple on every change
         self._last_passages = recent
         rows = passage_rows(recent)
+        self._predict(recent, rows)
         texts = {seq: _dumps(r) for seq, r in rows.items()}
         changed = [rows[s] for s, t in texts.items() if self._row_text.get(s) != t]
         self._rows, self._row_text = rows, texts
         if changed:
             self.hub.publish(sse_frame("passages", {"rows": changed}))
+
+    def _predict(self, recent: Any, rows: dict[int, dict[str, Any]]) -> None:
+        """Pre-fill rows without a car with the predicted one; push the cars due next."""
+        if self._office is None or not isinstance(recent, list | tuple):
+            return
+        pred, nxt = self._office.view([p for p in recent if isinstance(p, dict)], time.time_ns())
+        for seq, row in rows.items():
+            if seq in pred and "car" not in row and "void" not in row:
+                row["pc"], row["pcs"] = pred[seq]["car"], pred[seq]["s"]
+        text = _dumps(nxt)
+        if text != self._next_text:
+            self._next, self._next_text = nxt, text
+            self.hub.publish(sse_frame("next", {"cars": nxt}))
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -185,6 +204,8 @@ class MarshalServer(Site):
         initial = sse_frame("status", self._status) + sse_frame(
             "passages", {"rows": rows, "full": True}
         )
+        if self._office is not None:
+            initial += sse_frame("next", {"cars": self._next})
         return await self.hub.stream(request, initial)
 
     async def _post_correct(self, request: web.Request) -> web.Response:

@@ -89,7 +89,13 @@ function paintRow(r) {
   r.li.classList.toggle("voided", Boolean(d.void));
   r.li.classList.toggle("clock-warn", Boolean(d.clk && d.clk !== "locked"));
   r.li.classList.toggle("assigned", Boolean(d.car));
+  // HQ's rulebook on the box predicts the car (d.pc): pre-filled, so one tap on Set
+  // confirms it; "to confirm" (d.pcs) means the prediction is not sure.
+  const guess = !d.car && !d.void && d.pc;
+  r.li.classList.toggle("confirm", Boolean(guess && d.pcs === "confirm"));
+  r.li.classList.toggle("predicted", Boolean(guess && d.pcs === "auto"));
   if (document.activeElement !== p.input && d.car && !pending.has(d.seq)) p.input.value = d.car;
+  if (document.activeElement !== p.input && guess && !p.input.value) p.input.value = d.pc;
   p.voidBtn.disabled = Boolean(d.void);
   const pend = pending.get(d.seq);
   if (pend && ((pend.kind === "assign" && d.car === pend.value) || (pend.kind === "void" && d.void))) {
@@ -103,6 +109,9 @@ function paintRow(r) {
   } else if (d.car) {
     text = `car ${d.car} ✓`;
     cls += " ok";
+  } else if (guess) {
+    text = d.pcs === "confirm" ? `to confirm: car ${d.pc}?` : `predicted car ${d.pc}: tap Set`;
+    cls += d.pcs === "confirm" ? " warn" : "";
   }
   const now = pending.get(d.seq);
   if (now) {
@@ -150,6 +159,18 @@ function upsert(list, full) {
   }
   $("empty").hidden = rows.size > 0;
   if (fresh && navigator.vibrate) navigator.vibrate(60);
+}
+
+function renderNext(m) {
+  // The cars due next at this control, from the entry list and the schedule.
+  const ol = $("next");
+  CP.clear(ol);
+  for (const c of m.cars) {
+    const li = CP.el("li", {class: c.late ? "late" : ""});
+    li.append(CP.el("strong", {text: c.car}), ` ${CP.localHundredths(c.ms).slice(0, 8)}`);
+    ol.append(li);
+  }
+  $("next-panel").hidden = m.cars.length === 0;
 }
 
 async function send(seq, kind, value) {
@@ -203,6 +224,7 @@ function init() {
       {
         status: renderStatus,
         passages: (m) => upsert(m.rows, Boolean(m.full)),
+        next: renderNext,
       },
       setLink,
     );
