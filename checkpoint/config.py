@@ -119,6 +119,8 @@ class Config:
     pin_factory: str = ""
     capture: str | None = None
     status_interval_s: int = 10
+    # Where the control is ("Passo della Futa"), shown by HQ next to the id.
+    place: str = ""
     clock: tuple[tuple[str, int | float], ...] = ()
     source: str = "<defaults>"
     indicator: IndicatorConfig = field(default_factory=IndicatorConfig)
@@ -322,6 +324,10 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     if checkpoint and not _ID.match(checkpoint):
         box.bad("checkpoint", f"must be 1-64 of letters, digits, _.- (got {checkpoint!r})")
     status_interval = box.positive("status_interval_s", 10, hi=3600)
+    place = box.get("place", str, "").strip()
+    if len(place) > 64 or not place.isprintable():
+        box.bad("place", "must be a place name of at most 64 printable characters")
+        place = ""
     box.done()
 
     store = _Reader(top.get("store", dict, {}), "store", file, errors)
@@ -430,6 +436,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         pin_factory=pin_factory,
         capture=capture,
         status_interval_s=status_interval,
+        place=place,
         clock=clock,
         source=file,
         indicator=indicator,

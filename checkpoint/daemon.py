@@ -833,6 +833,7 @@ class BoxDaemon:
             "state": "ready",
             "box": self.cfg.box,
             "checkpoint": self.cfg.checkpoint,
+            "place": self.cfg.place,
             "store": self.store.store_id,
             "version": __version__,
             "clock": pipe["clock"],

@@ -724,6 +724,16 @@ class HQStore:
             )
         return passages[0][0]
 
+    def is_void(self, box: str, store: str, seq: int) -> bool:
+        """Whether the passage is void now, by the precedence `passages` applies."""
+        rows = self.db.execute(
+            "SELECT id, source, event_seq, action FROM corrections"
+            " WHERE box=? AND store=? AND ref_seq=? AND action IN ('void', 'unvoid')",
+            (box, store, seq),
+        ).fetchall()
+        last = max(rows, key=lambda r: (1, r[0]) if r[1] == "hq" else (0, r[2] or 0), default=None)
+        return last is not None and last[3] == "void"
+
     def correct(
         self,
         box: str,
@@ -749,6 +759,10 @@ class HQStore:
         # upgraded while the collector commits (SQLITE_BUSY without waiting).
         # Events are never deleted, so the passage checked here stays valid.
         full_store = self.resolve_passage(box, seq, store)
+        if action == "unvoid" and not self.is_void(box, full_store, seq):
+            # An audit row saying "unvoided" for a passage never voided is noise a
+            # jury would have to explain away.
+            raise CommandError(f"box {box!r} seq {seq} is not void: nothing to undo")
         try:
             cid = self.add_correction(
                 box=box,
