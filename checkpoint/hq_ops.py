@@ -398,3 +398,36 @@ def parse_csv(text: str, source: str = "<csv>") -> list[tuple[str, Request]]:
     if problems:
         raise CommandError("\n".join(problems))
     return out
+
+
+# -- audit ---------------------------------------------------------------------------
+
+
+def audit_rows(store: HQStore) -> list[dict[str, Any]]:
+    """The audit trail with each passage named as an operator knows it."""
+    where = {
+        (r["box"], r["store"], r["seq"]): r
+        for r in store.db.query(
+            "SELECT box, store, seq, checkpoint, utc_ns FROM events WHERE type='passage'"
+        )
+    }
+    out = []
+    for c in store.corrections():
+        p = where.get((c["box"], c["store"], c["ref_seq"]), {})
+        out.append(
+            {
+                "id": c["id"],
+                "at": c["at"],
+                "by": c["by"] or c["source"],
+                "source": c["source"],
+                "action": c["action"],
+                "control": p.get("checkpoint") or "",
+                "passage": local_time(p.get("utc_ns")),
+                "ms": p["utc_ns"] // 1_000_000 if p.get("utc_ns") is not None else None,
+                "car": c["car"] or "",
+                "reason": c["reason"] or c["detail"] or "",
+                "box": c["box"],
+                "seq": c["ref_seq"],
+            }
+        )
+    return out

@@ -171,35 +171,6 @@ def cmd_todo(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_rows(store: HQStore) -> list[dict[str, Any]]:
-    """The audit trail with each passage named as an operator knows it."""
-    where = {
-        (r["box"], r["store"], r["seq"]): r
-        for r in store.db.query(
-            "SELECT box, store, seq, checkpoint, utc_ns FROM events WHERE type='passage'"
-        )
-    }
-    out = []
-    for c in store.corrections():
-        p = where.get((c["box"], c["store"], c["ref_seq"]), {})
-        out.append(
-            {
-                "id": c["id"],
-                "at": c["at"],
-                "by": c["by"] or c["source"],
-                "source": c["source"],
-                "action": c["action"],
-                "control": p.get("checkpoint") or "",
-                "passage": hq_ops.local_time(p.get("utc_ns")),
-                "car": c["car"] or "",
-                "reason": c["reason"] or c["detail"] or "",
-                "box": c["box"],
-                "seq": c["ref_seq"],
-            }
-        )
-    return out
-
-
 def render_audit(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
     """The audit trail as a table that fits a printed page (`width` characters)."""
     head = ["#", "when (UTC)", "by", "action", "control", "passage", "car", "box/seq", "reason"]
@@ -237,7 +208,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Every correction, oldest first: who, when, what, which passage (control, time)."""
     store = _store(args.db)
     try:
-        rows = audit_rows(store)
+        rows = hq_ops.audit_rows(store)
     finally:
         store.close()
     if args.car:

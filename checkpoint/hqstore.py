@@ -188,6 +188,18 @@ def m002_chain(db: sqlite_utils.Database) -> None:
     db["chain_breaks"].create_index(["box", "store"])
 
 
+@MIGRATIONS()
+def m003_status_history(db: sqlite_utils.Database) -> None:
+    """Each box's clock state per status message, so the board's clock plot has a
+    history after a restart (the `boxes` row keeps only the latest status)."""
+    db["status_history"].create(
+        {"id": int, "box": str, "at": str, "clock": str, "uncertainty_ns": int},
+        pk="id",
+        not_null={"box", "at"},
+    )
+    db["status_history"].create_index(["box", "id"])
+
+
 def iso_now() -> str:
     """HQ's wall clock as ISO 8601 UTC with microseconds (for received_at and audit)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -392,6 +404,26 @@ class HQStore:
                 store if isinstance(store, str) and store else None,
                 box,
             ),
+        )
+        unc = status.get("uncertainty_ns")
+        if status.get("state") == "ready" and _is_int(unc):
+            clock = status.get("clock")
+            self.db.execute(
+                "INSERT INTO status_history (box, at, clock, uncertainty_ns) VALUES (?,?,?,?)",
+                (box, at, clock if isinstance(clock, str) else None, unc),
+            )
+
+    def status_history(self, after_id: int = 0, per_box: int = 720) -> list[dict[str, Any]]:
+        """Clock history rows with id > `after_id`, at most the latest `per_box` per box."""
+        if "status_history" not in self.db.table_names():
+            return []  # a database from before m003, opened read-only
+        return list(
+            self.db.query(
+                "SELECT id, box, at, clock, uncertainty_ns FROM ("
+                " SELECT *, row_number() OVER (PARTITION BY box ORDER BY id DESC) AS n"
+                " FROM status_history WHERE id > ?) WHERE n <= ? ORDER BY id",
+                (after_id, per_box),
+            )
         )
 
     def update_store_progress(

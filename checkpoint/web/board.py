@@ -13,8 +13,9 @@ Routes:
     GET  /                     the board (static HTML)
     GET  /login, POST /login, POST /logout
     GET  /api/session          {"logged_in": bool, "csrf": token|null, "can_correct": bool}
-    GET  /api/events           SSE: hq, boxes, feed, results, checkpoints, hist
+    GET  /api/events           SSE: hq, boxes, feed, results, checkpoints, todo, audit, hist
     GET  /api/car?car=42       one car: passages at every control, stage results
+    GET  /api/passages?car=42&cp=PC2  every passage HQ holds for a car and/or control
     POST /api/correct          {"box", "seq", "action": assign|void|unvoid, "car"?, "reason"?,
                                 "store"?}  (login + CSRF token)
 """
@@ -52,7 +53,7 @@ from checkpoint.web.server import (
 log = logging.getLogger("checkpoint.web.board")
 
 POLL_S = 1.0
-_SECTIONS = ("hq", "checkpoints", "boxes", "results", "feed")
+_SECTIONS = ("hq", "checkpoints", "boxes", "results", "feed", "todo", "audit")
 
 
 class BoardServer(Site):
@@ -108,6 +109,7 @@ class BoardServer(Site):
         app.router.add_get("/api/session", self._session)
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/api/car", self._car)
+        app.router.add_get("/api/passages", self._passages)
         app.router.add_post("/api/correct", self._post_correct)
         return app
 
@@ -169,6 +171,15 @@ class BoardServer(Site):
         except CommandError as e:
             return json_error(400, str(e))
         return json_response(await self._in_worker(self.reader.car_view, car))
+
+    async def _passages(self, request: web.Request) -> web.Response:
+        car, cp = request.query.get("car", ""), request.query.get("cp", "")
+        try:
+            car = forms.car(car) if car else ""
+            cp = forms.box(cp) if cp else ""  # a control id has a box id's shape
+        except CommandError as e:
+            return json_error(400, str(e))
+        return json_response(await self._in_worker(self.reader.passages_view, car, cp))
 
     async def _post_correct(self, request: web.Request) -> web.Response:
         self.auth.require_post(request)
