@@ -838,6 +838,8 @@ class BoxDaemon:
             "version": __version__,
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
+            # Seconds of PPS still needed before the clock can lock (absent once it can).
+            "lock_in_s": clock.get("lock_in_s"),
             "fix": self.pipeline.parser.stats(),
             "gps_port": self.serial.connected,
             "pps_pulses": self.edges.pps_pulses,

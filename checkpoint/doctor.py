@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoint import doctor_web
+
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 MB = 1024 * 1024
 
@@ -74,6 +76,9 @@ class Facts:
     disk_total: int | None = None
     # "active", "inactive", "failed", "activating", ... or "unknown" (no systemd)
     service: str = "unknown"
+    # The marshal page: its URL ("" = not enabled) and doctor_web.probe's answer.
+    web_url: str = ""
+    web: str = "off"
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ def diagnose(facts: Facts, limits: Limits | None = None) -> Report:
         _delivery(facts, snaps[-1].status, lim, add)
     _store(facts, snaps, add)
     _disk(facts, lim, add)
+    doctor_web.check(facts.web_url, facts.web, add)
     return Report(checks)
 
 
@@ -620,6 +626,9 @@ def gather(
     facts.service = service()
     _store_facts(facts, cfg.store, cfg.box, cfg.checkpoint)
     _broker_facts(facts, cfg, lim, connect_timeout_s, say)
+    facts.web_url = doctor_web.page_url(cfg)
+    if facts.web_url:
+        facts.web = doctor_web.probe(facts.web_url)
     return facts
 
 

@@ -226,6 +226,8 @@ class Auth:
             label=html.escape(self.label),
             message=html.escape(message),
             hidden="" if message else "hidden",
+            # A PIN of digits gets the phone's number pad (gloves, sun), not letters.
+            keypad='inputmode="numeric"' if self._secret and self._secret.isdigit() else "",
         )
         return web.Response(text=text, status=status, content_type="text/html")
 
