@@ -37,7 +37,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, __version__, capture, chain
+from checkpoint import EVENT_SCHEMA, __version__, capture, chain, hqfix
 from checkpoint.config import Config
 from checkpoint.edges import EdgeSource
 from checkpoint.errors import CommandError, StoreError
@@ -107,6 +107,8 @@ class Topics:
         self.ack, self.cmd = f"{base}/ack", f"{base}/cmd"
         # The box's own retained high-water mark: the highest seq it ever published.
         self.hwm = f"{base}/hwm"
+        # HQ's corrections of this box's passages, for the marshal page (checkpoint.hqfix).
+        self.hqfix = f"{base}/hqfix"
 
 
 class BoxDaemon:
@@ -200,6 +202,7 @@ class BoxDaemon:
         # only when the page is enabled: otherwise the core thread does no extra work.
         self._web = cfg.web.enabled
         self.snapshot: dict[str, Any] = {}
+        self.hq_fixes: dict[int, dict[str, Any]] = {}  # seq -> HQ's correction (hqfix)
         self.recent: tuple[dict[str, Any], ...] = (
             tuple(self.store.passages(limit=_RECENT)) if self._web else ()
         )
@@ -214,7 +217,12 @@ class BoxDaemon:
             password=password,
             ca_file=cfg.mqtt.ca_file,
             keepalive=cfg.mqtt.keepalive_s,
-            subscriptions=[(self.topics.ack, 1), (self.topics.cmd, 1), (self.topics.hwm, 1)],
+            subscriptions=[
+                (self.topics.ack, 1),
+                (self.topics.cmd, 1),
+                (self.topics.hwm, 1),
+                (self.topics.hqfix, 1),
+            ],
         )
         threads_before = set(threading.enumerate())
         self.edges = EdgeSource(
@@ -743,6 +751,9 @@ class BoxDaemon:
             self._message(ev)
 
     def _message(self, msg: Message) -> None:
+        if msg.topic == self.topics.hqfix:
+            self._hq_fixes(msg.payload)
+            return
         if not msg.payload and msg.topic in (self.topics.ack, self.topics.hwm):
             return  # a retained message being cleared
         try:
@@ -784,6 +795,21 @@ class BoxDaemon:
                 self._skip(last, self.pipeline.next_seq, head)
         elif msg.topic == self.topics.cmd:
             self._command(data)
+
+    def _hq_fixes(self, payload: bytes) -> None:
+        """HQ's corrections, shown on the marshal page; never stored as this box's events."""
+        try:
+            self.hq_fixes = hqfix.parse(payload, self.store.store_id) if payload else {}
+        except (ValueError, RecursionError) as e:
+            self._bad_command(self.topics.hqfix, str(e)[:100])
+            return
+        self.recent = tuple(self._with_hq(r) for r in self.recent)
+
+    def _with_hq(self, row: dict[str, Any]) -> dict[str, Any]:
+        fix = self.hq_fixes.get(row["seq"])
+        if fix is None:
+            return row if "hq" not in row else {k: v for k, v in row.items() if k != "hq"}
+        return {**row, "hq": hqfix.label(fix)}
 
     def _command(self, data: dict[str, Any]) -> None:
         if data.get("cmd") != "resend":
@@ -887,7 +913,7 @@ class BoxDaemon:
         for ev in events:
             kind, ref = ev["type"], ev.get("ref_seq")
             if kind == "passage":
-                rows[ev["seq"]] = {**ev, "void": False}
+                rows[ev["seq"]] = self._with_hq({**ev, "void": False})
             elif kind in kinds and ref in rows:
                 row = dict(rows[ref])  # a copy: published rows are never changed
                 if kind == "assign":

@@ -14,7 +14,6 @@ writes them to docs/screenshots/ (otherwise to the test's tmp folder).
 from __future__ import annotations
 
 import inspect
-import os
 import socket
 import time
 
@@ -383,21 +382,9 @@ def _daemon_hook_wired() -> bool:
 def test_real_daemon_serves_the_marshal_page_and_a_car_reaches_hq(
     phone, wall, hq, board, broker, tmp_path
 ):
-    from boxrig import BoxRig
+    from webrig import web_box_rig
 
-    pin_file = tmp_path / "marshal.pin"
-    pin_file.write_text(PIN + "\n")
-    os.chmod(pin_file, 0o600)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rig = BoxRig(
-        tmp_path,
-        broker.url,
-        extra=(
-            f'[web]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\npin_file = "{pin_file}"\n'
-        ),
-    )
+    rig, port = web_box_rig(tmp_path, broker.url)
     try:
         rig.start()
         url = f"http://127.0.0.1:{port}/"

@@ -186,6 +186,8 @@ def passage_row(p: Mapping[str, Any]) -> dict[str, Any] | None:
         row["car"] = car
     if p.get("void"):
         row["void"] = str(p.get("void_reason") or "void")
+    if isinstance(p.get("hq"), str) and p["hq"]:
+        row["hq"] = p["hq"]  # HQ's correction of this passage (checkpoint.hqfix)
     return row
 
 

@@ -109,6 +109,11 @@ function paintRow(r) {
     text = `car ${d.car} ✓`;
     cls += " ok";
   }
+  if (d.hq) {
+    // HQ corrected this passage: the marshal sees it, HQ's word wins in the results.
+    text = text ? `${text} · ${d.hq}` : d.hq;
+    cls = "state hq";
+  }
   const now = pending.get(d.seq);
   if (now) {
     const late = Date.now() - now.at > CONFIRM_MS;
