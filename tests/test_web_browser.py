@@ -7,8 +7,9 @@ collector's database. So "assign a car on the phone, see it on HQ's board" cross
 every process boundary but the daemon's own, which `test_real_daemon_...` covers
 once the daemon hook is wired (it skips until then).
 
-Screenshots for the README: `CHECKPOINT_SCREENSHOTS=1 pytest tests/test_web_browser.py`
-writes them to docs/screenshots/ (otherwise to the test's tmp folder).
+The README's screenshots come from `python -m tests.screenshots` (tests/screenshots.py);
+the screenshots taken here go to the test's tmp folder (docs/screenshots/ with
+CHECKPOINT_SCREENSHOTS=1, for a look at these scenes).
 """
 
 from __future__ import annotations

@@ -240,3 +240,28 @@ def test_serve_on_a_taken_port_says_so_once(rally_db):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in lines[0]
+
+
+@pytest.mark.browser
+def test_readme_screenshots_are_regenerated_by_one_command(tmp_path):
+    require_browser()
+    import struct
+
+    import screenshots
+
+    assert screenshots.main([str(tmp_path)]) == 0
+    sizes = {}
+    for p in sorted(tmp_path.glob("*.png")):
+        head = p.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        sizes[p.name] = struct.unpack(">II", head[16:24])
+    assert sizes == {
+        "hq-board-phone.png": (390, 844),
+        "hq-board-wall.png": (1600, 1000),
+        "marshal-locking.png": (390, 844),
+        "marshal-ready.png": (390, 844),
+        "marshal-void.png": (390, 844),
+    }
+    readme = (REPO / "README.md").read_text()
+    for name in sizes:  # every picture the command makes is in the README
+        assert f"docs/screenshots/{name}" in readme
