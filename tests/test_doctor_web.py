@@ -62,3 +62,49 @@ def test_a_box_without_the_page_gets_no_web_check(tmp_path):
     cfg.write_text('[box]\nid = "b"\ncheckpoint = "c"\n[mqtt]\nbroker = "mqtt://127.0.0.1:9"\n')
     f = gather(str(cfg), connect_timeout_s=0.3, service=lambda: "x")
     assert f.web == "off" and not any(c.name == "web" for c in diagnose(f).checks)
+
+
+def test_real_daemon_whose_page_port_is_taken_says_so_in_its_status(broker, tmp_path):
+    # The port is held by something else: the daemon runs on (timing first), its
+    # retained status names the problem, and doctor finds the page not served.
+    import json
+    import queue
+
+    from hq_box import wait_until
+    from webrig import web_box_rig
+
+    from checkpoint.mqtt import Link, Message
+
+    rig, port = web_box_rig(tmp_path, broker.url)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    q: queue.Queue = queue.Queue()
+    link = Link(broker.url, "webwatch", q.put, subscriptions=[("rally/box07/status", 1)])
+    link.start()
+    try:
+        rig.start()
+        seen: list[dict] = []
+
+        def alarm() -> str | None:
+            while not q.empty():
+                ev = q.get()
+                if isinstance(ev, Message) and ev.payload:
+                    seen.append(json.loads(ev.payload))
+            return next((s["alarms"]["web"] for s in seen if "web" in s.get("alarms", {})), None)
+
+        text = wait_until(alarm, 20, "the daemon's web alarm")
+        assert "marshal page not served" in text and "port is in use" in text
+        assert rig.alive()
+        result = doctor_web.probe(doctor_web.page_url(_cfg_of(rig.config)), 1.0)
+        assert result != doctor_web.SERVED
+    finally:
+        link.stop()
+        rig.close()
+        squatter.close()
+
+
+def _cfg_of(path):
+    from checkpoint import config
+
+    return config.load(path)
