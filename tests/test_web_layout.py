@@ -265,3 +265,30 @@ def test_readme_screenshots_are_regenerated_by_one_command(tmp_path):
     readme = (REPO / "README.md").read_text()
     for name in sizes:  # every picture the command makes is in the README
         assert f"docs/screenshots/{name}" in readme
+
+
+def test_board_corrections_are_checked_like_hq_assign(tmp_path):
+    from webrig import Client
+
+    db = tmp_path / "hq.db"
+    board_rally.fill(db, cars=5).close()
+    s = BoardServer(db, port=0, password=PASSWORD, poll_s=0.1).start()
+    try:
+        c = Client(s.url)
+        assert c.login(PASSWORD) == 303
+        csrf = c.csrf()
+        # box04 times PC4; each car's passage there is followed by its assign event,
+        # so car 2's passage is seq 3.
+        body = {"box": "box04", "seq": 3, "action": "assign"}
+        status, data = c.post_json("/api/correct", body | {"car": "12 A"}, csrf=csrf)
+        assert status == 400 and "contains a space" in data["error"]
+        status, data = c.post_json("/api/correct", body | {"car": "3"}, csrf=csrf)
+        assert status == 400 and "car 3 already has a passage at PC4" in data["error"]
+        status, data = c.post_json("/api/correct", body | {"car": "77"}, csrf=csrf)
+        assert status == 400 and "not in the field" in data["error"]
+        status, data = c.post_json(
+            "/api/correct", body | {"car": "77", "override": True}, csrf=csrf
+        )
+        assert status == 200 and data["correction"]["car"] == "77"
+    finally:
+        s.stop()

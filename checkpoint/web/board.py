@@ -197,6 +197,7 @@ class BoardServer(Site):
                 kwargs["car"] = forms.car(data.get("car"))
             if action == "void":
                 kwargs["reason"] = forms.reason(data.get("reason"))
+            kwargs["override"] = data.get("override") is True
             row = await asyncio.get_running_loop().run_in_executor(
                 None, self._correct, action, kwargs
             )
@@ -220,8 +221,22 @@ class BoardServer(Site):
     def _correct(self, action: str, kw: dict[str, Any]) -> dict[str, Any]:
         # A short-lived writing connection per correction, like `checkpoint hq assign`:
         # the board's own connection stays read-only.
+        from checkpoint import hq_ops
+
         store = HQStore(self.db, create=False)
         try:
+            # The same checks as `hq assign`: a car with a space, not in the field, or
+            # twice at one control is refused unless the operator ticked "override".
+            req = hq_ops.Request(
+                pick=hq_ops.Pick(box=kw["box"], seq=kw["seq"], store=kw["store"]),
+                action=action,
+                new_car=kw.get("car"),
+                reason=kw.get("reason"),
+                allow_new_car=kw["override"],
+                force=kw["override"],
+            )
+            store.resolve_passage(kw["box"], kw["seq"], kw["store"])  # its precise errors
+            hq_ops.check(store.passages(), req)
             return store.correct(
                 kw["box"],
                 kw["seq"],

@@ -509,7 +509,7 @@ async function submitCorrection(ev) {
     $("c-msg").className = "msg bad";
     return;
   }
-  const body = {box: $("c-box").value.trim(), seq: Number($("c-seq").value), action};
+  const body = {box: $("c-box").value.trim(), seq: Number($("c-seq").value), action, override: $("c-override").checked};
   if (action === "assign") body.car = $("c-value").value.trim();
   if (action === "void") body.reason = $("c-value").value.trim();
   const res = await CP.post("api/correct", body);
