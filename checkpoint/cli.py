@@ -241,8 +241,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a config file; say what is wrong and where."""
-    cfg = configmod.load(args.file)
+    """Validate a config file and the files it names; list every problem at once."""
+    from checkpoint.config_check import check
+
+    cfg, problems = check(args.file)
+    if problems or cfg is None:
+        for line in problems:
+            print(f"checkpoint: error: {line}", file=sys.stderr)
+        n = len(problems)
+        print(f"{args.file}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        return 1
     print(
         f"{args.file}: ok: box {cfg.box} at {cfg.checkpoint}, "
         f"{len(cfg.inputs)} input(s), broker {cfg.mqtt.broker}, store {cfg.store}"

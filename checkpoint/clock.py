@@ -811,6 +811,11 @@ class ClockModel:
                     window_s=(fit.last - fit.first) / 1e9,
                     fit_order=fit.order,
                 )
+            else:
+                # One labelled sample per PPS second: the marshal's "about N s to lock".
+                out["lock_in_s"] = p.min_lock_samples - (re - rs)
+        else:
+            out["lock_in_s"] = p.min_lock_samples
         k = bisect_right(self._fix_mono, now)
         if k:
             out["last_fix_age_s"] = (now - self._fix_mono[k - 1]) / 1e9

@@ -7,12 +7,14 @@ marshal at dawn has no debugger. `examples/box.toml` documents every key.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from checkpoint import pins
 from checkpoint.errors import ConfigError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -125,6 +127,8 @@ class Config:
     allow_coarse_ticks: bool = False
     capture: str | None = None
     status_interval_s: int = 10
+    # Where the control is ("Passo della Futa"), shown by HQ next to the id.
+    place: str = ""
     clock: tuple[tuple[str, int | float], ...] = ()
     source: str = "<defaults>"
     indicator: IndicatorConfig = field(default_factory=IndicatorConfig)
@@ -140,62 +144,101 @@ def default_inputs() -> tuple[InputConfig, ...]:
 
 
 class _Reader:
-    """Pops keys from one TOML table, so leftovers are unknown keys."""
+    """Pops keys from one TOML table, so leftovers are unknown keys.
 
-    def __init__(self, table: dict[str, Any], where: str, file: str) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"{file}: [{where}] must be a table")
-        self.table = dict(table)
+    Problems are collected in `errors` (shared by every reader of one file) and the
+    reader carries on with the default, so `parse` reports every mistake at once:
+    a marshal fixing one line per run at dawn would need a dozen runs.
+    """
+
+    def __init__(self, table: Any, where: str, file: str, errors: list[str]) -> None:
+        self.errors = errors
         self.where = where
         self.file = file
+        self.asked: set[str] = set()
+        if not isinstance(table, dict):
+            errors.append(f"{file}: [{where}] must be a table")
+            table = {}
+        self.table = dict(table)
 
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def fail(self, key: str, why: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self._name(key)}: {why}")
+    def bad(self, key: str, why: str) -> None:
+        """Record one problem with `key`."""
+        self.errors.append(f"{self.file}: {self._name(key)}: {why}")
 
     def get(self, key: str, kind: type, default: Any = ..., *, choices: tuple = ()) -> Any:
+        self.asked.add(key)
+        fallback = kind() if default is ... else default
         if key not in self.table:
             if default is ...:
-                raise self.fail(key, "is required")
-            return default
+                self.bad(key, "is required")
+            return fallback
         value = self.table.pop(key)
         # bool is an int in Python; a marshal writing `port = true` deserves an error.
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise self.fail(key, f"must be an integer, got {value!r}")
+            self.bad(key, f"must be an integer, got {value!r}")
+            return fallback
         if kind is not int and not isinstance(value, kind):
-            raise self.fail(key, f"must be a {kind.__name__}, got {value!r}")
+            self.bad(key, f"must be a {kind.__name__}, got {value!r}")
+            return fallback
         if choices and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            self.bad(
+                key,
+                f"must be one of {', '.join(map(str, choices))}, got {value!r}"
+                + did_you_mean(str(value), [str(c) for c in choices]),
+            )
+            return fallback
         return value
 
     def positive(self, key: str, default: int, *, lo: int = 1, hi: int = 10**9) -> int:
         value = self.get(key, int, default)
         if not lo <= value <= hi:
-            raise self.fail(key, f"must be between {lo} and {hi}, got {value}")
+            self.bad(key, f"must be between {lo} and {hi}, got {value}")
+            return default
+        return value
+
+    def pin(self, key: str, default: Any = ...) -> str:
+        """A GPIO pin name checked against the Pi's 40-pin header."""
+        value = self.get(key, str, default)
+        if value:
+            why = pins.problem(value)
+            if why:
+                self.bad(key, why)
         return value
 
     def done(self) -> None:
-        if self.table:
-            keys = ", ".join(self._name(k) for k in sorted(self.table))
-            raise ConfigError(f"{self.file}: unknown key {keys}")
+        prefix = f"{self.where}." if self.where else ""
+        for key in sorted(self.table):
+            hint = did_you_mean(key, sorted(self.asked), prefix=prefix)
+            self.errors.append(f"{self.file}: unknown key {self._name(key)}{hint}")
 
 
-def _inputs(raw: Any, file: str) -> tuple[InputConfig, ...]:
+def did_you_mean(given: str, known: list[str], *, prefix: str = "") -> str:
+    """ " (did you mean X?)" for the closest known spelling, or "" when none is close."""
+    close = difflib.get_close_matches(given.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    match = next(k for k in known if k.lower() == close[0])
+    return f" (did you mean {prefix}{match}?)"
+
+
+def _inputs(raw: Any, file: str, errors: list[str]) -> tuple[InputConfig, ...]:
     if raw is None:
         return default_inputs()
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{file}: inputs must be a non-empty array of tables ([[inputs]])")
+        errors.append(f"{file}: inputs must be a non-empty array of tables ([[inputs]])")
+        return default_inputs()
     result = []
     for i, table in enumerate(raw):
-        r = _Reader(table, f"inputs[{i}]", file)
+        r = _Reader(table, f"inputs[{i}]", file, errors)
         name = r.get("name", str)
-        if not _ID.match(name):
-            raise r.fail("name", f"must be letters, digits, _.- (got {name!r})")
+        if name and not _ID.match(name):
+            r.bad("name", f"must be letters, digits, _.- (got {name!r})")
         item = InputConfig(
             name=name,
-            pin=r.get("pin", str),
+            pin=r.pin("pin"),
             source=r.get("source", str, "beam", choices=("beam", "manual")),
             active_low=r.get("active_low", bool, True),
             pull=r.get("pull", str, "up", choices=("up", "down", "floating")),
@@ -203,27 +246,38 @@ def _inputs(raw: Any, file: str) -> tuple[InputConfig, ...]:
             lockout_ms=r.positive("lockout_ms", 1000, lo=0, hi=3_600_000),
             max_edges_per_s=r.positive("max_edges_per_s", 200, hi=100_000),
         )
+        if item.lockout_ms and item.min_break_ms >= item.lockout_ms:
+            # A break must end (min_break_ms) before the input may fire again
+            # (lockout_ms); the other way round every car would be locked out.
+            r.bad(
+                "min_break_ms",
+                f"{item.min_break_ms} must be shorter than lockout_ms ({item.lockout_ms})",
+            )
         r.done()
         result.append(item)
     names = [i.name for i in result]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{file}: inputs: duplicate name {', '.join(dupes)}")
-    pins = [i.pin for i in result]
-    dupes = sorted({p for p in pins if pins.count(p) > 1})
-    if dupes:
-        raise ConfigError(f"{file}: inputs: pin {', '.join(dupes)} used twice")
+        errors.append(f"{file}: inputs: duplicate name {', '.join(dupes)}")
+    # "BOARD11" and "GPIO17" are the same wire: compare the header's GPIO numbers.
+    used: dict[str, str] = {}
+    for i in result:
+        key = pins.canonical(i.pin) or i.pin
+        if key in used:
+            errors.append(f"{file}: inputs: pin {i.pin} used twice (also {used[key]})")
+        used.setdefault(key, i.pin)
     return tuple(result)
 
 
-def _clock(table: dict[str, Any], file: str) -> tuple[tuple[str, int | float], ...]:
+def _clock(table: Any, file: str, errors: list[str]) -> tuple[tuple[str, int | float], ...]:
     """[clock] overrides any ClockParams threshold by its field name (see clock.py)."""
     from dataclasses import fields
 
     from checkpoint.clock import ClockParams
 
-    r = _Reader(table, "clock", file)
+    r = _Reader(table, "clock", file, errors)
     known = {f.name: f.type for f in fields(ClockParams)}
+    r.asked.update(known)
     out = []
     for key in sorted(r.table):
         if key not in known:
@@ -233,15 +287,16 @@ def _clock(table: dict[str, Any], file: str) -> tuple[tuple[str, int | float], .
         ok = isinstance(value, int | float) if is_float else isinstance(value, int)
         if isinstance(value, bool) or not ok or value < 0:
             want = "a non-negative number" if is_float else "a non-negative integer"
-            raise r.fail(key, f"must be {want}, got {value!r}")
+            r.bad(key, f"must be {want}, got {value!r}")
+            continue
         out.append((key, float(value) if is_float else value))
     r.done()
     return tuple(out)
 
 
-def _web(table: dict[str, Any], file: str) -> WebConfig:
+def _web(table: Any, file: str, errors: list[str]) -> WebConfig:
     """[web]: the marshal page. Never enabled without a PIN file."""
-    w = _Reader(table, "web", file)
+    w = _Reader(table, "web", file, errors)
     web = WebConfig(
         enabled=w.get("enabled", bool, False),
         host=w.get("host", str, WebConfig.host),
@@ -257,50 +312,60 @@ def _web(table: dict[str, Any], file: str) -> WebConfig:
         if path and not path.startswith("/"):
             raise w.fail(key, f"must be an absolute path, got {path!r}")
     if not web.host:
-        raise w.fail("host", "must be an address such as 127.0.0.1 or 0.0.0.0")
+        w.bad("host", "must be an address such as 127.0.0.1 or 0.0.0.0")
     if web.enabled and not web.pin_file:
         # Anyone on the marshal Wi-Fi can reach the page: never serve it without a PIN.
-        raise w.fail("pin_file", "is required when web.enabled = true")
+        w.bad("pin_file", "is required when web.enabled = true")
     if web.pin_file and not web.pin_file.startswith("/"):
         # The daemon runs from another folder than the one the config was written in.
-        raise w.fail("pin_file", f"must be an absolute path, got {web.pin_file!r}")
+        w.bad("pin_file", f"must be an absolute path, got {web.pin_file!r}")
     w.done()
     return web
 
 
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
-    """Turn an already-parsed TOML document into a `Config`, checking every key."""
-    top = _Reader(data, "", file)
-    box = _Reader(top.get("box", dict), "box", file)
+    """Turn an already-parsed TOML document into a `Config`, checking every key.
+
+    Raises one ConfigError listing every problem (one per line, in file order of
+    sections), each naming the file and the key.
+    """
+    errors: list[str] = []
+    top = _Reader(data, "", file, errors)
+    top.asked.add("inputs")
+    box = _Reader(top.get("box", dict), "box", file, errors)
     box_id = box.get("id", str)
-    if not _ID.match(box_id):
-        raise box.fail("id", f"must be 1-64 of letters, digits, _.- (got {box_id!r})")
+    if box_id and not _ID.match(box_id):
+        box.bad("id", f"must be 1-64 of letters, digits, _.- (got {box_id!r})")
     checkpoint = box.get("checkpoint", str)
-    if not _ID.match(checkpoint):
-        raise box.fail("checkpoint", f"must be 1-64 of letters, digits, _.- (got {checkpoint!r})")
+    if checkpoint and not _ID.match(checkpoint):
+        box.bad("checkpoint", f"must be 1-64 of letters, digits, _.- (got {checkpoint!r})")
     status_interval = box.positive("status_interval_s", 10, hi=3600)
+    place = box.get("place", str, "").strip()
+    if len(place) > 64 or not place.isprintable():
+        box.bad("place", "must be a place name of at most 64 printable characters")
+        place = ""
     box.done()
 
-    store = _Reader(top.get("store", dict, {}), "store", file)
+    store = _Reader(top.get("store", dict, {}), "store", file, errors)
     store_path = store.get("path", str, "/var/lib/checkpoint/checkpoint.db")
     store.done()
 
-    gpio = _Reader(top.get("gpio", dict, {}), "gpio", file)
+    gpio = _Reader(top.get("gpio", dict, {}), "gpio", file, errors)
     pin_factory = gpio.get("pin_factory", str, "")
     allow_coarse_ticks = gpio.get("allow_coarse_ticks", bool, False)
     gpio.done()
 
-    g = _Reader(top.get("gps", dict, {}), "gps", file)
+    g = _Reader(top.get("gps", dict, {}), "gps", file, errors)
     gps = GpsConfig(
         port=g.get("port", str, GpsConfig.port),
         baudrate=g.positive("baudrate", GpsConfig.baudrate, lo=300, hi=921_600),
-        pps_pin=g.get("pps_pin", str, GpsConfig.pps_pin),
+        pps_pin=g.pin("pps_pin", GpsConfig.pps_pin),
         pps_edge=g.get("pps_edge", str, "rising", choices=("rising", "falling")),
         convention=g.get("convention", str, "after", choices=("after", "before")),
     )
     g.done()
 
-    m = _Reader(top.get("mqtt", dict, {}), "mqtt", file)
+    m = _Reader(top.get("mqtt", dict, {}), "mqtt", file, errors)
     mqtt = MqttConfig(
         broker=m.get("broker", str, MqttConfig.broker),
         prefix=m.get("prefix", str, MqttConfig.prefix),
@@ -315,67 +380,70 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         key_file=m.get("key_file", str, None),
     )
     if not _TOPIC_PREFIX.match(mqtt.prefix) or "+" in mqtt.prefix or "#" in mqtt.prefix:
-        raise m.fail(
-            "prefix", f"must be a plain topic prefix without wildcards (got {mqtt.prefix!r})"
-        )
+        m.bad("prefix", f"must be a plain topic prefix without wildcards (got {mqtt.prefix!r})")
     if not mqtt.broker.startswith(("mqtt://", "mqtts://")):
-        raise m.fail(
-            "broker", f"must be mqtt://host:port or mqtts://host:port (got {mqtt.broker!r})"
-        )
+        m.bad("broker", f"must be mqtt://host:port or mqtts://host:port (got {mqtt.broker!r})")
     if "@" in mqtt.broker.split("://", 1)[-1].split("/", 1)[0]:
         # Never echo it: the part before @ is a password. config check prints the URL.
-        raise m.fail("broker", "must not hold credentials; use mqtt.username and password_file")
+        m.bad("broker", "must not hold credentials; use mqtt.username and password_file")
     for key in ("ca_file", "cert_file", "key_file"):
         if getattr(mqtt, key) and not mqtt.broker.startswith("mqtts://"):
-            raise m.fail(key, f"needs a TLS broker (mqtts://), but broker is {mqtt.broker!r}")
+            m.bad(key, f"needs a TLS broker (mqtts://), but broker is {mqtt.broker!r}")
     if mqtt.key_file and not mqtt.cert_file:
-        raise m.fail("key_file", "is set without mqtt.cert_file")
+        m.bad("key_file", "is set without mqtt.cert_file")
     m.done()
 
-    rec = _Reader(top.get("record", dict, {}), "record", file)
+    rec = _Reader(top.get("record", dict, {}), "record", file, errors)
     capture = rec.get("capture", str, "") or None
     rec.done()
 
-    clock = _clock(top.get("clock", dict, {}), file)
-    inputs = _inputs(top.table.pop("inputs", None), file)
-    if gps.pps_pin in {i.pin for i in inputs}:
-        raise ConfigError(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
+    clock = _clock(top.get("clock", dict, {}), file, errors)
+    inputs = _inputs(top.table.pop("inputs", None), file, errors)
+    pps_key = pins.canonical(gps.pps_pin) or gps.pps_pin
+    if pps_key in {pins.canonical(i.pin) or i.pin for i in inputs}:
+        errors.append(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
 
-    ind = _Reader(top.get("indicator", dict, {}), "indicator", file)
+    ind = _Reader(top.get("indicator", dict, {}), "indicator", file, errors)
     indicator = IndicatorConfig(
-        led_pin=ind.get("led_pin", str, "") or None,
-        buzzer_pin=ind.get("buzzer_pin", str, "") or None,
+        led_pin=ind.pin("led_pin", "") or None,
+        buzzer_pin=ind.pin("buzzer_pin", "") or None,
         active_low=ind.get("active_low", bool, False),
         chirp_ms=ind.positive("chirp_ms", 60, lo=5, hi=2000),
     )
+
     # An output on a pin the daemon reads would fight the sensor (or short it).
-    taken = {i.pin: f"input {i.name}" for i in inputs} | {gps.pps_pin: "gps.pps_pin"}
+    def wire(pin: str) -> str:
+        return pins.canonical(pin) or pin
+
+    taken = {wire(i.pin): f"input {i.name}" for i in inputs} | {wire(gps.pps_pin): "gps.pps_pin"}
     for key in ("led_pin", "buzzer_pin"):
         pin = getattr(indicator, key)
-        if pin is not None and pin in taken:
-            raise ind.fail(key, f"{pin} is already used by {taken[pin]}")
+        if pin is not None and wire(pin) in taken:
+            ind.bad(key, f"{pin} is already used by {taken[wire(pin)]}")
         if pin is not None:
-            taken[pin] = f"indicator.{key}"
+            taken[wire(pin)] = f"indicator.{key}"
     ind.done()
 
-    ctl = _Reader(top.get("control", dict, {}), "control", file)
+    ctl = _Reader(top.get("control", dict, {}), "control", file, errors)
     control = ControlConfig(socket=ctl.get("socket", str, ""))
     if control.socket and not control.socket.startswith("/"):
         # The daemon and the CLI run from different folders: only an absolute path
         # names the same socket for both.
-        raise ctl.fail("socket", f"must be an absolute path or empty, got {control.socket!r}")
+        ctl.bad("socket", f"must be an absolute path or empty, got {control.socket!r}")
     ctl.done()
 
-    chr_ = _Reader(top.get("chrony", dict, {}), "chrony", file)
+    chr_ = _Reader(top.get("chrony", dict, {}), "chrony", file, errors)
     chrony = ChronyConfig(socket=chr_.get("socket", str, ChronyConfig.socket))
     if chrony.socket and not chrony.socket.startswith("/"):
-        raise chr_.fail("socket", f"must be an absolute path or empty, got {chrony.socket!r}")
+        chr_.bad("socket", f"must be an absolute path or empty, got {chrony.socket!r}")
     chr_.done()
-    integ = _Reader(top.get("integrity", dict, {}), "integrity", file)
+    integ = _Reader(top.get("integrity", dict, {}), "integrity", file, errors)
     integrity = IntegrityConfig(sign_key=integ.get("sign_key", str, "") or None)
     integ.done()
-    web = _web(top.get("web", dict, {}), file)
+    web = _web(top.get("web", dict, {}), file, errors)
     top.done()
+    if errors:
+        raise ConfigError("\n".join(errors), problems=errors)
     return Config(
         box=box_id,
         checkpoint=checkpoint,
@@ -387,6 +455,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         allow_coarse_ticks=allow_coarse_ticks,
         capture=capture,
         status_interval_s=status_interval,
+        place=place,
         clock=clock,
         source=file,
         indicator=indicator,

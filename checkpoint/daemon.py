@@ -40,7 +40,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, __version__, capture, chain
+from checkpoint import EVENT_SCHEMA, __version__, capture, chain, hqfix
 from checkpoint.config import Config
 from checkpoint.edges import COARSE_TICK_NS, EdgeSource
 from checkpoint.errors import CommandError, ConfigError, StoreError
@@ -135,6 +135,8 @@ class Topics:
         self.ack, self.cmd = f"{base}/ack", f"{base}/cmd"
         # The box's own retained high-water mark: the highest seq it ever published.
         self.hwm = f"{base}/hwm"
+        # HQ's corrections of this box's passages, for the marshal page (checkpoint.hqfix).
+        self.hqfix = f"{base}/hqfix"
 
 
 class BoxDaemon:
@@ -225,6 +227,7 @@ class BoxDaemon:
         # only when the page is enabled: otherwise the core thread does no extra work.
         self._web = cfg.web.enabled
         self.snapshot: dict[str, Any] = {}
+        self.hq_fixes: dict[int, dict[str, Any]] = {}  # seq -> HQ's correction (hqfix)
         self.recent: tuple[dict[str, Any], ...] = (
             tuple(self.store.passages(limit=_RECENT)) if self._web else ()
         )
@@ -239,7 +242,12 @@ class BoxDaemon:
             password=password,
             ca_file=cfg.mqtt.ca_file,
             keepalive=cfg.mqtt.keepalive_s,
-            subscriptions=[(self.topics.ack, 1), (self.topics.cmd, 1), (self.topics.hwm, 1)],
+            subscriptions=[
+                (self.topics.ack, 1),
+                (self.topics.cmd, 1),
+                (self.topics.hwm, 1),
+                (self.topics.hqfix, 1),
+            ],
         )
         threads_before = set(threading.enumerate())
         self.edges = EdgeSource(
@@ -873,6 +881,9 @@ class BoxDaemon:
             self._message(ev)
 
     def _message(self, msg: Message) -> None:
+        if msg.topic == self.topics.hqfix:
+            self._hq_fixes(msg.payload)
+            return
         if not msg.payload and msg.topic in (self.topics.ack, self.topics.hwm):
             return  # a retained message being cleared
         try:
@@ -918,6 +929,21 @@ class BoxDaemon:
         elif msg.topic == self.topics.cmd:
             self._command(data)
 
+    def _hq_fixes(self, payload: bytes) -> None:
+        """HQ's corrections, shown on the marshal page; never stored as this box's events."""
+        try:
+            self.hq_fixes = hqfix.parse(payload, self.store.store_id) if payload else {}
+        except (ValueError, RecursionError) as e:
+            self._bad_command(self.topics.hqfix, str(e)[:100])
+            return
+        self.recent = tuple(self._with_hq(r) for r in self.recent)
+
+    def _with_hq(self, row: dict[str, Any]) -> dict[str, Any]:
+        fix = self.hq_fixes.get(row["seq"])
+        if fix is None:
+            return row if "hq" not in row else {k: v for k, v in row.items() if k != "hq"}
+        return {**row, "hq": hqfix.label(fix)}
+
     def _command(self, data: dict[str, Any]) -> None:
         if data.get("cmd") != "resend":
             self._bad_command(self.topics.cmd, f"unknown cmd {data.get('cmd')!r}")
@@ -961,10 +987,13 @@ class BoxDaemon:
             "state": "ready",
             "box": self.cfg.box,
             "checkpoint": self.cfg.checkpoint,
+            "place": self.cfg.place,
             "store": self.store.store_id,
             "version": __version__,
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
+            # Seconds of PPS still needed before the clock can lock (absent once it can).
+            "lock_in_s": clock.get("lock_in_s"),
             "fix": self.pipeline.parser.stats(),
             "coarse_passages": pipe["coarse_passages"],
             "ticks": "kernel" if self.edges.kernel_ticks else "callback",
@@ -1064,7 +1093,7 @@ class BoxDaemon:
         for ev in events:
             kind, ref = ev["type"], ev.get("ref_seq")
             if kind == "passage":
-                rows[ev["seq"]] = {**ev, "void": False}
+                rows[ev["seq"]] = self._with_hq({**ev, "void": False})
             elif kind in kinds and ref in rows:
                 row = dict(rows[ref])  # a copy: published rows are never changed
                 if kind == "assign":

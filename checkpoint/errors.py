@@ -10,7 +10,14 @@ class CheckpointError(Exception):
 
 
 class ConfigError(CheckpointError):
-    """A config file key or value is wrong; the message names the key and file."""
+    """A config file key or value is wrong; the message names the key and file.
+
+    `problems` lists every mistake found (the message is them, one per line).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 class NmeaError(CheckpointError):

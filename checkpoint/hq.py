@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import EVENT_SCHEMA, chain, integrity
+from checkpoint import EVENT_SCHEMA, chain, hqfix, integrity
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hqstore import MAX_CAR, HQStore, iso_now
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, SubAck
@@ -823,6 +823,7 @@ class Collector:
         self.batch_max = batch_max
         self.tick_s = tick_s
         self.heartbeat_s = heartbeat_s
+        self._fixes = hqfix.Publisher(prefix)
         self._queue: queue.Queue[LinkEvent] = queue.Queue()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -983,6 +984,20 @@ class Collector:
                         store.set_state("heartbeat_at", iso_now())
                 except StoreError as err:
                     log.error("heartbeat: %s", err)
+                self._publish_fixes(store)
+
+    def _publish_fixes(self, store: HQStore) -> None:
+        """HQ's corrections back to the boxes (checkpoint.hqfix), on the heartbeat."""
+        if not self.link.connected:
+            return
+        try:
+            due = self._fixes.due(store)
+        except (StoreError, sqlite3.DatabaseError) as err:
+            log.error("hqfix: %s", err)
+            return
+        for box, topic, payload in due:
+            if self.link.publish(topic, payload, qos=1, retain=True) is not None:
+                self._fixes.sent(box, payload)
 
     def _drain(self, timeout_s: float) -> list[LinkEvent]:
         items: list[LinkEvent] = []
@@ -1012,6 +1027,7 @@ class Collector:
                         # Retained acks die with a broker that has no persistence:
                         # every (re)connect re-publishes all of them.
                         reack_all = True
+                        self._fixes.forget()
                         subscribed = False
                         ingest.stats.connects += 1
                         link_state = f"connected (session present: {item.session_present})"

@@ -20,13 +20,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from checkpoint import results as resultsmod
 from checkpoint.errors import CheckpointError, CommandError, ConfigError, LinkError
-from checkpoint.hqstore import EXPORT_FIELDS, HQStore, ns_to_iso
+from checkpoint.hqstore import EXPORT_FIELDS, HQStore
 
 log = logging.getLogger("checkpoint.hq")
 
@@ -114,87 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-_STATE_COLOUR = {"online": "32", "lost": "31;1", "offline": "33", "unknown": "2"}
-
-
-def _age(iso: str | None, now: float) -> str:
-    if not iso:
-        return "never"
-    try:
-        import datetime as dt
-
-        t = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return iso
-    s = max(0.0, now - t.timestamp())
-    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
-
-
 def render_status(store: HQStore, *, colour: bool = False, now: float | None = None) -> str:
     """The status table `hq status` prints and `hq watch` refreshes."""
-    now = time.time() if now is None else now
-    st = store.state()
-    hq = (
-        f"HQ collector: {st.get('link', 'never ran')}, heartbeat "
-        f"{_age(st.get('heartbeat_at'), now)}, {store.event_count()} events, "
-        f"{store.total_rejects()} rejects, {store.total_chain_breaks()} chain breaks"
-    )
-    header = [
-        "box",
-        "state",
-        "clock",
-        "unc us",
-        "last passage (UTC)",
-        "backlog",
-        "gaps",
-        "store",
-        "events",
-        "acked",
-        "dups",
-        "rejects",
-        "chain",
-        "status",
-    ]
-    rows: list[list[str]] = []
-    states: list[str] = []
-    for b in store.summaries():
-        states.append(b.state)
-        store_txt = (b.current_store or "")[:8]
-        if b.stores > 1:
-            store_txt += f" ({b.stores} stores)"
-        gaps = f"{b.missing} [{b.gaps}]" if b.missing else "0"
-        dups = str(b.duplicates) + (f" +{b.conflicts} conflicts" if b.conflicts else "")
-        rows.append(
-            [
-                b.box,
-                b.state,
-                b.clock or "-",
-                f"{b.uncertainty_ns / 1e3:.1f}" if b.uncertainty_ns is not None else "-",
-                ns_to_iso(b.last_passage_utc_ns) or "-",
-                str(b.backlog) if b.backlog is not None else "-",
-                gaps,
-                store_txt or "-",
-                str(b.events),
-                str(b.upto),
-                dups,
-                str(b.rejects),
-                f"{b.chain_breaks} breaks" if b.chain_breaks else b.chain,
-                _age(b.status_at, now),
-            ]
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    from checkpoint.hq_status_text import render
 
-    def line(cells: list[str], state: str | None = None) -> str:
-        text = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-        if colour and state in _STATE_COLOUR:
-            return f"\x1b[{_STATE_COLOUR[state]}m{text}\x1b[0m"
-        return text
-
-    out = [hq, "", line(header), "  ".join("-" * w for w in widths)]
-    out += [line(r, s) for r, s in zip(rows, states, strict=True)]
-    if not rows:
-        out.append("(no box seen yet)")
-    return "\n".join(out) + "\n"
+    return render(store, colour=colour, now=now)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -202,7 +125,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = HQStore(args.db, create=False)
     try:
         if args.json:
-            doc = {"hq": store.state(), "boxes": [asdict(b) for b in store.summaries()]}
+            from checkpoint.hq_status_text import status_json
+
+            doc = status_json(store)
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             sys.stdout.write(render_status(store, colour=sys.stdout.isatty()))
@@ -247,17 +172,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
         store.close()
 
 
+LOCAL_FIELDS = ("local_date", "local_time")
+
+
 def export_text(rows: list[dict[str, Any]], fmt: str) -> str:
     """Export rows as CSV (booleans true/false, None empty) or JSON Lines."""
     if fmt == "jsonl":
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    from checkpoint.localtime import local_date, local_time
+
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    # Extension columns after the contract's: the local date and time of day a
+    # spreadsheet shows as a time (utc_ns has 19 digits, a spreadsheet keeps 15).
+    w = csv.DictWriter(buf, fieldnames=(*EXPORT_FIELDS, *LOCAL_FIELDS), lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(
-            {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in r.items()}
-        )
+        out = {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in r.items()}
+        out["local_date"] = local_date(r.get("utc_ns"))
+        out["local_time"] = local_time(r.get("utc_ns"), digits=3)
+        w.writerow(out)
     return buf.getvalue()
 
 
@@ -289,6 +222,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     """Results: the classification from the event file and entry list loaded at HQ
     (or --event), or the stage results of a --stages file (lowest points wins)."""
     if args.stages is None:
+        if args.format in ("wide", "long"):
+            raise CommandError(f"--format {args.format} needs --stages STAGES.toml")
         from checkpoint.office_cli import cmd_classify
 
         return cmd_classify(args)
@@ -300,51 +235,35 @@ def cmd_results(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ConfigError(f"stages file {path}: cannot read: {err.strerror}") from None
     stages = resultsmod.parse_stages(text, str(path))
+    from checkpoint import hq_ops, results_sheets
+
     store = HQStore(args.db, create=False)
     try:
         rows = store.passages()
+        # A mistyped control id would rank every car MISSING and still exit 0.
+        unseen = hq_ops.unseen_controls(
+            [c for s in stages.stages for c in (s.start, s.finish)], hq_ops.controls_known(store)
+        )
     finally:
         store.close()
+    for line in unseen:
+        print(
+            f"checkpoint hq: {'warning' if args.allow_unseen else 'error'}: {path}: {line}",
+            file=sys.stderr,
+        )
+    if unseen and not args.allow_unseen:
+        print("(--allow-unseen if a control's box has not reported yet)", file=sys.stderr)
+        return 1
     res = resultsmod.compute(rows, stages)
     render = {
-        "table": resultsmod.render_table,
+        "table": results_sheets.render_text,
         "csv": resultsmod.render_csv,
         "json": resultsmod.render_json,
+        "wide": results_sheets.render_wide,
+        "long": results_sheets.render_long,
     }[args.format]
     _write_out(render(res), args.out)
     return 0
-
-
-def _correct(args: argparse.Namespace, action: str, **fields: Any) -> int:
-    store = HQStore(args.db, create=False)
-    try:
-        c = store.correct(args.box, args.seq, action, by=args.by, store=args.store, **fields)
-    finally:
-        store.close()
-    what = {"assign": f"car {c['car']}", "void": f"void ({c['reason']})", "unvoid": "unvoided"}
-    print(
-        f"{c['box']} store {c['store'][:8]} seq {c['ref_seq']}: {what[action]}"
-        f" by {c['by']} at {c['at']} (correction #{c['id']})"
-    )
-    return 0
-
-
-@_usage_errors
-def cmd_assign(args: argparse.Namespace) -> int:
-    """Assign a car to a passage (HQ correction, kept in the audit trail)."""
-    return _correct(args, "assign", car=args.car)
-
-
-@_usage_errors
-def cmd_void(args: argparse.Namespace) -> int:
-    """Void a passage (false trigger); it stays in the export, flagged."""
-    return _correct(args, "void", reason=args.reason)
-
-
-@_usage_errors
-def cmd_unvoid(args: argparse.Namespace) -> int:
-    """Undo a void (HQ correction, kept in the audit trail)."""
-    return _correct(args, "unvoid")
 
 
 def cmd_rejects(args: argparse.Namespace) -> int:
@@ -443,9 +362,21 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     _db(r)
     r.add_argument("--stages", metavar="STAGES.toml", help="stage results from this file")
     r.add_argument("--event", metavar="EVENT.toml", help="use this event file, not HQ's")
-    r.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
+    r.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "html", "wide", "long"),
+        default="table",
+        help="table (fits a printed page), csv/json (exact ns), html (the classification); "
+        "with --stages also wide (spreadsheet: a row per car, a column per trial) and long "
+        "(a row per car and trial, local times)",
+    )
     r.add_argument("--top", type=_positive_int, metavar="N", help="table: only the first N")
     r.add_argument("--live", action="store_true", help="no DNF for cars not yet finished")
+    r.add_argument(
+        "--allow-unseen",
+        action="store_true",
+        help="go on when the stages file names a control HQ has not seen yet",
+    )
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     r.set_defaults(func=_usage_errors(cmd_results))
 
@@ -453,18 +384,10 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
 
     add_office_commands(sub, _db, _usage_errors)
 
-    for name, fn in (("assign", cmd_assign), ("void", cmd_void), ("unvoid", cmd_unvoid)):
-        r = sub.add_parser(name, help=fn.__doc__)
-        _db(r)
-        r.add_argument("box")
-        r.add_argument("seq", type=_positive_int)
-        if name == "assign":
-            r.add_argument("car")
-        if name == "void":
-            r.add_argument("--reason", required=True)
-        r.add_argument("--by", metavar="NAME", help="who made the correction (default: hq)")
-        r.add_argument("--store", metavar="S", help="store id (prefix) when SEQ is ambiguous")
-        r.set_defaults(func=fn)
+    # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
+    from checkpoint.hq_ops_cli import add_ops_commands
+
+    add_ops_commands(sub, _db)
 
     r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
     _db(r)

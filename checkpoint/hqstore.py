@@ -24,6 +24,7 @@ Tables (schema via `sqlite_utils.Migrations("checkpoint-hq")`):
               gain `prev`/`hash`, HQ's audit trail chained (see checkpoint.integrity).
 * `entries`, `entry_changes`, `event_files` the rally office's entry list, its audit
               and the event files loaded (m004, see checkpoint.officestore).
+* `status_history` each box's clock state per status message, for the board (m005).
 
 Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
@@ -277,6 +278,18 @@ def m004_rally_office(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m005_status_history(db: sqlite_utils.Database) -> None:
+    """Each box's clock state per status message, so the board's clock plot has a
+    history after a restart (the `boxes` row keeps only the latest status)."""
+    db["status_history"].create(
+        {"id": int, "box": str, "at": str, "clock": str, "uncertainty_ns": int},
+        pk="id",
+        not_null={"box", "at"},
+    )
+    db["status_history"].create_index(["box", "id"])
+
+
 def iso_now() -> str:
     """HQ's wall clock as ISO 8601 UTC with microseconds (for received_at and audit)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -486,6 +499,26 @@ class HQStore:
                 store if isinstance(store, str) and store else None,
                 box,
             ),
+        )
+        unc = status.get("uncertainty_ns")
+        if status.get("state") == "ready" and _is_int(unc):
+            clock = status.get("clock")
+            self.db.execute(
+                "INSERT INTO status_history (box, at, clock, uncertainty_ns) VALUES (?,?,?,?)",
+                (box, at, clock if isinstance(clock, str) else None, unc),
+            )
+
+    def status_history(self, after_id: int = 0, per_box: int = 720) -> list[dict[str, Any]]:
+        """Clock history rows with id > `after_id`, at most the latest `per_box` per box."""
+        if "status_history" not in self.db.table_names():
+            return []  # a database from before m005, opened read-only
+        return list(
+            self.db.query(
+                "SELECT id, box, at, clock, uncertainty_ns FROM ("
+                " SELECT *, row_number() OVER (PARTITION BY box ORDER BY id DESC) AS n"
+                " FROM status_history WHERE id > ?) WHERE n <= ? ORDER BY id",
+                (after_id, per_box),
+            )
         )
 
     def update_store_progress(
@@ -867,6 +900,16 @@ class HQStore:
             )
         return passages[0][0]
 
+    def is_void(self, box: str, store: str, seq: int) -> bool:
+        """Whether the passage is void now, by the precedence `passages` applies."""
+        rows = self.db.execute(
+            "SELECT id, source, event_seq, action FROM corrections"
+            " WHERE box=? AND store=? AND ref_seq=? AND action IN ('void', 'unvoid')",
+            (box, store, seq),
+        ).fetchall()
+        last = max(rows, key=lambda r: (1, r[0]) if r[1] == "hq" else (0, r[2] or 0), default=None)
+        return last is not None and last[3] == "void"
+
     def correct(
         self,
         box: str,
@@ -892,6 +935,10 @@ class HQStore:
         # upgraded while the collector commits (SQLITE_BUSY without waiting).
         # Events are never deleted, so the passage checked here stays valid.
         full_store = self.resolve_passage(box, seq, store)
+        if action == "unvoid" and not self.is_void(box, full_store, seq):
+            # An audit row saying "unvoided" for a passage never voided is noise a
+            # jury would have to explain away.
+            raise CommandError(f"box {box!r} seq {seq} is not void: nothing to undo")
         try:
             cid = self.add_correction(
                 box=box,

@@ -285,7 +285,9 @@ def test_board_is_readable_without_login_and_corrections_need_one(board, hqdb):
     assert json.loads(data) == {"logged_in": False, "csrf": None, "can_correct": True}
     events = read_sse(c, "/api/events", lambda ev: ev[-1][0] == "ready")
     names = [n for n, _ in events]
-    assert names == ["hq", "checkpoints", "boxes", "results", "feed", "history", "ready"]
+    assert names == [
+        "hq", "checkpoints", "boxes", "results", "feed", "todo", "audit", "history", "ready"
+    ]  # fmt: skip
     feed = dict(events)["feed"]
     assert [(f["box"], f["seq"], f["car"]) for f in feed] == [("box02", 1, ""), ("box01", 1, "42")]
     body = {"box": "box02", "seq": 1, "action": "assign", "car": "42"}

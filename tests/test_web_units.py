@@ -144,21 +144,22 @@ def test_a_ready_box_is_ready():
         "in:beam": "ok",
         "backlog": "ok",
     }
-    assert [i["t"] for i in v["items"] if i["k"] == "clock"] == ["locked ±1.2 µs"]
+    assert [i["t"] for i in v["items"] if i["k"] == "clock"] == ["locked to GPS ±1.2 µs"]
 
 
 @pytest.mark.parametrize(
     ("over", "key", "level", "text"),
     [
-        ({"gps_port": False}, "gps", "bad", "serial port"),
-        ({"fix": {"last_valid_mono_ns": None}}, "gps", "bad", "no valid fix"),
-        ({"clock": "unsynced"}, "clock", "bad", "wait for lock"),
+        ({"gps_port": False}, "gps", "bad", "check the GPS cable"),
+        ({"fix": {"last_valid_mono_ns": None}}, "gps", "bad", "searching for satellites"),
+        ({"clock": "unsynced", "lock_in_s": 40}, "clock", "bad", "GPS is locking: about 40 s"),
+        ({"clock": "unsynced", "pps_pulses": 0}, "clock", "bad", "waiting for the GPS time pulse"),
         ({"clock": "nmea", "uncertainty_ns": 20_000_000}, "clock", "bad", "nmea ±20 ms"),
         ({"clock": "holdover"}, "clock", "warn", "holdover"),
         ({"link": False}, "broker", "warn", "kept on the box"),
         ({"backlog": 12}, "backlog", "warn", "12 not yet at HQ"),
         ({"unstored": 3}, "backlog", "bad", "not on the card"),
-        ({"inputs": {"beam": {"broken": False, "fault": True}}}, "in:beam", "bad", "chattering"),
+        ({"inputs": {"beam": {"broken": False, "fault": True}}}, "in:beam", "bad", "flickers"),
     ],
 )
 def test_each_problem_shows_where_it_is(over, key, level, text):
@@ -173,11 +174,11 @@ def test_blocked_beam_stale_fix_stale_daemon_and_alarms_make_it_not_ready():
     st = box_status()
     now = st["mono_ns"]
     v = readiness(st, now, {"beam": 5.0})
-    assert not v["ready"] and "align the beam" in v["items"][3]["t"]
+    assert not v["ready"] and "beam blocked" in v["items"][3]["t"]
     assert readiness(st, now, {"beam": 0.4})["ready"]  # a car passing
     v = readiness(st, now + 6 * 10**9)  # neither the fix nor the snapshot moved for 6 s
     assert not v["ready"] and v["items"][0]["k"] == "daemon"
-    assert "fix lost" in next(i["t"] for i in v["items"] if i["k"] == "gps")
+    assert "lost its satellites" in next(i["t"] for i in v["items"] if i["k"] == "gps")
     v = readiness(box_status(alarms={"store": "card full: free space"}), now)
     assert not v["ready"] and v["alarms"] == ["card full: free space"]
     assert readiness({}, now)["ready"] is False

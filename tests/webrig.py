@@ -397,3 +397,20 @@ class HQFiller:
 
     def close(self) -> None:
         self.store.close()
+
+
+def web_box_rig(tmp: Path, broker_url: str) -> tuple[Any, int]:
+    """A real box daemon (tests/boxrig.py, not started) with its marshal page on a free
+    port and `PIN` in a chmod-600 PIN file; returns (rig, port)."""
+    import socket
+
+    from boxrig import BoxRig
+
+    pin_file = tmp / "marshal.pin"
+    pin_file.write_text(PIN + "\n")
+    os.chmod(pin_file, 0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = f'[web]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\npin_file = "{pin_file}"\n'
+    return BoxRig(tmp, broker_url, extra=web), port

@@ -13,9 +13,10 @@ Routes:
     GET  /                     the board (static HTML)
     GET  /login, POST /login, POST /logout
     GET  /api/session          {"logged_in": bool, "csrf": token|null, "can_correct": bool}
-    GET  /api/events           SSE: hq, boxes, feed, results, checkpoints, hist
+    GET  /api/events           SSE: hq, boxes, feed, results, checkpoints, todo, audit, hist
     GET  /api/car?car=42       one car: passages at every control, stage results
     GET  /results[.csv|.json], /api/office   the rally office (checkpoint.web.office_web)
+    GET  /api/passages?car=42&cp=PC2  every passage HQ holds for a car and/or control
     POST /api/correct          {"box", "seq", "action": assign|void|unvoid, "car"?, "reason"?,
                                 "store"?}  (login + CSRF token)
 """
@@ -54,7 +55,7 @@ from checkpoint.web.server import (
 log = logging.getLogger("checkpoint.web.board")
 
 POLL_S = 1.0
-_SECTIONS = ("hq", "checkpoints", "boxes", "results", "feed")
+_SECTIONS = ("hq", "checkpoints", "boxes", "results", "feed", "todo", "audit")
 
 
 class BoardServer(Site):
@@ -112,6 +113,7 @@ class BoardServer(Site):
         app.router.add_get("/api/session", self._session)
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/api/car", self._car)
+        app.router.add_get("/api/passages", self._passages)
         app.router.add_post("/api/correct", self._post_correct)
         add_office_routes(app, self.db, self._in_worker)
         return app
@@ -175,6 +177,15 @@ class BoardServer(Site):
             return json_error(400, str(e))
         return json_response(await self._in_worker(self.reader.car_view, car))
 
+    async def _passages(self, request: web.Request) -> web.Response:
+        car, cp = request.query.get("car", ""), request.query.get("cp", "")
+        try:
+            car = forms.car(car) if car else ""
+            cp = forms.box(cp) if cp else ""  # a control id has a box id's shape
+        except CommandError as e:
+            return json_error(400, str(e))
+        return json_response(await self._in_worker(self.reader.passages_view, car, cp))
+
     async def _post_correct(self, request: web.Request) -> web.Response:
         self.auth.require_post(request)
         data = await read_json(request)
@@ -191,6 +202,7 @@ class BoardServer(Site):
                 kwargs["car"] = forms.car(data.get("car"))
             if action == "void":
                 kwargs["reason"] = forms.reason(data.get("reason"))
+            kwargs["override"] = data.get("override") is True
             row = await asyncio.get_running_loop().run_in_executor(
                 None, self._correct, action, kwargs
             )
@@ -214,8 +226,22 @@ class BoardServer(Site):
     def _correct(self, action: str, kw: dict[str, Any]) -> dict[str, Any]:
         # A short-lived writing connection per correction, like `checkpoint hq assign`:
         # the board's own connection stays read-only.
+        from checkpoint import hq_ops
+
         store = HQStore(self.db, create=False)
         try:
+            # The same checks as `hq assign`: a car with a space, not in the field, or
+            # twice at one control is refused unless the operator ticked "override".
+            req = hq_ops.Request(
+                pick=hq_ops.Pick(box=kw["box"], seq=kw["seq"], store=kw["store"]),
+                action=action,
+                new_car=kw.get("car"),
+                reason=kw.get("reason"),
+                allow_new_car=kw["override"],
+                force=kw["override"],
+            )
+            store.resolve_passage(kw["box"], kw["seq"], kw["store"])  # its precise errors
+            hq_ops.check(store.passages(), req)
             return store.correct(
                 kw["box"],
                 kw["seq"],

@@ -7,9 +7,9 @@ print: the same correction precedence, the same scoring.
 
 `BoardReader.poll()` is cheap when nothing changed (`PRAGMA data_version` tells
 whether another connection committed); passages and results are recomputed only when
-an event or a correction was added. HQ keeps only each box's latest status, so the
-clock-uncertainty history the plot draws is a ring buffer filled here from polling
-(it starts empty when the board starts).
+an event or a correction was added. The clock-uncertainty history the plot draws
+comes from HQ's `status_history` (every status message HQ stored), so a restarted
+board shows it at once; the ring buffer here holds the latest points per box.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from urllib.parse import quote
 import sqlite_utils
 
 from checkpoint import results as resultsmod
+from checkpoint.hq_ops import audit_rows
+from checkpoint.hq_status_text import link_text
 from checkpoint.hqstore import HQStore
 from checkpoint.web.marshal_view import fmt_uncertainty, utc_hundredths
 
@@ -138,6 +140,30 @@ def results_view(res: resultsmod.Results | None) -> dict[str, Any]:
     }
 
 
+TODO_MAX = 200  # passages listed in the to-do (the count is always complete)
+AUDIT_MAX = 100  # newest corrections on the board (`hq audit` prints them all)
+
+
+def todo_view(passages: list[dict[str, Any]], boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's to-do: passages with no car (oldest first) and gaps in what boxes sent."""
+    loose = [p for p in passages if not p.get("car") and not p.get("void")]
+    return {
+        "unassigned": len(loose),
+        "items": [feed_row(p) for p in loose[:TODO_MAX]],
+        "gaps": [
+            {"box": b["box"], "cp": b["cp"], "missing": b["missing"], "gaps": b["gaps"]}
+            for b in boxes
+            if b["missing"]
+        ],
+    }
+
+
+def audit_view(store: HQStore) -> list[dict[str, Any]]:
+    """The newest corrections, newest first, each passage named by control and time."""
+    rows = audit_rows(store)[-AUDIT_MAX:]
+    return list(reversed(rows))
+
+
 class BoardReader:
     """Polls HQ's database; keeps the board's state and the uncertainty history."""
 
@@ -158,6 +184,8 @@ class BoardReader:
         self._status_seen: dict[str, str] = {}
         self.history: dict[str, deque[list[Any]]] = {}
         self._history_points = history_points
+        self._hist_id = 0  # last status_history row read
+        self._stored = False  # HQ's database keeps the history itself
         self.passages: list[dict[str, Any]] = []
         self.results: resultsmod.Results | None = None
         self.state: dict[str, Any] = {
@@ -166,6 +194,8 @@ class BoardReader:
             "feed": [],
             "results": results_view(None),
             "checkpoints": [],
+            "todo": {"unassigned": 0, "items": [], "gaps": []},
+            "audit": [],
         }
 
     def close(self) -> None:
@@ -208,12 +238,16 @@ class BoardReader:
                     s.finish for s in self.stages.stages
                 }
             changed["checkpoints"] = sorted(cps)
+            changed["audit"] = audit_view(store)
         boxes, hist = self._boxes(store)
         changed["boxes"] = boxes
+        changed["todo"] = todo_view(self.passages, boxes)
         st = store.state()
+        last_rx = store.db.execute("SELECT max(received_at) FROM events").fetchone()[0]
         changed["hq"] = {
             "db": "ok",
-            "link": st.get("link", "never ran"),
+            "link": link_text(st.get("link")),
+            "data_ms": _iso_ms(last_rx),
             "heartbeat_ms": _iso_ms(st.get("heartbeat_at")),
             "events": store.event_count(),
             "rejects": store.total_rejects(),
@@ -239,6 +273,8 @@ class BoardReader:
         # its passages still do.
         last_cp = {p["box"]: p["checkpoint"] for p in self.passages if p.get("checkpoint")}
         boxes, hist = [], {}
+        if not self._stored:
+            self._stored = "status_history" in store.db.table_names()
         for b in store.summaries():
             raw = rows.get(b.box, {}).get("status")
             try:
@@ -257,6 +293,8 @@ class BoardReader:
                     "backlog": b.backlog,
                     "seen_ms": seen,
                     "last": utc_hundredths(b.last_passage_utc_ns) if b.last_passage_utc_ns else "",
+                    "last_ms": (b.last_passage_utc_ns or 0) // 1_000_000 or None,
+                    "place": (status.get("place") or "") if isinstance(status, dict) else "",
                     "events": b.events,
                     "missing": b.missing,
                     "gaps": b.gaps,
@@ -264,19 +302,37 @@ class BoardReader:
                     "rejects": b.rejects,
                 }
             )
-            # One history point per status message HQ received (status_at moves).
+            # One history point per status message HQ received (status_at moves), for
+            # a database without HQ's stored history (before m003).
             if seen is not None and b.status_at != self._status_seen.get(b.box):
                 self._status_seen[b.box] = b.status_at or ""
-                if b.uncertainty_ns is not None and b.state == "online":
+                if b.uncertainty_ns is not None and b.state == "online" and not self._stored:
                     point = [seen, b.uncertainty_ns, b.clock or ""]
                     q = self.history.setdefault(b.box, deque(maxlen=self._history_points))
                     q.append(point)
                     hist[b.box] = [point]
+        # HQ's stored statuses: the plot has its history after a board restart.
+        for r in store.status_history(self._hist_id, self._history_points):
+            self._hist_id = r["id"]
+            point = [_iso_ms(r["at"]), r["uncertainty_ns"], r["clock"] or ""]
+            self.history.setdefault(r["box"], deque(maxlen=self._history_points)).append(point)
+            hist.setdefault(r["box"], []).append(point)
         return boxes, hist
 
     def history_view(self) -> dict[str, list[list[Any]]]:
         """The whole uncertainty history, per box (for a browser that just connected)."""
         return {box: list(q) for box, q in self.history.items()}
+
+    def passages_view(self, car: str = "", cp: str = "") -> dict[str, Any]:
+        """Every passage HQ holds for a car and/or a control, newest first (not the feed's
+        latest few): what the feed's filters show."""
+        rows = [
+            feed_row(p)
+            for p in self.passages
+            if (not car or p.get("car") == car) and (not cp or p.get("checkpoint") == cp)
+        ]
+        rows.sort(key=lambda r: r["ms"] or 0, reverse=True)
+        return {"car": car, "cp": cp, "passages": rows}
 
     def car_view(self, car: str) -> dict[str, Any]:
         """Everything about one car: its passages at every control and its stage results."""

@@ -221,7 +221,8 @@ class MarshalServer(Site):
                 if kind == "assign"
                 else forms.reason(data.get("value"))
             )
-            if seq not in self._rows:
+            shown = {q for r in self._rows.values() for q in r.get("seqs", [r["seq"]])}
+            if seq not in shown:
                 # Only passages the page shows: a seq of another event type (a restamp,
                 # an assign) must never be given a car.
                 raise forms.FormError(f"seq {seq} is not one of the recent passages")

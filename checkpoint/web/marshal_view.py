@@ -43,31 +43,49 @@ def _item(key: str, label: str, level: str, text: str) -> dict[str, str]:
     return {"k": key, "l": label, "s": level, "t": text}
 
 
+# Plain words a marshal can act on: what is happening, what to do, for how long.
+COLD_START = "a cold start takes 1-5 minutes"
+
+
 def _gps(st: Mapping[str, Any], now_ns: int) -> dict[str, str]:
     if st.get("gps_port") is False:
-        return _item("gps", "GPS", BAD, "serial port not open: check the GPS cable")
+        return _item("gps", "GPS", BAD, "GPS not connected: check the GPS cable")
     fix = st.get("fix") if isinstance(st.get("fix"), Mapping) else {}
     last = fix.get("last_valid_mono_ns")
     if not isinstance(last, int):
-        return _item("gps", "GPS", BAD, "no valid fix yet: give the antenna sky")
+        return _item("gps", "GPS", BAD, f"GPS is searching for satellites: {COLD_START}")
     if now_ns - last > FIX_STALE_NS:
-        return _item("gps", "GPS", BAD, "fix lost: check the antenna")
+        return _item("gps", "GPS", BAD, "GPS lost its satellites: give the antenna open sky")
     if st.get("pps_pulses") == 0:
-        return _item("gps", "GPS", WARN, "fix, but no PPS pulses: check the PPS wire")
+        return _item("gps", "GPS", WARN, "GPS has a fix but sends no pulse: check the PPS wire")
     return _item("gps", "GPS", OK, "fix")
+
+
+def lock_estimate(st: Mapping[str, Any]) -> str:
+    """ "about 40 s" from the box's `lock_in_s` (PPS seconds the clock still needs)."""
+    left = st.get("lock_in_s")
+    if isinstance(left, bool) or not isinstance(left, int):
+        return "about a minute"
+    if left <= 2:
+        return "a few seconds"
+    return f"about {left} s"
 
 
 def _clock(st: Mapping[str, Any]) -> dict[str, str]:
     state = st.get("clock")
     unc = fmt_uncertainty(st.get("uncertainty_ns"))
-    text = f"{state} {unc}".strip() if isinstance(state, str) else "unknown"
+    detail = f"{state} {unc}".strip() if isinstance(state, str) else "unknown"
     if state == "locked":
-        return _item("clock", "Clock", OK, text)
+        return _item("clock", "Clock", OK, f"locked to GPS {unc}".strip())
     if state == "holdover":
-        return _item("clock", "Clock", WARN, f"{text} (PPS lost, extrapolating)")
+        return _item(
+            "clock", "Clock", WARN, f"GPS pulse lost: keeping time on the box's clock ({detail})"
+        )
     # nmea is millisecond-grade at best and unsynced is the system clock: neither
     # times a regularity stage to the hundredth.
-    return _item("clock", "Clock", BAD, f"{text}: wait for lock")
+    if not st.get("pps_pulses"):
+        return _item("clock", "Clock", BAD, f"waiting for the GPS time pulse ({detail})")
+    return _item("clock", "Clock", BAD, f"GPS is locking: {lock_estimate(st)} ({detail})")
 
 
 def _broker(st: Mapping[str, Any]) -> dict[str, str]:
@@ -84,15 +102,17 @@ def _inputs(st: Mapping[str, Any], blocked_s: Mapping[str, float]) -> list[dict[
     out = []
     for name in sorted(inputs):
         i = inputs[name] if isinstance(inputs[name], Mapping) else {}
-        label = f"Input {name}" if name != "beam" else "Beam"
+        # Every input by its configured name, in the same words: "beam clear",
+        # "beam2 clear", "button clear" (not "BEAM aligned" beside "INPUT BEAM2 idle").
+        label = name
         if i.get("fault"):
-            out.append(_item(f"in:{name}", label, BAD, "chattering: check wiring and alignment"))
+            out.append(_item(f"in:{name}", label, BAD, f"{name} flickers: check wiring, aim"))
         elif blocked_s.get(name, 0.0) >= BEAM_BLOCKED_S:
-            out.append(_item(f"in:{name}", label, BAD, "blocked: align the beam"))
+            out.append(_item(f"in:{name}", label, BAD, f"{name} blocked: aim it or clear it"))
         elif i.get("broken") is None:
             out.append(_item(f"in:{name}", label, WARN, "level unknown"))
         else:
-            out.append(_item(f"in:{name}", label, OK, "aligned" if label == "Beam" else "idle"))
+            out.append(_item(f"in:{name}", label, OK, "clear"))
     return out
 
 
@@ -166,18 +186,49 @@ def passage_row(p: Mapping[str, Any]) -> dict[str, Any] | None:
         row["car"] = car
     if p.get("void"):
         row["void"] = str(p.get("void_reason") or "void")
+    if isinstance(p.get("hq"), str) and p["hq"]:
+        row["hq"] = p["hq"]  # HQ's correction of this passage (checkpoint.hqfix)
     return row
 
 
+GROUP_MS = 2000  # one car crosses every input of a control within this
+
+
+def _grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per car at a control with several inputs (two beams, beam + button).
+
+    Passages of *different* inputs within `GROUP_MS` of a group's first passage join
+    it: the row keeps the first passage's time, lists the others in `also`, and
+    `seqs` names every passage a car number or a void applies to.
+    """
+    out: list[dict[str, Any]] = []
+    for row in sorted(rows, key=lambda r: (r["ms"], r["seq"])):
+        g = out[-1] if out else None
+        if (
+            g is not None
+            and row["ms"] - g["ms"] <= GROUP_MS
+            and row["in"] not in {g["in"], *(a["in"] for a in g["also"])}
+        ):
+            g["seqs"].append(row["seq"])
+            g["also"].append({k: row[k] for k in ("seq", "in", "utc", "ms")})
+            if "car" not in g and "car" in row:
+                g["car"] = row["car"]
+            if "void" in g and "void" not in row:
+                del g["void"]  # void only when every passage of the car is
+            continue
+        out.append({**row, "seqs": [row["seq"]], "also": []})
+    return out
+
+
 def passage_rows(passages: object, limit: int = 50) -> dict[int, dict[str, Any]]:
-    """The newest `limit` usable passages, keyed by seq."""
-    rows: dict[int, dict[str, Any]] = {}
+    """The newest `limit` rows (one per car: see `_grouped`), keyed by their first seq."""
+    rows: list[dict[str, Any]] = []
     if not isinstance(passages, list | tuple):
-        return rows
+        return {}
     for p in passages:
         if isinstance(p, Mapping):
             row = passage_row(p)
             if row is not None:
-                rows[row["seq"]] = row
-    keep = sorted(rows)[-limit:]
-    return {s: rows[s] for s in keep}
+                rows.append(row)
+    groups = _grouped(rows)[-limit:]
+    return {g["seq"]: g for g in sorted(groups, key=lambda g: g["seq"])}

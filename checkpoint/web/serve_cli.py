@@ -38,6 +38,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from checkpoint.web.board import BoardServer
 
     setup_logging(getattr(args, "verbose", False))
+    if not Path(args.db).is_file():
+        # An empty board "waiting" forever for a mistyped path helps nobody.
+        raise ConfigError(
+            f"HQ database {args.db} does not exist: give the --db of `checkpoint hq run`"
+        )
     stages = None
     if args.stages:
         path = Path(args.stages)

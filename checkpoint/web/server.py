@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
 import hashlib
 import html
@@ -270,6 +271,8 @@ class Auth:
             label=html.escape(self.label),
             message=html.escape(message),
             hidden="" if message else "hidden",
+            # A PIN of digits gets the phone's number pad (gloves, sun), not letters.
+            keypad='inputmode="numeric"' if self._secret and self._secret.isdigit() else "",
         )
         return web.Response(text=text, status=status, content_type="text/html")
 
@@ -448,8 +451,13 @@ class ServerThread:
         if not self._ready.wait(timeout_s):
             raise WebError(f"{self.name}: server did not start within {timeout_s:.0f} s")
         if isinstance(self._error, OSError):
+            why = (
+                "the port is in use (another board or program there?); choose another --port"
+                if self._error.errno == errno.EADDRINUSE
+                else str(self._error.strerror or self._error)
+            )
             raise WebError(
-                f"{self.name}: cannot listen on {self.host}:{self._port}: {self._error}"
+                f"{self.name}: cannot listen on {self.host}:{self._port}: {why}"
             ) from self._error
         if self._error is not None:
             raise WebError(f"{self.name}: failed to start: {self._error!r}") from self._error
@@ -488,6 +496,10 @@ class ServerThread:
             site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
             await site.start()
         except OSError as e:
+            # Let the site stop what _make_app started (the board's poller), or the
+            # closing loop prints "Task was destroyed but it is pending!".
+            if self._on_stop is not None:
+                await self._on_stop()
             await runner.cleanup()
             self._error = e
             self._ready.set()

@@ -8,6 +8,9 @@ const S = {
   skew: 0, // HQ's clock minus this browser's, from hq.now_ms
   boxes: [],
   feed: [],
+  filtered: null, // {car, cp, passages}: everything HQ holds for the feed's filters
+  todo: {unassigned: 0, items: [], gaps: []},
+  audit: [],
   results: {enabled: false, stages: [], cars: [], unassigned: {}},
   checkpoints: [],
   hist: {}, // box -> [[ms, unc_ns, clock], ...]
@@ -35,11 +38,12 @@ function localTime(ms) {
   return ms === null || ms === undefined ? "" : CP.localHundredths(ms);
 }
 
+// The browser's own stream: shown only when it is down (it says nothing about the data).
 function setLink(up) {
-  const p = $("link");
-  p.textContent = up ? "live" : "reconnecting";
-  p.className = "pill " + (up ? "ok" : "bad");
+  $("link").hidden = up;
 }
+
+const HEARTBEAT_LATE_MS = 15000; // the collector writes a heartbeat every 5 s
 
 // -- header -----------------------------------------------------------------------
 
@@ -50,8 +54,66 @@ function renderHq() {
     $("hq").textContent = h.db;
     return;
   }
-  $("hq").textContent =
-    `collector ${h.link}, heartbeat ${ago(h.heartbeat_ms)} · ${h.events} events · ${h.rejects} rejects`;
+  // Collector up/down from its heartbeat, so a dead process shows as down even
+  // when its last word was "connected".
+  const beat = h.heartbeat_ms ? Date.now() + S.skew - h.heartbeat_ms : null;
+  const c = $("collector");
+  let text, cls;
+  if (h.link === "never ran" || h.link === undefined) [text, cls] = ["collector never ran", "bad"];
+  else if (h.link === "stopped") [text, cls] = ["collector stopped", "bad"];
+  else if (beat === null || beat > HEARTBEAT_LATE_MS) [text, cls] = [`collector DOWN: no heartbeat for ${ago(h.heartbeat_ms).replace(" ago", "")}`, "bad"];
+  else if (!h.link.startsWith("connected")) [text, cls] = [`collector up, broker ${h.link}`, "warn"];
+  else [text, cls] = ["collector up", "ok"];
+  c.textContent = text;
+  c.className = "pill " + cls;
+  $("age").textContent = h.data_ms ? `last event ${ago(h.data_ms)}` : "no event yet";
+  $("hq").textContent = `${h.events} events · ${h.rejects} rejects`;
+}
+
+// -- to-do: what needs a person, the most visible thing on the board ------------------
+
+function renderTodo() {
+  const t = S.todo;
+  const missing = t.gaps.reduce((n, g) => n + g.missing, 0);
+  const parts = [];
+  if (t.unassigned) parts.push(`${t.unassigned} passage${t.unassigned === 1 ? "" : "s"} with no car`);
+  if (missing) parts.push(`${missing} event${missing === 1 ? "" : "s"} missing from ${t.gaps.length} box${t.gaps.length === 1 ? "" : "es"}`);
+  $("todo").className = "todo " + (parts.length ? "has-todo" : "ok-todo");
+  $("todo-count").textContent = parts.length ? `To do: ${parts.join(" · ")}` : "To do: nothing";
+  $("todo-note").textContent = t.unassigned
+    ? S.session.logged_in ? "click one to give it its car" : "log in to give them their cars"
+    : "";
+  const ul = $("todo-items");
+  CP.clear(ul);
+  for (const p of t.items) {
+    const b = el("button", {type: "button", class: "todo-item", title: `${p.box} #${p.seq}`}, `${p.cp} ${localTime(p.ms)}`);
+    b.addEventListener("click", () => fillCorrection(p));
+    ul.append(el("li", {}, b));
+  }
+  for (const g of t.gaps) ul.append(el("li", {class: "gap", text: `${g.cp || g.box}: ${g.missing} missing (${g.box} seq ${g.gaps}), HQ asks again`}));
+}
+
+// -- audit trail ------------------------------------------------------------------------
+
+function renderAudit() {
+  const tb = $("audit").tBodies[0];
+  CP.clear(tb);
+  for (const a of S.audit) {
+    tb.append(
+      el(
+        "tr",
+        {title: `${a.at} UTC · ${a.source} · ${a.box} #${a.seq}`},
+        el("td", {class: "num wall-only", text: a.id}),
+        el("td", {class: "wide-only", text: a.by}),
+        el("td", {text: a.action}),
+        el("td", {text: a.control}),
+        el("td", {text: a.ms ? localTime(a.ms) : ""}),
+        el("td", {}, el("b", {text: a.car})),
+        el("td", {class: "reason", text: a.reason}),
+      ),
+    );
+  }
+  if (!S.audit.length) tb.append(el("tr", {}, el("td", {colspan: 7, class: "muted", text: "no corrections yet"})));
 }
 
 function tick() {
@@ -77,14 +139,12 @@ function renderBoxes() {
       el(
         "tr",
         {},
-        el("td", {}, el("b", {text: b.box})),
-        el("td", {text: b.cp}),
-        el("td", {class: "state-" + state, text: state}),
+        el("td", {title: `${b.cp} ${b.place || ""} (box ${b.box})`}, el("b", {text: b.cp}), el("span", {class: "muted wide-only place", text: b.place || ""})),
+        el("td", {class: "state-" + state, title: `last status ${ago(b.seen_ms)}`, text: state}),
         el("td", {class: clockCls, text: b.clock ? `${b.clock} ${b.unc}` : "-"}),
-        el("td", {text: ago(b.seen_ms).replace(" ago", "")}),
-        el("td", {class: "num" + (b.backlog ? " warn" : ""), text: b.backlog ?? "-"}),
+        el("td", {class: "num wall-only" + (b.backlog ? " warn" : ""), text: b.backlog ?? "-"}),
         el("td", {class: b.missing ? "bad" : "", text: b.missing ? `${b.missing} [${b.gaps}]` : "0"}),
-        el("td", {text: b.last ? b.last.slice(0, 8) : "-"}),
+        el("td", {class: "wall-only", text: b.last_ms ? localTime(b.last_ms).slice(0, 8) : "-"}),
       ),
     );
   }
@@ -124,7 +184,7 @@ function renderPlot() {
   g.font = "11px system-ui, sans-serif";
   g.fillStyle = "#5f6368";
   if (!pts.length) {
-    g.fillText("No status messages received since the board started.", 8, h / 2);
+    g.fillText("HQ has stored no clock status from any box yet.", 8, h / 2);
     return;
   }
   const L = 52, R = 8, T = 6, B = 18;
@@ -184,12 +244,12 @@ function feedRow(p, isNew) {
     "tr",
     {class: "clickable" + (p.void ? " voided" : "") + (isNew ? " new" : ""), title: p.void ? `void: ${p.void}` : null},
     el("td", {text: localTime(p.ms)}),
-    el("td", {text: p.utc}),
+    el("td", {class: "wall-only", text: p.utc}),
     el("td", {text: p.cp}),
-    el("td", {text: `${p.box} #${p.seq}`}),
     el("td", {}, el("b", {text: p.car || ""}), p.car ? null : el("span", {class: "badge warn", text: "no car"})),
-    el("td", {class: p.clk === "locked" ? "" : "warn", text: p.clk + (p.rs ? " (restamped)" : "")}),
-    el("td", {class: "num", text: p.unc}),
+    el("td", {class: "wall-only " + (p.clk === "locked" ? "" : "warn"), text: p.clk + (p.rs ? " (restamped)" : "")}),
+    el("td", {class: "num wide-only", text: p.unc}),
+    el("td", {class: "wide-only", text: `${p.box} #${p.seq}`}),
   );
   tr.addEventListener("click", () => {
     if (p.car) showCar(p.car);
@@ -198,29 +258,61 @@ function feedRow(p, isNew) {
   return tr;
 }
 
+// With a car or control filter the feed shows every passage HQ holds for it (asked
+// from the server), not a filtered view of the newest few.
+async function loadFiltered() {
+  const car = $("f-car").value.trim();
+  const cp = $("f-cp").value;
+  if (!car && !cp) {
+    S.filtered = null;
+    renderFeed();
+    return;
+  }
+  const q = new URLSearchParams({car, cp});
+  const r = await fetch(`api/passages?${q}`, {cache: "no-store"});
+  if (!r.ok) return;
+  const v = await r.json();
+  if (v.car !== $("f-car").value.trim() || v.cp !== $("f-cp").value) return; // changed meanwhile
+  S.filtered = v;
+  renderFeed();
+}
+
 function renderFeed() {
   const tb = $("feed").tBodies[0];
   CP.clear(tb);
   const st = stageFilter();
-  const car = $("f-car").value.trim();
+  const rows = S.filtered ? S.filtered.passages : S.feed;
   let shown = 0;
-  for (const p of S.feed) {
+  for (const p of rows) {
     if (st && p.cp !== st.start && p.cp !== st.finish) continue;
-    if (car && p.car !== car) continue;
-    const isNew = S.seenFeed.size > 0 && !S.seenFeed.has(p.id);
+    const isNew = !S.filtered && S.seenFeed.size > 0 && !S.seenFeed.has(p.id);
     tb.append(feedRow(p, isNew));
     shown += 1;
   }
   S.seenFeed = new Set(S.feed.map((p) => p.id));
-  $("feed-note").textContent = st || car ? `${shown} shown (filtered)` : "newest first";
+  const f = S.filtered;
+  const what = f ? [f.car && `car ${f.car}`, f.cp && `at ${f.cp}`].filter(Boolean).join(" ") : "";
+  $("feed-note").textContent = f
+    ? `${what}: all ${shown} HQ holds, newest first`
+    : st ? `${shown} of the newest ${S.feed.length} (filtered)` : `newest ${S.feed.length}, newest first`;
+}
+
+function renderControls() {
+  const sel = $("f-cp");
+  const keep = sel.value;
+  CP.clear(sel);
+  sel.append(el("option", {value: ""}, "all controls"));
+  for (const cp of S.checkpoints) sel.append(el("option", {value: cp}, cp));
+  sel.value = S.checkpoints.includes(keep) ? keep : "";
 }
 
 // -- results ----------------------------------------------------------------------
 
 function resultCell(c) {
-  if (c.s === "missing_start") return el("td", {class: "missing", text: "MISSING start"});
-  if (c.s === "missing_finish") return el("td", {class: "missing", text: "MISSING finish"});
-  return el("td", {class: "num", title: `elapsed ${c.el} s, ±${c.unc}`}, el("b", {text: c.pts}), ` (${c.dev})`);
+  // A phone shows "—" for a missing passage, a wall screen says which one.
+  if (c.s === "missing_start") return el("td", {class: "missing", title: "MISSING start"}, el("span", {class: "long", text: "MISSING start"}), el("span", {class: "short", text: "—"}));
+  if (c.s === "missing_finish") return el("td", {class: "missing", title: "MISSING finish"}, el("span", {class: "long", text: "MISSING finish"}), el("span", {class: "short", text: "—"}));
+  return el("td", {class: "num", title: `elapsed ${c.el} s, deviation ${c.dev} s, ±${c.unc}`}, el("b", {text: c.pts}), el("span", {class: "dev", text: ` (${c.dev})`}));
 }
 
 function sortKey(c, key) {
@@ -232,9 +324,11 @@ function sortKey(c, key) {
   return [cell.s === "ok" ? cell.pts : Infinity, c.rank];
 }
 
-function header(label, key, cls) {
+// `short`: the label a phone shows (T1, T2 ...; the full name is the tooltip).
+function header(label, key, cls, short) {
   const s = S.sort;
-  const th = el("th", {class: `sortable ${cls || ""} ${s.key === key ? "sorted" + (s.asc ? " asc" : "") : ""}`, text: label});
+  const attrs = {class: `sortable ${cls || ""} ${s.key === key ? "sorted" + (s.asc ? " asc" : "") : ""}`, title: label};
+  const th = short ? el("th", attrs, el("span", {class: "long", text: label}), el("span", {class: "short", text: short})) : el("th", {...attrs, text: label});
   th.addEventListener("click", () => {
     S.sort = {key, asc: s.key === key ? !s.asc : true};
     renderResults();
@@ -264,11 +358,12 @@ function renderResults() {
   const only = sel.value ? r.stages.findIndex((s) => s.name === sel.value) : -1;
   const hr = $("results").tHead.rows[0];
   CP.clear(hr);
-  hr.append(header("rank", "rank", "num"), header("car", "car"));
+  // Total right after the car: a wall screen or a phone always shows it, however
+  // many stages scroll beside it.
+  hr.append(header("rank", "rank", "num"), header("car", "car"), header("total", "total", "num total"));
   r.stages.forEach((s, i) => {
-    if (only < 0 || only === i) hr.append(header(s.name, `s${i}`, "num"));
+    if (only < 0 || only === i) hr.append(header(s.name, `s${i}`, "num", `T${i + 1}`));
   });
-  hr.append(header("total", "total", "num"));
   const car = $("f-car").value.trim();
   const cars = r.cars.filter((c) => !car || c.car.startsWith(car));
   const k = S.sort.key === "rank" && only >= 0 ? `s${only}` : S.sort.key;
@@ -283,12 +378,12 @@ function renderResults() {
   for (const c of cars) {
     const tr = el("tr", {class: "clickable" + (c.car === S.car ? " selected" : "")});
     tr.append(el("td", {class: "num", text: c.rank}), el("td", {}, el("b", {text: c.car})));
+    tr.append(
+      el("td", {class: "num total" + (c.total === null ? " missing" : "")}, c.total === null ? el("span", {title: `MISSING: ${c.partial} points so far`}, el("span", {class: "wide-only", text: "MISSING "}), `(${c.partial})`) : el("b", {text: c.total})),
+    );
     c.st.forEach((cell, i) => {
       if (only < 0 || only === i) tr.append(resultCell(cell));
     });
-    tr.append(
-      el("td", {class: "num" + (c.total === null ? " missing" : "")}, c.total === null ? `MISSING (${c.partial})` : el("b", {text: c.total})),
-    );
     tr.addEventListener("click", () => showCar(c.car));
     tb.append(tr);
   }
@@ -391,8 +486,11 @@ function fillCorrection(p) {
   $("c-box").value = p.box;
   $("c-seq").value = p.seq;
   $("c-value").value = p.car || "";
-  $("c-msg").textContent = `passage ${p.box} #${p.seq} at ${p.cp}, ${p.utc} UTC`;
+  $("c-passage").textContent = `${p.cp} ${localTime(p.ms)} ${p.car ? `car ${p.car}` : "no car"}${p.void ? " (void)" : ""}`;
+  $("c-msg").textContent = "";
   $("c-msg").className = "msg";
+  $("correct-panel").scrollIntoView({block: "nearest"});
+  $("c-value").focus();
 }
 
 function actionChanged() {
@@ -406,14 +504,19 @@ function actionChanged() {
 async function submitCorrection(ev) {
   ev.preventDefault();
   const action = $("c-action").value;
-  const body = {box: $("c-box").value.trim(), seq: Number($("c-seq").value), action};
+  if (!$("c-seq").value) {
+    $("c-msg").textContent = "choose a passage first: click it in the to-do or the passages";
+    $("c-msg").className = "msg bad";
+    return;
+  }
+  const body = {box: $("c-box").value.trim(), seq: Number($("c-seq").value), action, override: $("c-override").checked};
   if (action === "assign") body.car = $("c-value").value.trim();
   if (action === "void") body.reason = $("c-value").value.trim();
   const res = await CP.post("api/correct", body);
   const msg = $("c-msg");
   if (res.ok) {
     const c = res.data.correction;
-    msg.textContent = `${c.box} #${c.ref_seq}: ${action} ${c.car || c.reason || ""} (correction #${c.id})`;
+    msg.textContent = `${$("c-passage").textContent}: ${action} ${c.car || c.reason || ""} (correction #${c.id})`;
     msg.className = "msg ok";
   } else {
     msg.textContent = `refused: ${res.data.error || res.status}`;
@@ -427,6 +530,7 @@ async function loadSession() {
   $("login").hidden = S.session.logged_in || !S.session.can_correct;
   $("logout").hidden = !S.session.logged_in;
   $("correct-panel").hidden = !S.session.logged_in;
+  renderTodo();
 }
 
 function init() {
@@ -441,9 +545,10 @@ function init() {
     renderResults();
     renderFeed();
   });
+  $("f-cp").addEventListener("change", () => loadFiltered().catch(() => {}));
   $("f-car").addEventListener("input", () => {
     renderResults();
-    renderFeed();
+    loadFiltered().catch(() => {});
     const car = $("f-car").value.trim();
     if (S.results.cars.some((c) => c.car === car)) showCar(car);
   });
@@ -467,8 +572,17 @@ function init() {
       },
       feed: (f) => {
         S.feed = f;
-        renderFeed();
+        if (S.filtered) loadFiltered().catch(() => {});
+        else renderFeed();
         if (S.car) showCar(S.car);
+      },
+      todo: (t) => {
+        S.todo = t;
+        renderTodo();
+      },
+      audit: (a) => {
+        S.audit = a;
+        renderAudit();
       },
       results: (r) => {
         S.results = r;
@@ -477,6 +591,7 @@ function init() {
       },
       checkpoints: (c) => {
         S.checkpoints = c;
+        renderControls();
       },
       history: (h) => {
         S.hist = h; // the full history, on (re)connect

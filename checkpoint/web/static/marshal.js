@@ -28,7 +28,8 @@ function renderStatus(st) {
   v.className = "verdict s-" + (st.ready ? "ok" : "bad");
   v.append(CP.el("strong", {text: st.ready ? "READY" : "NOT READY"}));
   if (!st.ready) {
-    const why = bad.map((i) => `${i.l}: ${i.t}`);
+    // The items' texts are whole sentences ("GPS is locking: about 40 s").
+    const why = bad.map((i) => i.t);
     if (st.alarms.length) why.push(`${st.alarms.length} alarm(s) below`);
     v.append(CP.el("span", {class: "why", text: why.join(" · ")}));
   }
@@ -58,14 +59,16 @@ function makeRow(seq) {
   });
   const set = CP.el("button", {type: "submit", class: "set"}, "Set");
   const form = CP.el("form", {class: "assign"}, input, set);
-  const voidBtn = CP.el("button", {type: "button", class: "void secondary"}, "Void");
+  // Void sits on its own line, away from Set (a gloved mis-tap), and asks first.
+  const voidBtn = CP.el("button", {type: "button", class: "void secondary"}, "Void…");
   const li = CP.el(
     "li",
     {class: "p", "data-seq": seq},
     CP.el("div", {class: "when"}, local, utc),
     meta,
-    CP.el("div", {class: "act"}, form, voidBtn),
+    CP.el("div", {class: "act"}, form),
     state,
+    CP.el("div", {class: "tools"}, voidBtn),
   );
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -85,7 +88,9 @@ function paintRow(r) {
   p.utc.textContent = `${d.utc} UTC`;
   // The clock state is only named when it is not the normal one (locked).
   const flag = d.clk && d.clk !== "locked" ? ` · ${d.clk.toUpperCase()}` : "";
-  p.meta.textContent = `#${d.seq} ${d.in} · ${d.unc}${flag}`;
+  // One row per car: the other inputs that saw it at the same time ride along.
+  const also = (d.also || []).map((a) => ` + ${a.in} ${CP.localHundredths(a.ms).slice(6)}`).join("");
+  p.meta.textContent = `#${d.seq} ${d.in}${also} · ${d.unc}${flag}`;
   r.li.classList.toggle("voided", Boolean(d.void));
   r.li.classList.toggle("clock-warn", Boolean(d.clk && d.clk !== "locked"));
   r.li.classList.toggle("assigned", Boolean(d.car));
@@ -112,6 +117,11 @@ function paintRow(r) {
   } else if (guess) {
     text = d.pcs === "confirm" ? `to confirm: car ${d.pc}?` : `predicted car ${d.pc}: tap Set`;
     cls += d.pcs === "confirm" ? " warn" : "";
+  }
+  if (d.hq) {
+    // HQ corrected this passage: the marshal sees it, HQ's word wins in the results.
+    text = text ? `${text} · ${d.hq}` : d.hq;
+    cls = "state hq";
   }
   const now = pending.get(d.seq);
   if (now) {
@@ -173,14 +183,20 @@ function renderNext(m) {
   $("next-panel").hidden = m.cars.length === 0;
 }
 
+// A row may hold one car's passages at several inputs: the correction goes to each.
 async function send(seq, kind, value) {
   pending.set(seq, {kind, value, at: Date.now()});
   const r = rows.get(seq);
   if (r) paintRow(r);
-  const res = await CP.post("api/correct", {kind, seq, value}).catch((e) => ({
-    ok: false,
-    data: {error: String(e)},
-  }));
+  const seqs = r && r.data.seqs ? r.data.seqs : [seq];
+  let res = {ok: true, data: {}};
+  for (const s of seqs) {
+    res = await CP.post("api/correct", {kind, seq: s, value}).catch((e) => ({
+      ok: false,
+      data: {error: String(e)},
+    }));
+    if (!res.ok) break;
+  }
   if (!res.ok) {
     pending.delete(seq);
     if (r) {
@@ -193,7 +209,9 @@ async function send(seq, kind, value) {
 
 function openVoid(seq) {
   voidSeq = seq;
-  $("void-seq").textContent = `#${seq}`;
+  const r = rows.get(seq);
+  const when = r ? CP.localHundredths(r.data.ms) : "";
+  $("void-seq").textContent = `${when} (#${seq})`;
   $("void-reason").value = "false trigger";
   $("void-dialog").showModal();
 }
