@@ -306,11 +306,11 @@ def _web(table: Any, file: str, errors: list[str]) -> WebConfig:
         entries=w.get("entries", str, ""),
     )
     if bool(web.event) != bool(web.entries):
-        raise w.fail("event" if not web.event else "entries", "give event and entries together")
+        w.bad("event" if not web.event else "entries", "give event and entries together")
     for key in ("event", "entries"):
         path = getattr(web, key)
         if path and not path.startswith("/"):
-            raise w.fail(key, f"must be an absolute path, got {path!r}")
+            w.bad(key, f"must be an absolute path, got {path!r}")
     if not web.host:
         w.bad("host", "must be an address such as 127.0.0.1 or 0.0.0.0")
     if web.enabled and not web.pin_file:

@@ -86,8 +86,9 @@ Reject keys: ``double_pulse``, ``off_grid``, ``regrid``, ``missing_pulse`` (grid
 steps of n > 1), ``no_fix`` (a pulse nobody labelled), ``unpaired`` (a valid
 sentence with no pulse to label: NMEA without PPS), ``invalid_fix``,
 ``ambiguous_phase``, ``convention_mismatch``, ``conflict``, ``date_jump``,
-``leap``, ``unconfirmed`` (held pairings dropped when a chain broke),
-``late_sentence``, ``out_of_order``. `stats` counts ``pulses``, ``fixes``,
+``leap``, ``unconfirmed`` (held pairings dropped when a chain broke), ``contradicted``
+(a fractional-second sentence more than a second away from the chain's time: the chain
+is dropped), ``late_sentence``, ``out_of_order``. `stats` counts ``pulses``, ``fixes``,
 ``paired``, ``duplicate_sentence``, ``overrun_sentence`` (a continuation after the
 next pulse), ``chain_overrun`` (an onset after the next pulse, paired by rule 2),
 ``fractional``.
@@ -289,6 +290,14 @@ class Pairer:
             return []
         if fix.frac_ns != 0:
             self.stats["fractional"] += 1
+            if self._offset is not None:
+                # It labels no pulse, but it still states the time: one that is more than
+                # a second away from what the chain says (a stream spliced from two
+                # times) means the chain's labels cannot be trusted either.
+                expect = self._g + self._offset
+                if abs(fix.utc_s - expect) > 1:
+                    self.rejects["contradicted"] += 1
+                    self._conflict()
             return []
         anchor = self._anchor
         if anchor is None:

@@ -484,7 +484,7 @@ def test_corrections_restamp_and_export(broker, hq, db, boxes, tmp_path):
     table = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert [int(r["seq"]) for r in table] == [1, 2, 3, 4]  # restamped seq 1 sorts first
     assert table[0]["restamped"] == "true" and table[3]["void"] == "true"
-    assert list(table[0])[:16] == [
+    assert list(table[0])[:17] == [
         "box", "store", "seq", "checkpoint", "input", "source", "mono_ns", "utc_ns", "utc",
         "clock", "uncertainty_ns", "car", "void", "void_reason", "restamped", "orig_utc_ns",
         "car_source",

@@ -205,6 +205,28 @@ def test_fractional_sentences_do_not_label() -> None:
     assert pairer.fix(Fix(120_000_000, 77, 0, True, "RMC", True)) == [Sample(0, 77)]
 
 
+def test_a_fractional_sentence_far_from_the_chain_drops_the_chain() -> None:
+    # gpsd's nmea-fuzzy-cases.log: the whole-second sentences agree with the pulses, but
+    # the fractional ones between them name a time 630 s away. Whichever is true, the
+    # labels cannot be trusted: the chain goes and must be confirmed afresh.
+    pairer = Pairer("after", confirm=2)
+    out: list[Sample] = []
+    for k in range(4):
+        pairer.pps(k * NS)
+        out += pairer.fix(Fix(k * NS + 100_000_000, 1000 + k, 0, True, "RMC", True))
+    assert [s.utc_s for s in out] == [1000, 1001, 1002, 1003]
+    # a 5 Hz receiver's fractions of the current second are no contradiction
+    assert pairer.fix(Fix(3 * NS + 300_000_000, 1003, 200_000_000, True, "GGA", False)) == []
+    assert pairer.rejects["contradicted"] == 0
+    pairer.fix(Fix(3 * NS + 500_000_000, 1003 + 630, 200_000_000, True, "GGA", False))
+    assert pairer.rejects["contradicted"] == 1
+    pairer.pps(4 * NS)
+    assert pairer.fix(Fix(4 * NS + 100_000_000, 1004, 0, True, "RMC", True)) == []  # held
+    pairer.pps(5 * NS)
+    got = pairer.fix(Fix(5 * NS + 100_000_000, 1005, 0, True, "RMC", True))
+    assert [s.utc_s for s in got] == [1004, 1005]
+
+
 def test_leap_second_is_not_paired_across() -> None:
     truth = short(seconds=40, leap_at=20)
     pairer = Pairer("after")
