@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import socket
 
 import pytest
@@ -135,17 +136,27 @@ def test_a_burst_of_failures_is_logged_once_with_a_count(marshal, monkeypatch, c
     monkeypatch.setattr(webserver, "WRONG_PIN_DELAY_S", 0.0)
     marshal.auth.failures.every_s = 0.5
     marshal.auth.limiter = LoginLimiter(per_client=5, lockout_s=60, global_max=30)
+
+    def failures() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "checkpoint.web"]
+        return [m for m in lines if "wrong PIN" in m or "refused" in m]
+
+    def counted() -> int:
+        # Each summary line: "N more wrong PIN and M logins refused ... from K addresses"
+        return sum(int(m.split()[0]) + int(m.split(" and ")[1].split()[0]) for m in failures()[1:])
+
     with caplog.at_level(logging.WARNING, logger="checkpoint.web"):
+        t0 = time.monotonic()
         _race(marshal, PIN, [("127.0.0.1", f"{i:06d}z") for i in range(100)])
-        deadline = asyncio.run(_wait_for(lambda: "more wrong PIN" in caplog.text, 5.0))
-    assert deadline, caplog.text
-    lines = [r.getMessage() for r in caplog.records if r.name == "checkpoint.web"]
-    failures = [m for m in lines if "wrong PIN" in m or "refused" in m]
-    assert len(failures) == 2, failures
-    assert failures[0].startswith(("wrong PIN from 127.0.0.1", "login refused"))
-    assert "more wrong PIN and" in failures[1] and "from 1 addresses" in failures[1]
-    counted = [int(w) for w in failures[1].split() if w.isdigit()]
-    assert counted[0] + counted[1] == 99  # every try but the first, in one line
+        # On a loaded machine the 100 racing tries may span more than one 0.5 s window.
+        done = asyncio.run(_wait_for(lambda: counted() >= 99, 10.0))
+        windows = (time.monotonic() - t0) / 0.5
+    assert done, caplog.text
+    lines = failures()
+    assert lines[0].startswith(("wrong PIN from 127.0.0.1", "login refused"))
+    assert all("more wrong PIN and" in m and "from 1 addresses" in m for m in lines[1:]), lines
+    assert counted() == 99  # every try but the first, in summary lines only
+    assert len(lines) <= 2 + windows, lines  # one line a window, not one a try
 
 
 async def _wait_for(cond, timeout: float) -> bool:
