@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import socket
+import time
 
 import pytest
 from webrig import PASSWORD, PIN, Client, FakeBox, HQFiller
