@@ -24,7 +24,7 @@ def test_first_cars_keeps_route_and_boxes_and_cuts_the_field():
 
 
 def test_sim_run_takes_cars_and_dev_demo_passes_it_unless_full():
-    args = build_parser().parse_args(["run", str(MILLE), "--cars", "24"])
-    assert args.cars == 24
+    args = build_parser().parse_args(["run", str(MILLE), "--cars", "20"])
+    assert args.cars == 20
     dev = (MILLE.parent.parent.parent / "dev").read_text()
-    assert "quick=(--cars 24)" in dev and '"$a" = --full' in dev
+    assert "quick=(--cars 20)" in dev and '"$a" = --full' in dev
