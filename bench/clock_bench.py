@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from clocktruth import NS, Profile, Stamped, generate, replay, restamp_all  # noqa: E402
 
-from checkpoint.clock import UNKNOWN_UNCERTAINTY_NS, ClockModel, ClockState  # noqa: E402
-from checkpoint.pairing import Pairer  # noqa: E402
+from checkpoint.core.clock import UNKNOWN_UNCERTAINTY_NS, ClockModel, ClockState  # noqa: E402
+from checkpoint.core.pairing import Pairer  # noqa: E402
 
 DRIFT = {"drift_ppm_per_min": 0.01, "wander_ppm_per_sqrt_s": 2e-4, "temp_ppm": 0.02}
 

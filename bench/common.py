@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint.errors import CheckpointError
-from checkpoint.hqstore import HQStore
+from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
 
 NS = 1_000_000_000

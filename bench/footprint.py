@@ -8,7 +8,7 @@
 * **Start-up**: from just before the process is spawned to the arrival, at a bare
   subscriber, of its first retained status with `state: ready` (the daemon has opened
   and checked its store, opened the GPS port and pins, and is connected to the broker).
-* **Database growth**: measured with `checkpoint.store.Store.record` itself on a
+* **Database growth**: measured with `checkpoint.box.store.Store.record` itself on a
   fresh file (size after closing, which folds the WAL in): per 1,000 passages (the
   event plus its two raw edges) and per 1,000 seconds of idle running (one PPS row and
   one clock sample row a second, which the store keeps for replay), extrapolated to a
@@ -38,7 +38,7 @@ from bench.common import (
 from bench.latency import wait_locked
 from bench.rig import BenchBox, GpsFeeder, Truth, passage_event, play, schedule
 from checkpoint import capture
-from checkpoint.store import Store
+from checkpoint.box.store import Store
 from sim.broker import Mosquitto
 
 SD_CARD_BYTES = 16 * 10**9

@@ -36,7 +36,7 @@ from bench.common import (
     pct,
     slope,
 )
-from checkpoint.hqstore import HQStore
+from checkpoint.hq.store import HQStore
 from sim.broker import Mosquitto
 
 BOXES_PER_PROC = 100

@@ -237,7 +237,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
             wait_until(lambda: watcher.ready_since(BOX, 0), 30, "the box's ready status")
             lock_s = None if smoke else wait_locked(watcher, BOX, 120)
             # The daemon holds new events for 1 s after its first connect (the seq-floor
-            # check, checkpoint/daemon.py); the smoke run does not wait for lock, so wait
+            # check, checkpoint/box/daemon.py); the smoke run does not wait for lock, so wait
             # that out here.
             time.sleep(1.5 if smoke else 0)
             for label, rate, seconds, profile in plan:

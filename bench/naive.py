@@ -4,7 +4,7 @@
 
 What most Pi timers do: the gpiozero callback publishes the passage at once (QoS 1,
 through the same `checkpoint.mqtt.Link` the daemon uses, so the MQTT client is not
-what differs). Edges come through the same `checkpoint.edges.EdgeSource` and
+what differs). Edges come through the same `checkpoint.box.edges.EdgeSource` and
 `checkpoint-sim` pin factory as the daemon's, so the comparison isolates what the
 daemon adds: the queue to the core thread, the SQLite commit with synchronous=FULL,
 the outbox, and HQ's own commit and ack.
@@ -20,8 +20,8 @@ import threading
 import time
 
 from bench.rig import BEAM_PINS
+from checkpoint.box.edges import EdgeSource
 from checkpoint.config import InputConfig
-from checkpoint.edges import EdgeSource
 from checkpoint.mqtt import Connected, Link, LinkEvent
 
 

@@ -4,7 +4,7 @@ A capture is written the way the simulator writes one (`sim.capture.records`): b
 the California Mille (a u-blox M8 at factory settings: RMC, VTG, GGA, GSA, GSV, GLL,
 ZDA, about 8 sentences a second, plus PPS), its cars in the first minutes and then
 idle running, for `HOURS` of capture (`--smoke`: 5 minutes). It is replayed through
-`checkpoint.cli.replay_events`, the same `timing.Pipeline` the daemon runs, timed with
+`checkpoint.box.replay.replay_events`, the same `timing.Pipeline` the daemon runs, timed with
 the process's CPU clock: capture seconds per CPU second is the replay speed.
 
 CPU per PPS pulse: the idle part (a capture with no cars, same receiver) over its
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint import capture as capfmt
-from checkpoint.cli import replay_events
+from checkpoint.box.replay import replay_events
 from checkpoint.config import InputConfig
 from sim import scenario
 from sim.capture import NS, clocks_and_receivers, records

@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.common import MS, NS, REPO, pct
 from checkpoint import EVENT_SCHEMA
-from checkpoint.store import Store
-from checkpoint.timing import format_utc
+from checkpoint.box.store import Store
+from checkpoint.core.timing import format_utc
 
 sys.path.insert(0, str(REPO / "tests"))
 from boxrig import BoxRig, GpsFeeder, Truth  # noqa: E402

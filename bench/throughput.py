@@ -129,7 +129,7 @@ def steps(work: Path, smoke: bool) -> dict[str, Any]:
             box.start()
             wait_until(lambda: watcher.ready_since(box.box, 0), 30, "the box's ready status")
             # The daemon holds new events for 1 s after its first connect (the seq-floor
-            # check in checkpoint/daemon.py): start stepping once that is over.
+            # check in checkpoint/box/daemon.py): start stepping once that is over.
             time.sleep(1.5)
             pids = {"box": box.pid, "hq": hq.pid, "mosquitto": broker.pid or 0}
             for rate in rates:

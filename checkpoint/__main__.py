@@ -1,3 +1,3 @@
-from checkpoint.cli import main
+from checkpoint.cli.main import main
 
 raise SystemExit(main())

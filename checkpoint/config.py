@@ -123,7 +123,7 @@ class Config:
     gps: GpsConfig = field(default_factory=GpsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     pin_factory: str = ""
-    # Accept a pin factory without kernel edge timestamps (checkpoint.edges).
+    # Accept a pin factory without kernel edge timestamps (checkpoint.box.edges).
     allow_coarse_ticks: bool = False
     capture: str | None = None
     status_interval_s: int = 10
@@ -273,7 +273,7 @@ def _clock(table: Any, file: str, errors: list[str]) -> tuple[tuple[str, int | f
     """[clock] overrides any ClockParams threshold by its field name (see clock.py)."""
     from dataclasses import fields
 
-    from checkpoint.clock import ClockParams
+    from checkpoint.core.clock import ClockParams
 
     r = _Reader(table, "clock", file, errors)
     known = {f.name: f.type for f in fields(ClockParams)}

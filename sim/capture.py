@@ -5,7 +5,7 @@ v1: a `sysclock` record at power-on and every 60 s, PPS rising edges, NMEA lines
 stamped with the tick their last byte arrived, beam edges) and `BOX.toml` (the box
 config to replay it with), plus `truth.json`: every truth passage (true UTC, box
 tick) and each box's clock parameters. `judge(out_dir)` replays every capture
-through the box's own pipeline (`checkpoint.cli.replay_events`) and judges it.
+through the box's own pipeline (`checkpoint.box.replay.replay_events`) and judges it.
 
 Box clocks start at an arbitrary uptime (10-30 s); everything is a pure function
 of the scenario and its seed, so the same seed writes the same files.
@@ -21,8 +21,8 @@ from typing import Any
 
 from checkpoint import capture as capfmt
 from checkpoint import config as configmod
-from checkpoint import office, posting
-from checkpoint.cli import replay_events
+from checkpoint.box.replay import replay_events
+from checkpoint.hq import office, posting
 from sim import boxconfig, rallyoffice, verdict
 from sim.boxclock import BoxClock
 from sim.gps import GpsReceiver

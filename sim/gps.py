@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from checkpoint import gpsconf as ubx
+from checkpoint.field import gpsconf as ubx
 from sim.boxclock import BoxClock
 from sim.scenario import Receiver
 

@@ -3,7 +3,7 @@
 HQ is run and read exactly as an operator would: `checkpoint hq run` as a process,
 `checkpoint hq export --format jsonl` for the passages (restamps, assignments and
 voids applied). The receive times (for latency) and the marshal's car assignments
-go through HQ's own library (`checkpoint.hqstore`), one connection, short-lived.
+go through HQ's own library (`checkpoint.hq.store`), one connection, short-lived.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint.errors import CheckpointError
-from checkpoint.hqstore import HQStore
+from checkpoint.hq.store import HQStore
 from sim.procs import Child
 
 

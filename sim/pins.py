@@ -51,7 +51,7 @@ class SimPin(MockPin):
 class SimFactory(MockFactory):
     """MockFactory with int-ns CLOCK_MONOTONIC ticks and an optional socket feed."""
 
-    # Its ticks stand for the kernel's edge timestamps (checkpoint.edges accepts it
+    # Its ticks stand for the kernel's edge timestamps (checkpoint.box.edges accepts it
     # at µs grade; a plain MockFactory is refused).
     kernel_ticks = True
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import office
-from checkpoint.entries import Entry, parse_entries, render_entries
-from checkpoint.event import Event, parse_event
+from checkpoint.hq import office
+from checkpoint.hq.entries import Entry, parse_entries, render_entries
+from checkpoint.hq.event import Event, parse_event
 from sim.scenario import Scenario
 from sim.world import leg_targets_ns
 

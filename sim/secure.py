@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpoint.cli import read_secret
 from checkpoint.errors import ConfigError
+from checkpoint.support import read_secret
 from sim.boxconfig import _q
 
 

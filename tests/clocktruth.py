@@ -28,7 +28,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from checkpoint.nmea import Fix
+from checkpoint.core.nmea import Fix
 
 NS = 1_000_000_000
 START_UTC_S = 1_767_225_000  # 2025-12-31 23:50:00 UTC: a leap_at of 599 lands on midnight
@@ -204,7 +204,7 @@ def replay(
 ) -> list[Stamped]:
     """Feed the stream in tick order the way timing.Pipeline does; stamp every event twice.
 
-    `pairer` and `model` are duck-typed (checkpoint.pairing.Pairer, clock.ClockModel,
+    `pairer` and `model` are duck-typed (checkpoint.core.pairing.Pairer, clock.ClockModel,
     or the bench's naive baselines). The re-stamp is made at the first input at or
     after `restamp_after_ns` past the event, with that input's tick as `now`.
     `probe(mono)`, if given, is called after every input.

@@ -25,7 +25,7 @@ T0_NS = 1_713_719_000_000_000_000  # 2024-04-21T17:03:20Z
 
 
 def fmt_utc(utc_ns: int) -> str:
-    """The event's `utc` text (same format as checkpoint.timing.format_utc)."""
+    """The event's `utc` text (same format as checkpoint.core.timing.format_utc)."""
     import datetime as dt
 
     s, ns = divmod(utc_ns, 1_000_000_000)

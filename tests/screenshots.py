@@ -30,8 +30,8 @@ from webrig import (  # noqa: E402
     wait_for,
 )
 
-from checkpoint.hqstore import iso_now  # noqa: E402
-from checkpoint.results import parse_stages  # noqa: E402
+from checkpoint.hq.results import parse_stages  # noqa: E402
+from checkpoint.hq.store import iso_now  # noqa: E402
 from checkpoint.web.board import BoardServer  # noqa: E402
 from checkpoint.web.marshal import MarshalServer  # noqa: E402
 

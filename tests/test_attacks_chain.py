@@ -32,9 +32,10 @@ from faults import box_events, fast_inputs, send_passage, wait_for
 from test_chain import ed25519_pair
 from test_security import ShippedBroker, needs_tools, password, pki  # noqa: F401 - fixture
 
-from checkpoint import chain, integrity
-from checkpoint.hq import Collector
-from checkpoint.hqstore import HQStore
+from checkpoint.core import chain
+from checkpoint.hq import integrity
+from checkpoint.hq.collector import Collector
+from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import Link
 
 PIN = "GPIO17"

@@ -11,9 +11,11 @@ from contextlib import closing
 
 from test_reliability_units import _close, _daemon, _msg, _passage
 
-from checkpoint import EVENT_SCHEMA, chain, integrity
-from checkpoint.hq import Ingest
-from checkpoint.hqstore import HQStore
+from checkpoint import EVENT_SCHEMA
+from checkpoint.core import chain
+from checkpoint.hq import integrity
+from checkpoint.hq.collector import Ingest
+from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import PubAck, SubAck
 
 STORE = "9f1c" * 8
@@ -125,7 +127,7 @@ def test_hq_keeps_both_versions_in_either_order_and_counts_neither(tmp_path):
         integrity.decide(store, "box07", 2, forged["hash"][:10], by="jury", reason="test")
         # Deciding for the forgery is possible (audited), and the chain says so.
         assert [p["utc_ns"] for p in store.passages()][0] == forged["utc_ns"]
-    from checkpoint.verify import verify_path
+    from checkpoint.hq.verify import verify_path
 
     res = verify_path(tmp_path / "hq.db")
     assert not res.ok and {b.reason for b in res.breaks} >= {"deleted", "forked"}

@@ -19,7 +19,7 @@ import time
 import pytest
 from boxrig import NS, BoxRig, GpsFeeder, Truth
 
-from checkpoint.store import Store
+from checkpoint.box.store import Store
 
 pytestmark = pytest.mark.slow
 

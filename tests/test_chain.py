@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from test_timing import UTC0, World, run
 
-from checkpoint import chain
+from checkpoint.box.store import Store
+from checkpoint.cli.hq import main as hq_main
 from checkpoint.config import InputConfig
-from checkpoint.hq import Ingest, parse_event
-from checkpoint.hq_cli import main as hq_main
-from checkpoint.hqstore import HQStore
-from checkpoint.store import Store
-from checkpoint.timing import Pipeline, format_utc, params_for
+from checkpoint.core import chain
+from checkpoint.core.timing import Pipeline, format_utc, params_for
+from checkpoint.hq.collector import Ingest, parse_event
+from checkpoint.hq.store import HQStore
 
 NS = 1_000_000_000
 STORE = "9f1c"
@@ -578,8 +578,8 @@ def test_signed_head_round_trip(tmp_path):
 
 
 def test_box_refuses_a_bad_signing_key(tmp_path):
-    from checkpoint.cli import check_sign_key
     from checkpoint.errors import ConfigError
+    from checkpoint.support import check_sign_key
 
     priv, pub = ed25519_pair(tmp_path, "box07")
     check_sign_key(str(priv))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint import chronysock
+from checkpoint.box import chronysock
 
 DROPIN = Path(__file__).resolve().parent.parent / "systemd" / "chrony-checkpoint.conf"
 OFFSET_NS = 1_234_000
@@ -88,7 +88,7 @@ def _send_as(user: str, groups: list[int], path: Path) -> dict:
             records: list[str] = []
             handler = logging.Handler()
             handler.emit = lambda rec: records.append(f"{rec.levelname} {rec.getMessage()}")
-            logger = logging.getLogger("checkpoint.chronysock")
+            logger = logging.getLogger("checkpoint.box.chronysock")
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
             feeder = chronysock.ChronySocket(str(path))
@@ -150,7 +150,7 @@ def test_non_root_sender_gets_eacces_then_samples_arrive_with_the_dropin(run_dir
 
 def test_log_names_no_socket_and_stale_socket(tmp_path, caplog):
     path = tmp_path / "chrony.sock"
-    caplog.set_level(logging.INFO, logger="checkpoint.chronysock")
+    caplog.set_level(logging.INFO, logger="checkpoint.box.chronysock")
     feeder = chronysock.ChronySocket(str(path))
     try:
         assert feeder.send(chronysock.Sample(time.time_ns(), 0)) is False
@@ -169,7 +169,7 @@ def test_log_names_no_socket_and_stale_socket(tmp_path, caplog):
 
 
 def test_install_ships_the_dropin_and_restarts_a_running_chrony(tmp_path):
-    from checkpoint import install
+    from checkpoint.field import install
 
     root = tmp_path / "root"
     said: list[str] = []

@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from checkpoint.classify import classify, coefficient
-from checkpoint.dualtiming import Timed
-from checkpoint.entries import Entry, edit, parse_entries, render_entries, start_ns
 from checkpoint.errors import ConfigError
-from checkpoint.event import parse_event
-from checkpoint.identify import Call
+from checkpoint.hq.classify import classify, coefficient
+from checkpoint.hq.dualtiming import Timed
+from checkpoint.hq.entries import Entry, edit, parse_entries, render_entries, start_ns
+from checkpoint.hq.event import parse_event
+from checkpoint.hq.identify import Call
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -275,7 +275,7 @@ def test_entries_errors_name_row_and_column(text: str, where: str) -> None:
 
 
 def test_sheet_shows_backup_disagreement_and_source() -> None:
-    from checkpoint.posting import render_sheet
+    from checkpoint.hq.posting import render_sheet
 
     e, entries, starts, got = rally()
     c = got["1"]["F"]

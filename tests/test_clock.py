@@ -16,15 +16,15 @@ import statistics
 import pytest
 from clocktruth import NS, Profile, Stamped, Truth, generate, replay, restamp_all
 
-from checkpoint.clock import (
+from checkpoint.core.clock import (
     UNKNOWN_UNCERTAINTY_NS,
     ClockModel,
     ClockParams,
     ClockState,
     Stamp,
 )
-from checkpoint.nmea import Fix
-from checkpoint.pairing import Pairer, Sample
+from checkpoint.core.nmea import Fix
+from checkpoint.core.pairing import Pairer, Sample
 
 WANDER = {"drift_ppm_per_min": 0.01, "wander_ppm_per_sqrt_s": 2e-4, "temp_ppm": 0.02}
 

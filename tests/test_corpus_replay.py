@@ -33,10 +33,10 @@ import pytest
 from boxrig import NS, BoxRig, Truth
 from corpusline import CORPUS, Replay, cycles, log_bytes, lowest_baud
 
-from checkpoint.doctor import Limits, diagnose, gather, render
+from checkpoint.core.nmea import LineSplitter
+from checkpoint.core.timing import Pipeline
+from checkpoint.field.doctor import Limits, diagnose, gather, render
 from checkpoint.mqtt import Link, Message
-from checkpoint.nmea import LineSplitter
-from checkpoint.timing import Pipeline
 
 LOCKS = ["mt3339.log", "ublox-8.log", "ublox-neo-m9n-nmea.log", "ublox-zed-f9r.log"]
 NO_LOCK = [

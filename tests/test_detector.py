@@ -1,6 +1,6 @@
 """Passage detection on exact ticks (known truth, no I/O)."""
 
-from checkpoint.detector import Detector, Passage, RateLimiter
+from checkpoint.core.detector import Detector, Passage, RateLimiter
 
 MS = 1_000_000
 

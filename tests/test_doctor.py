@@ -17,7 +17,7 @@ import time
 import pytest
 from boxrig import NS, BoxRig, GpsFeeder, Truth
 
-from checkpoint.doctor import (
+from checkpoint.field.doctor import (
     FAIL,
     INFO,
     MB,
@@ -421,7 +421,7 @@ def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
         walker = threading.Thread(target=walk)
         walker.start()
         out = subprocess.run(
-            [sys.executable, "-m", "checkpoint.field_cli", "doctor", "--config", str(rig.config)]
+            [sys.executable, "-m", "checkpoint.cli.field", "doctor", "--config", str(rig.config)]
             + ["--walk-test", "10", "--json"],
             capture_output=True,
             text=True,

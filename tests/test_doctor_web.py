@@ -6,8 +6,8 @@ import socket
 
 from webrig import PIN, FakeBox
 
-from checkpoint import doctor_web
-from checkpoint.doctor import FAIL, OK, diagnose, gather, render
+from checkpoint.field import doctor_web
+from checkpoint.field.doctor import FAIL, OK, diagnose, gather, render
 from checkpoint.web.marshal import MarshalServer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_doctor import facts, later, levels, status
 
-from checkpoint.doctor import OK, Snapshot, diagnose, render
+from checkpoint.field.doctor import OK, Snapshot, diagnose, render
 
 
 def test_pps_count_across_unaligned_status_messages_is_not_a_rate():

@@ -7,8 +7,8 @@ the ticks we inject: the test checks they arrive unchanged as int ns.
 
 import pytest
 
+from checkpoint.box.edges import EdgeSource, open_factory, tick_ns
 from checkpoint.config import InputConfig
-from checkpoint.edges import EdgeSource, open_factory, tick_ns
 from checkpoint.errors import ConfigError
 from sim.pins import SimFactory
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint import chronysock, control, gpsconf, indicator, install, notify
+from checkpoint.box import chronysock, control, indicator, notify
+from checkpoint.cli.field import main as field_main
 from checkpoint.config import ConfigError, parse
 from checkpoint.errors import CommandError
-from checkpoint.field_cli import main as field_main
+from checkpoint.field import gpsconf, install
 
 REPO = Path(__file__).resolve().parent.parent
 FW = REPO / "firmware_config"
@@ -717,15 +718,15 @@ def test_gps_configure_dry_run_prints_frames(capsys, tmp_path):
 
 
 def test_gps_configure_opens_the_port_through_nmea_open_port(monkeypatch, capsys):
-    from checkpoint import nmea
+    from checkpoint.box import gps_serial
 
     rx = FakeUblox()
     rx.close = lambda: None
     opened = []
     monkeypatch.setattr(
-        nmea, "open_port", lambda url, baud: opened.append((url, baud)) or rx, raising=False
+        gps_serial, "open_port", lambda url, baud: opened.append((url, baud)) or rx, raising=False
     )
-    monkeypatch.setattr("checkpoint.doctor.service_state", lambda: "unknown")
+    monkeypatch.setattr("checkpoint.field.doctor.service_state", lambda: "unknown")
     rc = field_main(["gps", "configure", "--port", "loop://", "--baudrate", "38400"])
     assert rc == 0 and opened == [("loop://", 38400)]
     assert "receiver configured for timing" in capsys.readouterr().out
@@ -1010,9 +1011,9 @@ def test_assign_and_void_commands_through_the_socket(tmp_path, capsys):
 
 
 def _daemon_has_field_hooks() -> bool:
-    import checkpoint.daemon
+    import checkpoint.box.daemon
 
-    return "FieldKit(" in Path(checkpoint.daemon.__file__).read_text()
+    return "FieldKit(" in Path(checkpoint.box.daemon.__file__).read_text()
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ import pytest
 from boxrig import BoxRig, GpsFeeder, Truth
 from test_daemon_e2e import Subscriber
 
-from checkpoint import gpsport, install
+from checkpoint.box import gpsport
+from checkpoint.field import install
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 
 from checkpoint import config as configmod
-from checkpoint import gpsconf
-from checkpoint.field_cli import main as field_main
+from checkpoint.cli.field import main as field_main
+from checkpoint.field import gpsconf
 from sim.scenario import BUILTIN_RECEIVERS, burst_ms
 
 # NMEA message ids in class 0xF0, as the u-blox protocol numbers them.
@@ -84,11 +84,11 @@ class Port:
 
 @pytest.fixture
 def receiver(monkeypatch):
-    from checkpoint import nmea
+    from checkpoint.box import gps_serial
 
     rx = ModelUblox()
-    monkeypatch.setattr(nmea, "open_port", lambda url, baud: Port(rx, baud))
-    monkeypatch.setattr("checkpoint.doctor.service_state", lambda: "unknown")
+    monkeypatch.setattr(gps_serial, "open_port", lambda url, baud: Port(rx, baud))
+    monkeypatch.setattr("checkpoint.field.doctor.service_state", lambda: "unknown")
     return rx
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from hq_box import T0_NS, EmulatedBox, fmt_utc, wait_until
 
-from checkpoint import integrity
+from checkpoint.cli.hq import main as hq_main
 from checkpoint.errors import CommandError, StoreError
-from checkpoint.hq import (
+from checkpoint.hq import integrity
+from checkpoint.hq.collector import (
     Collector,
     Ingest,
     Rejected,
@@ -30,8 +31,7 @@ from checkpoint.hq import (
     gaps_text,
     parse_event,
 )
-from checkpoint.hq_cli import main as hq_main
-from checkpoint.hqstore import HQStore
+from checkpoint.hq.store import HQStore
 
 GAP_WAIT = 0.3
 REPO = Path(__file__).resolve().parents[1]
@@ -603,7 +603,7 @@ def test_second_collector_on_same_db_is_refused(broker, hq, db):
 
 
 def test_hq_subprocess_sigkill_and_restart(broker, db, boxes):
-    """A real `python -m checkpoint.hq_cli run`, SIGKILLed; events published while it is
+    """A real `python -m checkpoint.cli.hq run`, SIGKILLed; events published while it is
     down wait in its persistent session and arrive after the restart."""
     box = boxes(broker.url)
     box.passages(6)
@@ -641,7 +641,7 @@ def _spawn_hq(url, db):
     argv = ["run", "--broker", url, "--db", str(db), "--gap-wait", "0.3"]
     with open(logfile, "ab") as log:  # a file, not a pipe: a full pipe would block HQ
         proc = subprocess.Popen(
-            [sys.executable, "-m", "checkpoint.hq_cli", *argv],
+            [sys.executable, "-m", "checkpoint.cli.hq", *argv],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -14,9 +14,9 @@ from hq_box import wait_until
 from webrig import PIN, Client, read_sse, web_box_rig
 
 from checkpoint import hqfix
-from checkpoint.hq import Collector
-from checkpoint.hq_cli import main as hq_main
-from checkpoint.hqstore import HQStore
+from checkpoint.cli.hq import main as hq_main
+from checkpoint.hq.collector import Collector
+from checkpoint.hq.store import HQStore
 
 NS = 1_000_000_000
 

@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from checkpoint import assign
-from checkpoint.dualtiming import merge
-from checkpoint.event import parse_event
-from checkpoint.identify import identify
+from checkpoint.hq import assign
+from checkpoint.hq.dualtiming import merge
+from checkpoint.hq.event import parse_event
+from checkpoint.hq.identify import identify
 
 S = 1_000_000_000
 MS = 1_000_000

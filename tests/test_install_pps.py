@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checkpoint import install
+from checkpoint.field import install
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM = "/opt/checkpoint/bin/checkpoint"

@@ -1,4 +1,4 @@
-"""Tests for checkpoint.nmea: line splitting, sentence validation, the serial reader.
+"""Tests for checkpoint.core.nmea: line splitting, sentence validation, the serial reader.
 
 Expected values are computed independently of the code under test: checksums by a
 helper here, POSIX seconds with `calendar.timegm`, corpus values read off the logs.
@@ -22,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from checkpoint.nmea import (
+from checkpoint.box.gps_serial import SerialReader
+from checkpoint.core.nmea import (
     DEFAULT_NOT_AFTER,
     DEFAULT_NOT_BEFORE,
     Fix,
     LineSplitter,
     NmeaParser,
-    SerialReader,
 )
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nmea-corpus"
@@ -961,7 +961,7 @@ def test_reader_through_a_real_pty_stamps_lines_on_arrival(reader_factory):
 
 
 def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="checkpoint.nmea")
+    caplog.set_level(logging.INFO, logger="checkpoint.core.nmea")
     link = tmp_path / "gps0"
     got = Collector()
     reader = reader_factory(str(link), got)

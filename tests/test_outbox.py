@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from checkpoint.outbox import Outbox, _Ranges
+from checkpoint.core.outbox import Outbox, _Ranges
 
 S = "store-a"
 SEC = 1_000_000_000

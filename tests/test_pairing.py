@@ -12,8 +12,8 @@ import random
 import pytest
 from clocktruth import NS, Profile, Truth, generate
 
-from checkpoint.nmea import Fix
-from checkpoint.pairing import Pairer, Sample
+from checkpoint.core.nmea import Fix
+from checkpoint.core.pairing import Pairer, Sample
 
 
 def run(truth: Truth, pairer: Pairer) -> list[Sample]:

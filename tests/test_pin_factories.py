@@ -17,9 +17,9 @@ import pytest
 from test_timing import NS, World, pipeline, run
 
 from checkpoint import config as configmod
+from checkpoint.box.daemon import BoxDaemon
+from checkpoint.box.edges import COARSE_TICK_NS, EdgeSource, has_kernel_ticks
 from checkpoint.config import InputConfig
-from checkpoint.daemon import BoxDaemon
-from checkpoint.edges import COARSE_TICK_NS, EdgeSource, has_kernel_ticks
 from checkpoint.errors import ConfigError
 
 BEAM = InputConfig(name="beam", pin="GPIO17", active_low=True, pull="up")
@@ -226,7 +226,7 @@ def test_the_daemon_with_allow_coarse_ticks_says_so_in_its_status(tmp_path):
 
 def test_a_capture_of_a_coarse_box_replays_to_the_same_widened_bounds(tmp_path):
     from checkpoint import capture
-    from checkpoint.cli import replay_events
+    from checkpoint.box.replay import replay_events
 
     records = [
         {"type": "sysclock", "mono_ns": 10 * NS, "realtime_ns": 1_776_000_000 * NS},

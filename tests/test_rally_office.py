@@ -10,7 +10,7 @@ import json
 from hq_box import T0_NS, fmt_utc
 from test_hq import _cli, boxes, db, hq, read  # noqa: F401 - fixtures
 
-from checkpoint.officestore import entries_of
+from checkpoint.hq.officestore import entries_of
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -144,7 +144,7 @@ def test_organiser_from_entry_list_to_posted_results(broker, hq, db, boxes, tmp_
 def test_readme_examples_load_and_edit(tmp_path):
     from pathlib import Path
 
-    from checkpoint.hqstore import HQStore
+    from checkpoint.hq.store import HQStore
 
     repo = Path(__file__).resolve().parents[1]
     hqdb = tmp_path / "hq.db"
@@ -206,7 +206,7 @@ def test_an_unplaceable_start_drops_auto_cars_but_never_the_export(tmp_path, cap
 
     from hq_box import T0_NS
 
-    from checkpoint.hqstore import HQStore
+    from checkpoint.hq.store import HQStore
 
     repo = Path(__file__).resolve().parents[1]
     hqdb = tmp_path / "hq.db"

@@ -35,7 +35,7 @@ from faults import (
     wait_for,
 )
 
-from checkpoint.hq import Collector
+from checkpoint.hq.collector import Collector
 
 pytestmark = pytest.mark.slow
 

@@ -39,10 +39,10 @@ from faults import (
     wait_for,
 )
 
-from checkpoint.clock import UNKNOWN_UNCERTAINTY_NS, ClockParams
 from checkpoint.config import InputConfig
+from checkpoint.core.clock import UNKNOWN_UNCERTAINTY_NS, ClockParams
+from checkpoint.core.timing import Pipeline
 from checkpoint.mqtt import Link
-from checkpoint.timing import Pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ from faults import (
     wait_for,
 )
 
-from checkpoint.hq import Collector
+from checkpoint.hq.collector import Collector
 from sim.proxy import LinkProxy
 
 pytestmark = pytest.mark.slow

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint import chain
+from checkpoint.box.daemon import BoxDaemon
 from checkpoint.config import parse
-from checkpoint.daemon import BoxDaemon
+from checkpoint.core import chain
+from checkpoint.core.outbox import Outbox
 from checkpoint.errors import StoreError
 from checkpoint.mqtt import Message, SubAck
-from checkpoint.outbox import Outbox
 
 MS = 1_000_000
 

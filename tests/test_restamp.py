@@ -11,7 +11,7 @@ from __future__ import annotations
 from test_sim import _row, _truth
 from test_timing import NS, UTC0, World, pipeline, run
 
-from checkpoint.store import Store
+from checkpoint.box.store import Store
 from sim import verdict
 
 

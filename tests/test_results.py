@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint.errors import ConfigError
-from checkpoint.results import (
+from checkpoint.hq.results import (
     Scoring,
     compute,
     hundredths,

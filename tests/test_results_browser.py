@@ -13,9 +13,9 @@ import re
 import pytest
 from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_for
 
-from checkpoint import officestore
-from checkpoint.entries import parse_entries
-from checkpoint.hqstore import HQStore
+from checkpoint.hq import officestore
+from checkpoint.hq.entries import parse_entries
+from checkpoint.hq.store import HQStore
 from checkpoint.web.board import BoardServer
 
 pytestmark = pytest.mark.browser
@@ -179,9 +179,9 @@ def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
 
     from webrig import PIN, FakeBox, login
 
-    from checkpoint.event import parse_event
-    from checkpoint.marshal_office import MarshalOffice
+    from checkpoint.hq.event import parse_event
     from checkpoint.web.marshal import MarshalServer
+    from checkpoint.web.marshal_office import MarshalOffice
 
     now = time.time_ns() // S * S
     starts = [now - 200 * S, now - 140 * S, now - 80 * S, now - 20 * S]

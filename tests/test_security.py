@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 from boxrig import BoxRig
 
-from checkpoint.cli import check_private, read_secret
 from checkpoint.config import InputConfig
+from checkpoint.core.outbox import MAX_RESEND, Outbox
+from checkpoint.core.timing import Pipeline
 from checkpoint.errors import CommandError, ConfigError, LinkError
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
-from checkpoint.outbox import MAX_RESEND, Outbox
-from checkpoint.timing import Pipeline
+from checkpoint.support import check_private, read_secret
 from sim.broker import MosquittoNotInstalled, find_mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

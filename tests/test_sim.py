@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint import capture as capfmt
-from checkpoint.detector import Detector, RateLimiter
-from checkpoint.nmea import NmeaParser
+from checkpoint.core.detector import Detector, RateLimiter
+from checkpoint.core.nmea import NmeaParser
 from sim import capture, gps, scenario, verdict, world
 from sim.__main__ import main as sim_main
 from sim.boxclock import BoxClock

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from checkpoint.box.store import Store, StoreCorruptError
 from checkpoint.errors import StoreError
-from checkpoint.store import Store, StoreCorruptError
 
 BOOT = "1b7c0a52-5d0e-4a51-9a36-2f0c1e6a1d44"
 
@@ -496,7 +496,7 @@ def test_two_replacements_in_one_second_do_not_collide(tmp_path):
 
 CHILD = r"""
 import random, sys
-from checkpoint.store import Store
+from checkpoint.box.store import Store
 store = Store(sys.argv[1], box="b", checkpoint="c")
 seq = store.last_seq()
 rng = random.Random(int(sys.argv[2]))

@@ -6,8 +6,8 @@ import pytest
 from boxrig import gga, rmc
 
 from checkpoint.config import InputConfig
+from checkpoint.core.timing import Pipeline, format_utc, params_for
 from checkpoint.errors import CommandError
-from checkpoint.timing import Pipeline, format_utc, params_for
 
 NS = 1_000_000_000
 UTC0 = 1_776_000_000 * NS

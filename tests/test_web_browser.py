@@ -2,7 +2,7 @@
 
 The marshal page is served by `MarshalServer` over an in-process box (`FakeBox`)
 whose events also go out over MQTT through an emulated box (tests/hq_box.py) to a
-real `checkpoint.hq.Collector` on a real Mosquitto; the HQ board reads that
+real `checkpoint.hq.collector.Collector` on a real Mosquitto; the HQ board reads that
 collector's database. So "assign a car on the phone, see it on HQ's board" crosses
 every process boundary but the daemon's own, which `test_real_daemon_...` covers
 once the daemon hook is wired (it skips until then).
@@ -33,9 +33,9 @@ from webrig import (
     wait_for,
 )
 
-from checkpoint.hq import Collector
-from checkpoint.hqstore import HQStore
-from checkpoint.results import parse_stages
+from checkpoint.hq.collector import Collector
+from checkpoint.hq.results import parse_stages
+from checkpoint.hq.store import HQStore
 from checkpoint.web import server as webserver
 from checkpoint.web.board import BoardServer
 from checkpoint.web.marshal import MarshalServer
@@ -367,7 +367,9 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
 
 
 def _daemon_hook_wired() -> bool:
-    from checkpoint import cli, config, daemon
+    from checkpoint import config
+    from checkpoint.box import daemon
+    from checkpoint.cli import main as cli
 
     has_web_config = "web" in getattr(config.Config, "__dataclass_fields__", {})
     sources = inspect.getsource(cli) + inspect.getsource(daemon)

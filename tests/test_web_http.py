@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from webrig import PASSWORD, PIN, Client, FakeBox, HQFiller, read_sse
 
-from checkpoint.hqstore import HQStore
-from checkpoint.results import parse_stages
+from checkpoint.hq.results import parse_stages
+from checkpoint.hq.store import HQStore
 from checkpoint.web import server as webserver
 from checkpoint.web.auth import LoginLimiter
 from checkpoint.web.board import BoardServer
@@ -352,7 +352,7 @@ def test_hq_serve_command_serves_until_sigterm(hqdb, tmp_path):
         [
             sys.executable,
             "-m",
-            "checkpoint.web.serve_cli",
+            "checkpoint.cli.serve",
             "--db",
             str(db),
             "--port",
@@ -382,7 +382,7 @@ def test_hq_serve_command_serves_until_sigterm(hqdb, tmp_path):
         [
             sys.executable,
             "-m",
-            "checkpoint.web.serve_cli",
+            "checkpoint.cli.serve",
             "--db",
             str(db),
             "--password-file",

@@ -18,8 +18,8 @@ import pytest
 from hq_box import wait_until
 from webrig import PASSWORD, login, make_driver, quit_driver, require_browser, wait_for
 
-from checkpoint.hq import Collector
-from checkpoint.results import parse_stages
+from checkpoint.hq.collector import Collector
+from checkpoint.hq.results import parse_stages
 from checkpoint.web.board import BoardServer
 from checkpoint.web.board_data import BoardReader
 

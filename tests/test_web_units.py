@@ -9,7 +9,7 @@ import pytest
 from webrig import HQFiller, box_status
 
 from checkpoint.errors import ConfigError
-from checkpoint.results import parse_stages
+from checkpoint.hq.results import parse_stages
 from checkpoint.web import forms
 from checkpoint.web.auth import LoginLimiter, Sessions, load_secret, secret_matches
 from checkpoint.web.board_data import BoardReader

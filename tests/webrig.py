@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from checkpoint import EVENT_SCHEMA
-from checkpoint.hq import Ingest
-from checkpoint.hqstore import HQStore
+from checkpoint.hq.collector import Ingest
+from checkpoint.hq.store import HQStore
 
 CHROMIUM = os.environ.get("CHECKPOINT_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHECKPOINT_CHROMEDRIVER", "/usr/bin/chromedriver")

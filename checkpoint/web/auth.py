@@ -30,7 +30,7 @@ def load_secret(path: str, what: str) -> str:
     The file holds the secret on its first line (surrounding blanks ignored). It must
     not be readable by group or others (chmod 600), like the MQTT password file.
     """
-    from checkpoint.cli import read_secret
+    from checkpoint.support import read_secret
 
     if not path:
         raise ConfigError(f"{what} is required when the web page is enabled")

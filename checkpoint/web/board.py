@@ -33,9 +33,9 @@ from typing import Any
 
 from aiohttp import web
 
-from checkpoint import results as resultsmod
 from checkpoint.errors import CommandError, StoreError
-from checkpoint.hqstore import HQStore
+from checkpoint.hq import results as resultsmod
+from checkpoint.hq.store import HQStore
 from checkpoint.web import forms
 from checkpoint.web.board_data import BoardReader
 from checkpoint.web.office_web import add_office_routes
@@ -226,7 +226,7 @@ class BoardServer(Site):
     def _correct(self, action: str, kw: dict[str, Any]) -> dict[str, Any]:
         # A short-lived writing connection per correction, like `checkpoint hq assign`:
         # the board's own connection stays read-only.
-        from checkpoint import hq_ops
+        from checkpoint.hq import ops as hq_ops
 
         store = HQStore(self.db, create=False)
         try:

@@ -25,10 +25,10 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from checkpoint import results as resultsmod
-from checkpoint.hq_ops import audit_rows
-from checkpoint.hq_status_text import link_text
-from checkpoint.hqstore import HQStore
+from checkpoint.hq import results as resultsmod
+from checkpoint.hq.ops import audit_rows
+from checkpoint.hq.status_text import link_text
+from checkpoint.hq.store import HQStore
 from checkpoint.web.marshal_view import fmt_uncertainty, utc_hundredths
 
 HISTORY_POINTS = 720  # per box: two hours of statuses at the default 10 s interval

@@ -52,10 +52,10 @@ def _office(cfg: Any, daemon: Any) -> Any:
         return None
     from pathlib import Path
 
-    from checkpoint.entries import parse_entries
     from checkpoint.errors import CheckpointError
-    from checkpoint.event import parse_event
-    from checkpoint.marshal_office import MarshalOffice
+    from checkpoint.hq.entries import parse_entries
+    from checkpoint.hq.event import parse_event
+    from checkpoint.web.marshal_office import MarshalOffice
 
     try:
         office = MarshalOffice(

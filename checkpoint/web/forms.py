@@ -1,6 +1,6 @@
 """Validation of what a browser sends. Pure; every error is a `FormError` a person can read.
 
-The limits are the box's own (`checkpoint.control`, `timing.Pipeline.assign/void`), so
+The limits are the box's own (`checkpoint.box.control`, `timing.Pipeline.assign/void`), so
 a value the page accepts is never refused later for its shape.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from checkpoint.control import MAX_CAR, MAX_REASON, MAX_SEQ
+from checkpoint.box.control import MAX_CAR, MAX_REASON, MAX_SEQ
 from checkpoint.errors import CommandError
 
 _BOX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as config's box id

@@ -77,7 +77,7 @@ class MarshalServer(Site):
         office: Any = None,
     ) -> None:
         self._snapshot, self._passages, self._correct = snapshot, passages, correct
-        # checkpoint.marshal_office.MarshalOffice: cars due next, predicted car numbers.
+        # checkpoint.web.marshal_office.MarshalOffice: cars due next, predicted car numbers.
         self._office = office
         self._next: list[dict[str, Any]] = []
         self._next_text = ""

@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from checkpoint import office, posting
 from checkpoint.errors import CheckpointError
-from checkpoint.hqstore import iso_now, ns_to_iso
+from checkpoint.hq import office, posting
+from checkpoint.hq.store import iso_now, ns_to_iso
 from checkpoint.web.board_data import open_readonly
 from checkpoint.web.server import CSP, json_response
 

@@ -1,0 +1,1234 @@
+"""PPS samples + NMEA fixes + system clock readings → mono→UTC with an honest error bound.
+
+Every stamp answers: "what UTC was it at this CLOCK_MONOTONIC tick, and by how much
+could that be wrong?" The bound is meant to be *true* (the real UTC lies within
+``utc_ns ± uncertainty_ns``) and as tight as the data allow. Pure: no I/O, no clock
+reads, no threads; all instants are int ns (a float cannot hold epoch ns), floats
+only for small relative quantities (ppm, residuals of a few ms at most).
+
+Sources, best first
+-------------------
+``locked``   PPS samples around the tick. A polynomial in (mono − ref) is fitted to
+             the phase ``utc − mono`` over a window of samples: offset, frequency and,
+             where the data show it (``|c|/σ_c ≥ drift_t`` with at least
+             ``quadratic_min_samples``), frequency drift. Fitting relative to a
+             reference sample keeps the big numbers in int; the float residuals are
+             µs–ms. Late interrupts go first: a robust start (median of slopes half a
+             window apart, then medians of thirds for the curvature) and MAD-based
+             rejection at ``outlier_sigmas``, iterated with 0/1-weighted least squares.
+             The window (at most ``window_samples``) is centred on the tick when
+             samples after it exist (re-stamping once the next pulse is in
+             interpolates) and otherwise ends at the latest sample. Like chrony's
+             regress.c it shrinks (by ``window_shrink``) while a runs test on the
+             residual signs fails (``runs_z``), and also while the residuals nearest
+             the tick do not average to zero (``local_z``): that is where a polynomial
+             bent by temperature wander errs first. A window never spans a gap longer
+             than ``max_bridge_ns``; such gaps split the samples into *runs*.
+             Locked = the nearest sample used is within ``locked_gap_ns``.
+``holdover`` PPS lost (or, re-stamping, the tick sits inside an outage): the nearest
+             run's fit extrapolated up to ``holdover_max_ns``, with the wander term
+             below. A tick between two runs gets both extrapolations; each interval is
+             a bound, so their intersection is one too (bridging an outage once the
+             PPS is back). A run just restarted after an outage needs
+             ``min_lock_samples`` before it is used; until then the run before holds.
+``nmea``     no usable PPS: the nearest trusted sentence, ``utc_s + frac + (mono −
+             arrival) + latency`` (latency = arrival − start of the named second,
+             negative for "before" receivers). Each sentence kind's latency range is
+             learnt while locked (plus margins); before that the prior
+             ``nmea_latency_min_ns..nmea_latency_max_ns`` is ±1 s (the convention is
+             the pairer's business, not ours). A kind gives time only after
+             ``nmea_min_consistent`` sentences consistent with elapsed mono.
+``unsynced`` only a (CLOCK_MONOTONIC, CLOCK_REALTIME) pair; the system clock of a Pi
+             with no RTC and no network can be days off, so the default bound is
+             `UNKNOWN_UNCERTAINTY_NS` unless ``sysclock_uncertainty_ns`` says otherwise.
+             With nothing at all the stamp is ``utc_ns = 0`` with that bound.
+
+Each available source gives a candidate; the stamp is the one with the smallest
+bound (each is a bound on its own, so the smallest is still one). `state(now)` is the
+source a tick stamped *now* would get.
+
+Uncertainty
+-----------
+For a PPS candidate at distance ``d`` (s) from the nearest sample (``d_b``, ``d_a``
+before/after the tick)::
+
+    u = f·k_sigma·σ·√(gᵀ(XᵀX)⁻¹g)   # fit parameter covariance propagated to the tick
+      + f·σ                         # one PPS jitter: bias the runs test cannot see
+      + pps_accuracy_ns             # receiver PPS vs UTC (antenna cable, firmware)
+      + ½·A·d_b·d_a  (or ½·A·d²)    # unmodelled frequency change since/between samples
+      + misfit_sigmas·σ             # only when even the shortest window fails the tests
+      + ambiguity                   # steps and whole seconds, see "Steps" below
+
+``σ`` is the residual RMS of the fit, ``g = (1, u, u²)``; ``f`` (≥ 1) allows for σ
+drawn low by few residuals (2.3 for a ten-pulse line just after lock, 1.08 for 600).
+``A`` is the rate of
+*unmodelled* frequency change the oscillator is allowed: ``wander_ppm_per_min``
+(0.05 ppm/min ≈ an unforeseen 0.2 °C/min on a 0.25 ppm/°C Pi crystal) or, when larger,
+``wander_learn_factor`` × what the oscillator showed while locked: every
+``self_test_every_ns`` a snapshot of the fit is kept and each later inlier sample
+``120..1200 s`` downstream measures how far the snapshot's extrapolation missed,
+beyond its own statistical bound; that miss, as ``2·excess/d²``, is the learnt A
+(max over the last ``wander_memory_ns``). After 10 minutes of holdover the default A
+alone gives 150 µs; a fit over 600 s of 1 µs-jitter pulses adds a few µs.
+
+Steps (labels and phase)
+------------------------
+A sample that misses the fit by more than ``gross_ns`` (and twice its bound) is held
+apart; while held, stamps of ticks after the last good sample carry the miss in their
+bound (outlier or step is not known yet). If ``step_confirm`` consecutive held samples
+agree with each other it was a step. A whole-second step means the labels moved and
+the oscillator did not (a leap second without the ``leap`` flag, a receiver learning
+the GPS−UTC offset, a date jump the pairer confirmed): the segment is *relabelled*,
+the fit carries on, and ticks between the last old and first new sample carry the
+step in their bound; when the relabel comes within ``early_relabel_ns`` of the
+segment's first sample (a receiver that started with a wrong second and corrected
+itself), every earlier tick carries it too. Any other step (the pulse itself moved)
+starts a new segment;
+ticks between the two segments carry the step; the new one locks after
+``min_lock_samples``. A ``leap`` fix relabels exactly at the end of 23:59:60 (POSIX
+repeats the second, so a tick inside the leap second reads as the first second of
+the next day: that is all POSIX can say).
+
+While locked, every sentence is checked against the PPS labels with the learnt
+latency of its kind; a whole-second disagreement opens a *doubt*: until a sentence
+agrees again, GPS-derived stamps (PPS or NMEA) of ticks after the last agreeing
+sentence carry the disagreement in their bound. This covers the seconds in which a
+date jump has reached the sentences but not yet been confirmed by the samples. After
+confirmation the box follows the receiver: nothing local can say which labels were
+right (a receiver with a wrong date from the start is wrong with µs bounds).
+
+Deliberate choices
+------------------
+* A tick before the first sample is stamped by extrapolating backwards (labelled
+  holdover) if within ``holdover_max_ns``: a cold-start passage re-stamped after lock
+  improves from ±1 s to µs. Ticks beyond every source get the unsynced/unknown stamp.
+* One model per boot. CLOCK_MONOTONIC restarts at boot; samples from another boot
+  are meaningless here. Samples must come in mono order; older or duplicate ones
+  are dropped and counted (``out_of_order``).
+* Only samples/fixes/readings with ``mono_ns ≤ now`` are used, so a stamp is a
+  function of (inputs, now). The learnt NMEA latency is the one known at the time of
+  the call (it only ever helps the NMEA candidate).
+* `stamp` never raises: a passage is never dropped because the clock is bad. An
+  internal error yields the unknown stamp and counts ``stamp_error``.
+* CLOCK_MONOTONIC is slewed by an NTP daemon's frequency corrections; a change of the
+  slew rate shows up here as a frequency step (the window tests shrink the window,
+  the learnt wander grows). Do not let NTP slew the box's clock aggressively.
+* The PPS and the beams are both GPIO interrupts stamped by the kernel; a constant
+  interrupt latency cancels between them and is not in the bound. Antenna cable
+  delay and receiver PPS error are, as ``pps_accuracy_ns``.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections import Counter, deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from checkpoint.core.nmea import Fix
+from checkpoint.core.pairing import Sample
+
+NS_PER_S = 1_000_000_000
+# SQLite's INTEGER maximum: "no idea", still a true bound, still storable.
+UNKNOWN_UNCERTAINTY_NS = 2**63 - 1
+
+
+class ClockState(StrEnum):
+    """Where a stamp's UTC came from, best first."""
+
+    LOCKED = "locked"
+    HOLDOVER = "holdover"
+    NMEA = "nmea"
+    UNSYNCED = "unsynced"
+
+
+_RANK = {ClockState.LOCKED: 0, ClockState.HOLDOVER: 1, ClockState.NMEA: 2, ClockState.UNSYNCED: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """UTC of a tick: the true UTC lies within ``utc_ns ± uncertainty_ns``."""
+
+    utc_ns: int
+    uncertainty_ns: int
+    clock: ClockState
+
+
+@dataclass(frozen=True)
+class ClockParams:
+    """Thresholds of the clock model (module docstring explains how each is used).
+
+    Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs
+    at the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS
+    estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
+    times wider than a full window's: the small-sample factor below and the
+    propagated frequency error of a short line), ``min_window_samples`` (the window
+    tests never shrink a window below this many samples), ``refit_every_samples`` (a
+    stamp at the newest sample reuses the fit of this many samples ago while the newer
+    ones agree with it), ``quadratic_min_samples``
+    and ``drift_t`` (drift term only from this many samples and when significant at
+    this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
+    fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
+    (mean residual of the nearest ``local_frac`` of the window vs its σ/√k),
+    ``outlier_sigmas`` / ``outlier_floor_ns`` (rejection threshold: the larger of
+    outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a
+    step candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never
+    spans a longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a
+    polynomial bent over both sides of an outage would claim µs where it errs by tens),
+    ``early_relabel_ns`` (a whole-second relabel this soon after a segment began may
+    mean the receiver started with a wrong second: earlier ticks then carry the step).
+
+    Bound: ``k_sigma`` (coverage factor on the propagated covariance; 5 σ),
+    ``pps_accuracy_ns`` (receiver PPS vs UTC), ``misfit_sigmas``,
+    ``wander_ppm_per_min`` (default allowance for unmodelled frequency change: 0.05
+    ppm/min, 0.2 °C/min on a 0.25 ppm/°C crystal), ``wander_learn_factor`` and
+    ``self_test_*`` / ``wander_memory_ns`` (the learnt allowance).
+
+    States: ``locked_gap_ns`` (nearest sample closer than this → locked; 3.5 s lets one
+    pulse go missing and its sentence be late), ``holdover_max_ns`` (30 min; after
+    that, or as soon as NMEA's bound is smaller, NMEA).
+
+    NMEA: ``nmea_latency_min_ns``/``max_ns`` (prior latency range, ±1 s; a daemon that
+    knows the pairing convention may pass 0..1 s for "after"), ``nmea_latency_margin_ns``
+    and ``nmea_latency_margin_frac`` (added to the learnt range on both sides),
+    ``nmea_learn_min`` (sentences of a kind before its learnt range is used),
+    ``nmea_learn_window``, ``nmea_min_consistent`` (consecutive sentences of a kind
+    consistent with elapsed mono before it gives time), ``nmea_jump_tolerance_ns``,
+    ``nmea_timeout_ns`` (farthest a sentence is extrapolated), ``nmea_floor_ns``
+    (arrival stamping slop).
+
+    Rates: ``max_freq_ppm`` (bound on the monotonic clock's rate error when unknown:
+    Pi crystals are ±50 ppm, NTP slews add up to 500), ``learnt_freq_margin_ppm``.
+
+    System clock: ``sysclock_uncertainty_ns`` (unknown by default; a daemon that knows
+    the kernel clock is NTP-synchronised may pass e.g. 10 s).
+
+    Memory: ``history_ns`` (how far back samples and fixes are kept for re-stamping).
+    """
+
+    window_samples: int = 600
+    min_lock_samples: int = 10
+    min_window_samples: int = 60
+    refit_every_samples: int = 32
+    quadratic_min_samples: int = 100
+    drift_t: float = 2.5
+    window_shrink: float = 0.7
+    runs_z: float = 3.0
+    local_z: float = 1.5
+    local_frac: float = 0.125
+    outlier_sigmas: float = 5.0
+    outlier_floor_ns: int = 200
+    gross_ns: int = 1_000_000
+    step_confirm: int = 4
+    early_relabel_ns: int = 120 * NS_PER_S
+
+    k_sigma: float = 5.0
+    pps_accuracy_ns: int = 100
+    misfit_sigmas: float = 2.0
+    wander_ppm_per_min: float = 0.05
+    wander_learn_factor: float = 2.0
+    self_test_every_ns: int = 60 * NS_PER_S
+    self_test_min_ns: int = 120 * NS_PER_S
+    self_test_max_ns: int = 1200 * NS_PER_S
+    wander_memory_ns: int = 3600 * NS_PER_S
+
+    locked_gap_ns: int = 3_500_000_000
+    max_bridge_ns: int = 30 * NS_PER_S
+    holdover_max_ns: int = 1800 * NS_PER_S
+
+    nmea_latency_min_ns: int = -NS_PER_S
+    nmea_latency_max_ns: int = NS_PER_S
+    nmea_latency_margin_ns: int = 20_000_000
+    nmea_latency_margin_frac: float = 0.25
+    nmea_learn_min: int = 30
+    nmea_learn_window: int = 600
+    nmea_min_consistent: int = 3
+    nmea_jump_tolerance_ns: int = 600_000_000
+    nmea_timeout_ns: int = 10 * NS_PER_S
+    nmea_floor_ns: int = 1_000_000
+
+    max_freq_ppm: float = 500.0
+    learnt_freq_margin_ppm: float = 20.0
+
+    sysclock_uncertainty_ns: int = UNKNOWN_UNCERTAINTY_NS
+
+    history_ns: int = 6 * 3600 * NS_PER_S
+
+
+def _ceil_ns(x: float) -> int:
+    if not x < UNKNOWN_UNCERTAINTY_NS:  # also catches inf/nan
+        return UNKNOWN_UNCERTAINTY_NS
+    return max(0, math.ceil(x))
+
+
+def _sat_add(a: int, b: int) -> int:
+    return min(UNKNOWN_UNCERTAINTY_NS, a + b)
+
+
+def _small_sample_factor(dof: int) -> float:
+    """How much a σ estimated with `dof` degrees of freedom may understate the true one.
+
+    √(dof / χ²₀.₀₀₅(dof)), the χ² quantile by Wilson–Hilferty: 2.3 at 8 dof (a ten-pulse
+    line), 1.3 at 58, 1.08 at 598. A full window barely changes; a short fit right after
+    lock gets the wider bound its few residuals deserve.
+    """
+    if dof < 2:
+        return 10.0
+    c = 2.0 / (9.0 * dof)
+    q = 1.0 - c - 2.576 * math.sqrt(c)
+    if q <= 0.1:
+        return 10.0
+    return min(10.0, 1.0 / math.sqrt(q * q * q))
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+class _Fit:
+    """phase(u) = a + b·u + c·u², u = (x − xc)/xs, x = (mono − ref_mono)/1e9 s, phase in ns.
+
+    ``cont(mono) = ref_cont + (mono − ref_mono) + phase``; ``cov`` is (XᵀX)⁻¹ packed as
+    (c00, c01, c02, c11, c12, c22); the prediction σ is ``sigma·√(gᵀ cov g)``.
+    """
+
+    __slots__ = (
+        "ref_mono",
+        "ref_cont",
+        "xc",
+        "xs",
+        "a",
+        "b",
+        "c",
+        "cov",
+        "sigma",
+        "n",
+        "n_out",
+        "order",
+        "runs_ok",
+        "first",
+        "last",
+        "resid",
+        "inl",
+        "start",
+        "local",
+    )
+
+    def predict(self, mono: int) -> tuple[int, float]:
+        dm = mono - self.ref_mono
+        u = (dm / 1e9 - self.xc) / self.xs
+        y = self.a + u * (self.b + u * self.c)
+        c00, c01, c02, c11, c12, c22 = self.cov
+        u2 = u * u
+        var = c00 + 2 * u * c01 + 2 * u2 * c02 + u2 * c11 + 2 * u * u2 * c12 + u2 * u2 * c22
+        return self.ref_cont + dm + round(y), self.sigma * math.sqrt(max(var, 0.0))
+
+    def local_ok(self, j: int, z_crit: float, frac: float) -> bool:
+        """Do the residuals near sample index j average to zero, as a good fit's would?
+
+        The stamp is made near j; a polynomial that bends away from the data there
+        (the oscillator wandered) shows as a mean residual of the nearest
+        ``frac·n`` samples beyond ``z_crit·σ/√k``.
+        """
+        n = len(self.resid)
+        k = max(10, int(n * frac))
+        if k >= n:
+            return True
+        lo = min(max(j - self.start - k // 2, 0), n - k)
+        known = self.local.get(lo)  # asked again for every stamp near the same sample
+        if known is not None:
+            return known
+        self.local[lo] = ok = self._local_mean_ok(lo, k, z_crit)
+        return ok
+
+    def _local_mean_ok(self, lo: int, k: int, z_crit: float) -> bool:
+        window = zip(self.resid[lo : lo + k], self.inl[lo : lo + k], strict=True)
+        kept = [r for r, ok in window if ok]
+        if len(kept) < 5:
+            return True
+        mean = sum(kept) / len(kept)
+        return abs(mean) <= z_crit * self.sigma / math.sqrt(len(kept))
+
+    def freq_ppm(self, mono: int) -> float:
+        """Rate error of the monotonic clock at `mono` (positive: it runs fast)."""
+        u = ((mono - self.ref_mono) / 1e9 - self.xc) / self.xs
+        return -((self.b + 2 * self.c * u) / self.xs) / 1e3
+
+    def drift_ppm_per_min(self) -> float:
+        return -(2 * self.c / (self.xs * self.xs)) / 1e3 * 60
+
+
+def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tuple:
+    """Least squares of ys on (1, u[, u²]) over inliers: (a, b, c, cov, n)."""
+    s0 = s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
+    n = 0
+    for u, y, ok in zip(us, ys, inl, strict=True):
+        if ok:
+            u2 = u * u
+            s0 += 1.0
+            s1 += u
+            s2 += u2
+            t0 += y
+            t1 += u * y
+            if order == 2:
+                s3 += u2 * u
+                s4 += u2 * u2
+                t2 += u2 * y
+            n += 1
+    if order == 2:
+        # Symmetric 3×3 inverse by cofactors; u ∈ [−1, 1] keeps it well conditioned.
+        m00, m01, m02, m11, m12, m22 = s0, s1, s2, s2, s3, s4
+        i00 = m11 * m22 - m12 * m12
+        i01 = m02 * m12 - m01 * m22
+        i02 = m01 * m12 - m02 * m11
+        i11 = m00 * m22 - m02 * m02
+        i12 = m01 * m02 - m00 * m12
+        i22 = m00 * m11 - m01 * m01
+        det = m00 * i00 + m01 * i01 + m02 * i02
+        if det <= 0 or not math.isfinite(det):
+            return _solve(1, us, ys, inl)
+        cov = (i00 / det, i01 / det, i02 / det, i11 / det, i12 / det, i22 / det)
+        a = cov[0] * t0 + cov[1] * t1 + cov[2] * t2
+        b = cov[1] * t0 + cov[3] * t1 + cov[4] * t2
+        c = cov[2] * t0 + cov[4] * t1 + cov[5] * t2
+        return a, b, c, cov, n, 2
+    det = s0 * s2 - s1 * s1
+    if det <= 0:
+        mean = t0 / s0 if s0 else 0.0
+        return mean, 0.0, 0.0, (1.0 / max(s0, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0), n, 0
+    cov = (s2 / det, -s1 / det, 0.0, s0 / det, 0.0, 0.0)
+    a = cov[0] * t0 + cov[1] * t1
+    b = cov[1] * t0 + cov[3] * t1
+    return a, b, 0.0, cov, n, 1
+
+
+def _runs_ok(resid: list[float], inl: list[bool], z_crit: float) -> bool:
+    """Wald–Wolfowitz runs test on residual signs: too few runs = systematic misfit."""
+    runs = n1 = n2 = 0
+    prev = 0
+    for r, ok in zip(resid, inl, strict=True):
+        if not ok or r == 0.0:
+            continue
+        sign = 1 if r > 0 else -1
+        if sign > 0:
+            n1 += 1
+        else:
+            n2 += 1
+        if sign != prev:
+            runs += 1
+            prev = sign
+    n = n1 + n2
+    if n < 20 or n1 == 0 or n2 == 0:
+        return n < 20
+    mu = 2.0 * n1 * n2 / n + 1.0
+    var = 2.0 * n1 * n2 * (2.0 * n1 * n2 - n) / (n * n * (n - 1.0))
+    return var <= 0 or (runs - mu) / math.sqrt(var) >= -z_crit
+
+
+def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, float, float]:
+    """Outlier-resistant first guess (a, b, c) for the least-squares iterations.
+
+    Slope: median of the slopes between samples half a window apart (each late pulse
+    spoils one pair, not the median); offset: median of the detrended values. With
+    `order` 2, a parabola through the (median u, median residual) of each third of
+    the detrended data adds the curvature (detrending first keeps a late pulse from
+    shifting those medians by whole samples of the trend).
+    """
+    n = len(us)
+    h = max(n // 2, 1)
+    slopes = [(ys[i + h] - ys[i]) / (us[i + h] - us[i]) for i in range(n - h) if us[i + h] > us[i]]
+    b = _median(slopes) if slopes else 0.0
+    a = _median([y - b * u for u, y in zip(us, ys, strict=True)])
+    if order < 2 or n < 9:
+        return a, b, 0.0
+    z = [y - a - b * u for u, y in zip(us, ys, strict=True)]
+    pts = []
+    for k in range(3):
+        lo, hi = k * n // 3, (k + 1) * n // 3
+        pts.append((_median(us[lo:hi]), _median(z[lo:hi])))
+    (u0, z0), (u1, z1), (u2, z2) = pts
+    if not u0 < u1 < u2:
+        return a, b, 0.0
+    # Newton divided differences, expanded to a + b·u + c·u².
+    d01 = (z1 - z0) / (u1 - u0)
+    d12 = (z2 - z1) / (u2 - u1)
+    c = (d12 - d01) / (u2 - u0)
+    b1 = d01 - c * (u0 + u1)
+    a1 = z0 - b1 * u0 - c * u0 * u0
+    return a + a1, b + b1, c
+
+
+def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams) -> _Fit:
+    ri = (s + e - 1) // 2
+    ref_m, ref_c = mono[ri], cont[ri]
+    xs = [(mono[i] - ref_m) / 1e9 for i in range(s, e)]
+    ys = [float((cont[i] - ref_c) - (mono[i] - ref_m)) for i in range(s, e)]
+    x0, x1 = xs[0], xs[-1]
+    xc = 0.5 * (x0 + x1)
+    half = max(0.5 * (x1 - x0), 1e-3)
+    us = [(x - xc) / half for x in xs]
+    n = len(us)
+    order = 2 if n >= p.quadratic_min_samples else 1
+
+    # Robust start: exact polynomial through the medians of thirds (halves for a line),
+    # so a burst of late pulses cannot drag the first residuals.
+    a0, b0, c0 = _robust_start(us, ys, order)
+    resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
+    sig = 1.4826 * _median([abs(r) for r in resid])
+    thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
+    inl = [abs(r) <= thr for r in resid]
+
+    for _ in range(6):
+        a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
+        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+        kept = [r for r, ok in zip(resid, inl, strict=True) if ok]
+        med = _median(kept) if kept else 0.0
+        sig = 1.4826 * _median([abs(r - med) for r in kept]) if kept else 0.0
+        thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
+        new = [abs(r - med) <= thr for r in resid]
+        if new == inl:
+            break
+        inl = new
+        if sum(inl) < 3:
+            inl = [True] * n
+            break
+    a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
+    resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+    ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+    dof = max(m - max(order_used, 0) - 1, 1)
+    if order_used == 2:
+        # Keep the drift term only where the data show it: an insignificant one
+        # costs variance (9/n instead of 4/n at the window's end) and buys nothing.
+        t = abs(c) / (math.sqrt(ss / dof) * math.sqrt(max(cov[5], 1e-300)) + 1e-12)
+        if t < p.drift_t:
+            a, b, c, cov, m, order_used = _solve(1, us, ys, inl)
+            resid = [y - (a + u * b) for u, y in zip(us, ys, strict=True)]
+            ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+            dof = max(m - 2, 1)
+
+    f = _Fit()
+    f.ref_mono, f.ref_cont = ref_m, ref_c
+    f.xc, f.xs = xc, half
+    f.a, f.b, f.c, f.cov = a, b, c, cov
+    f.sigma = max(math.sqrt(ss / dof), 1.0)
+    f.n, f.n_out, f.order = m, n - m, order_used
+    f.runs_ok = _runs_ok(resid, inl, p.runs_z)
+    f.first, f.last = mono[s], mono[e - 1]
+    f.resid, f.inl, f.start = resid, inl, s
+    f.local = {}
+    return f
+
+
+class _Segment:
+    """PPS samples whose labels are mutually consistent, on one continuous scale.
+
+    ``cont = label_ns + shift`` at the time of arrival; ``relabels`` lists whole-second
+    label steps as (cont_lo, cont_hi, delta, known_at_mono): a tick whose continuous
+    time is ≥ cont_hi is labelled ``cont − (shift before + delta)``; one in
+    [cont_lo, cont_hi) could be on either side.
+    """
+
+    __slots__ = (
+        "mono",
+        "cont",
+        "shift",
+        "relabels",
+        "doubt_before",
+        "fits",
+        "starts",
+        "bridge_ns",
+        "entry_ns",
+        "checked",
+        "tail",
+    )
+
+    def __init__(self, bridge_ns: int) -> None:
+        self.mono: list[int] = []
+        self.cont: list[int] = []
+        self.shift = 0
+        self.relabels: list[tuple[int, int, int, int]] = []
+        # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
+        # soon after the segment began: a receiver still settling may have had the
+        # *earlier* labels wrong, so ticks before cont_lo could be on either side.
+        self.doubt_before: list[tuple[int, int, int, int]] = []
+        self.fits: dict[tuple[int, int], _Fit] = {}
+        self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
+        self.bridge_ns = bridge_ns
+        self.entry_ns = 0  # size of the phase step that opened this segment
+        # What `_still_fits` knows of the fit it last checked: ((first, last) of the
+        # fit, samples before this index agree with it, the first that does not).
+        self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
+        # The last `_fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
+        self.tail: tuple[tuple[int, int, bool], tuple[_Fit, bool] | None] = ((-1, -1, False), None)
+
+    def append(self, mono: int, cont: int) -> None:
+        if self.mono and mono - self.mono[-1] > self.bridge_ns:
+            self.starts.append(len(self.mono))
+        self.mono.append(mono)
+        self.cont.append(cont)
+
+    def run_of(self, i: int, nk: int) -> tuple[int, int]:
+        """Index range [s, e) of the run holding sample i, cut at nk."""
+        k = bisect_right(self.starts, i) - 1
+        end = self.starts[k + 1] if k + 1 < len(self.starts) else nk
+        return self.starts[k], min(end, nk)
+
+    def shift_at(self, cont: int, now: int) -> tuple[int, int]:
+        shift = amb = 0
+        for lo, hi, delta, known in self.relabels:
+            if known > now:
+                continue
+            if cont >= hi:
+                shift += delta
+            elif cont >= lo:
+                amb += abs(delta)
+        for lo, delta, known, _ in self.doubt_before:
+            if known <= now and cont < lo:
+                amb += abs(delta)
+        return shift, amb
+
+    def trim(self, keep_after: int) -> None:
+        k = bisect_left(self.mono, keep_after)
+        if k > 0:
+            del self.mono[:k]
+            del self.cont[:k]
+            self.starts = [0] + [i - k for i in self.starts if i > k]
+            self.fits.clear()
+            self.checked = ((0, 0), 0, 0)  # its indices moved
+            self.tail = ((-1, -1, False), None)
+
+
+@dataclass(slots=True)
+class _Est:
+    utc_ns: int
+    unc_ns: int
+    clock: ClockState
+
+
+class ClockModel:
+    """mono→UTC from PPS samples, NMEA fixes and system clock readings (module docstring)."""
+
+    def __init__(self, params: ClockParams | None = None) -> None:
+        """Start empty: every stamp is unsynced/unknown until a source arrives."""
+        self.params = params or ClockParams()
+        self.counters: Counter[str] = Counter()
+        self._segs: list[_Segment] = []
+        self._pending: list[tuple[int, int, int]] = []  # (mono, label ns, |miss| ns)
+        self._fix_mono: list[int] = []
+        self._fix_utc: list[int] = []
+        self._fix_kind: list[str] = []
+        self._kind_last: dict[str, tuple[int, int, bool]] = {}
+        self._kind_streak: Counter[str] = Counter()
+        self._lat: dict[str, deque[int]] = {}
+        self._lat_range: dict[str, tuple[int, int]] = {}
+        self._lat_span: dict[str, tuple[int, int]] = {}  # min, max of each _lat window
+        self._last_agree_mono: int | None = None
+        self._doubts: list[list[int | None]] = []  # [start, end | None, k]
+        self._leaps: set[int] = set()
+        self._sys_mono: list[int] = []
+        self._sys_rt: list[int] = []
+        self._snapshots: deque[_Fit] = deque()
+        self._wander_obs: deque[tuple[int, float]] = deque()
+        self._wander_max: tuple[tuple, float] = ((), 0.0)  # (key of _wander_obs, max)
+        self._freq_ppm: float | None = None
+        # True while answering `state`, `status` or checking a new pulse: those may
+        # reuse a slightly older fit (see `_fit_for`); a published stamp never does.
+        self._reuse = False
+
+    # ----------------------------------------------------------------- input
+
+    def add_sample(self, s: Sample) -> None:
+        """Take a paired PPS sample (from `Pairer`), in mono order."""
+        p = self.params
+        m, lab = int(s.mono_ns), int(s.utc_s) * NS_PER_S
+        seg = self._segs[-1] if self._segs else None
+        last = seg.mono[-1] if seg else None
+        if self._pending:
+            last = self._pending[-1][0] if last is None else max(last, self._pending[-1][0])
+        if last is not None and m <= last:
+            self.counters["out_of_order"] += 1
+            return
+        self.counters["samples"] += 1
+        if seg is None or m - seg.mono[-1] > p.holdover_max_ns:
+            self._new_segment([(m, lab)], 0)
+            return
+        cont = lab + seg.shift
+        self._reuse = True
+        try:
+            pred, tol, fit = self._predict_new(seg, m)
+        finally:
+            self._reuse = False
+        if abs(cont - pred) <= tol:
+            if self._pending:
+                self.counters["gross_outliers"] += len(self._pending)
+                self._pending.clear()
+            self._check_inlier(fit, m, cont)
+            seg.append(m, cont)
+            self._trim(m)
+            return
+        self._pending.append((m, lab, min(abs(cont - pred), UNKNOWN_UNCERTAINTY_NS)))
+        self._try_step(seg)
+
+    def add_fix(self, fix: Fix) -> None:
+        """Take a parsed sentence: NMEA-state time, latency learning, label cross-check."""
+        p = self.params
+        if not fix.valid:
+            self.counters["invalid_fix"] += 1
+            return
+        m = int(fix.mono_ns)
+        utc = int(fix.utc_s) * NS_PER_S + int(fix.frac_ns)
+        if self._fix_mono and m < self._fix_mono[-1]:
+            self.counters["fix_out_of_order"] += 1
+            return
+        if fix.leap:
+            self._register_leap(fix, m)
+
+        kind = fix.kind
+        last = self._kind_last.get(kind)
+        if last is not None:
+            lm, lu, lleap = last
+            expect = (m - lm) - (NS_PER_S if lleap else 0)
+            tol = p.nmea_jump_tolerance_ns + (m - lm) * p.max_freq_ppm * 1e-6
+            if abs((utc - lu) - expect) <= tol:
+                self._kind_streak[kind] += 1
+            else:
+                self._kind_streak[kind] = 1
+                self.counters["nmea_jump"] += 1
+        else:
+            self._kind_streak[kind] = 1
+        self._kind_last[kind] = (m, utc, fix.leap)
+
+        agree = self._cross_check(kind, m, utc)
+        if agree and self._kind_streak[kind] >= p.nmea_min_consistent:
+            self._fix_mono.append(m)
+            self._fix_utc.append(utc)
+            self._fix_kind.append(kind)
+            if len(self._fix_mono) > 4096 and m - self._fix_mono[0] > p.history_ns:
+                k = bisect_left(self._fix_mono, m - p.history_ns)
+                del self._fix_mono[:k], self._fix_utc[:k], self._fix_kind[:k]
+
+    def add_sysclock(self, mono_ns: int, realtime_ns: int) -> None:
+        """Take a (CLOCK_MONOTONIC, CLOCK_REALTIME) reading: the unsynced fallback."""
+        m = int(mono_ns)
+        if self._sys_mono and m < self._sys_mono[-1]:
+            self.counters["sysclock_out_of_order"] += 1
+            return
+        self._sys_mono.append(m)
+        self._sys_rt.append(int(realtime_ns))
+        if len(self._sys_mono) > 1024:
+            del self._sys_mono[:512], self._sys_rt[:512]
+
+    # ---------------------------------------------------------------- output
+
+    def state(self, now_mono_ns: int) -> ClockState:
+        """The source a tick stamped now would get."""
+        self._reuse = True
+        try:
+            return self.stamp(now_mono_ns, now_mono_ns).clock
+        finally:
+            self._reuse = False
+
+    def stamp(self, mono_ns: int, now_mono_ns: int) -> Stamp:
+        """UTC of a past (or present) tick, using every input with mono ≤ now. Never raises."""
+        try:
+            m, now = int(mono_ns), int(now_mono_ns)
+            best: _Est | None = None
+            doubt = self._doubt_ns(m, now)
+            for est in (
+                self._pps_estimate(m, now),
+                self._nmea_estimate(m, now),
+                self._sys_estimate(m, now),
+            ):
+                if est is None:
+                    continue
+                if doubt and est.clock is not ClockState.UNSYNCED:
+                    # GPS labels in dispute: whichever side is right must be inside.
+                    est.unc_ns = _sat_add(est.unc_ns, doubt)
+                if est.clock is ClockState.NMEA:
+                    # The sentences of a receiver that corrected its second carried it too.
+                    est.unc_ns = _sat_add(est.unc_ns, self._early_doubt_ns(m, now))
+                if (
+                    best is None
+                    or est.unc_ns < best.unc_ns
+                    or (est.unc_ns == best.unc_ns and _RANK[est.clock] < _RANK[best.clock])
+                ):
+                    best = est
+            if best is None:
+                return Stamp(0, UNKNOWN_UNCERTAINTY_NS, ClockState.UNSYNCED)
+            return Stamp(best.utc_ns, best.unc_ns, best.clock)
+        except Exception:  # a passage must get a stamp even if the model is broken
+            self.counters["stamp_error"] += 1
+            return Stamp(0, UNKNOWN_UNCERTAINTY_NS, ClockState.UNSYNCED)
+
+    def status(self, now_mono_ns: int) -> dict:
+        """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
+        self._reuse = True  # a summary, asked every turn: the periodic fit is good enough
+        try:
+            return self._status(now_mono_ns)
+        finally:
+            self._reuse = False
+
+    def _status(self, now_mono_ns: int) -> dict:
+        p = self.params
+        now = int(now_mono_ns)
+        st = self.stamp(now, now)
+        out: dict = {
+            "state": st.clock.value,
+            "uncertainty_ns": st.uncertainty_ns,
+            "freq_ppm": None,
+            "drift_ppm_per_min": None,
+            "jitter_ns": None,
+            "samples_in_window": 0,
+            "window_s": 0.0,
+            "fit_order": None,
+            "last_sample_age_s": None,
+            "outliers_rejected": self.counters["outliers"],
+            "segments": len(self._segs),
+            "holdover_wander_ppm_per_min": self._wander(now) * 60e6,
+            "nmea_latency_ms": {
+                k: [lo / 1e6, hi / 1e6] for k, (lo, hi) in sorted(self._lat_range.items())
+            },
+            "last_fix_age_s": None,
+            "doubt_s": self._doubt_ns(now, now) // NS_PER_S,
+            "counters": dict(self.counters),
+        }
+        seg = self._segs[-1] if self._segs else None
+        if seg is not None:
+            nk = bisect_right(seg.mono, now)
+            if nk:
+                out["last_sample_age_s"] = (now - seg.mono[nk - 1]) / 1e9
+            rs, re = seg.run_of(max(nk - 1, 0), nk)
+            if re - rs >= p.min_lock_samples:
+                fit, _ok = self._fit_for(seg, now, rs, re)
+                out.update(
+                    freq_ppm=round(fit.freq_ppm(now), 6),
+                    drift_ppm_per_min=round(fit.drift_ppm_per_min(), 6),
+                    jitter_ns=round(fit.sigma, 1),
+                    samples_in_window=fit.n,
+                    window_s=(fit.last - fit.first) / 1e9,
+                    fit_order=fit.order,
+                )
+            else:
+                # One labelled sample per PPS second: the marshal's "about N s to lock".
+                out["lock_in_s"] = p.min_lock_samples - (re - rs)
+        else:
+            out["lock_in_s"] = p.min_lock_samples
+        k = bisect_right(self._fix_mono, now)
+        if k:
+            out["last_fix_age_s"] = (now - self._fix_mono[k - 1]) / 1e9
+        return out
+
+    # ------------------------------------------------------------ PPS model
+
+    def _new_segment(self, samples: list[tuple[int, int]], entry_ns: int) -> None:
+        seg = _Segment(self.params.max_bridge_ns)
+        seg.entry_ns = entry_ns
+        for m, lab in samples:
+            seg.append(m, lab)
+        self._segs.append(seg)
+        self._pending.clear()
+        self._snapshots.clear()
+
+    def _trim(self, now: int) -> None:
+        keep_after = now - self.params.history_ns
+        while len(self._segs) > 1 and self._segs[0].mono[-1] < keep_after:
+            del self._segs[0]
+        seg = self._segs[-1]
+        if seg.mono[0] < keep_after - 600 * NS_PER_S:
+            seg.trim(keep_after)
+
+    def _candidate_lengths(self, nk: int) -> list[int]:
+        p = self.params
+        lengths = []
+        floor = min(max(p.min_window_samples, p.min_lock_samples), nk)
+        length = min(p.window_samples, nk)
+        while length >= floor:
+            lengths.append(length)
+            length = int(length * p.window_shrink)
+        if not lengths or lengths[-1] > floor:
+            lengths.append(floor)
+        return lengths
+
+    def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        """Fit for a tick at m from the run [rs, re).
+
+        For the questions asked on every record (`state`, `status`, the check of each
+        new pulse), a tick at or after the run's last sample reuses the fit of the run
+        as it stood at its last multiple of `refit_every_samples` samples, provided
+        every sample since lies within that fit's outlier threshold: one 600-sample fit
+        every 32 pulses instead of one or two a pulse. The choice depends only on
+        (rs, re), so the daemon and a replay pick the same fit whatever else asked the
+        model in between. Stamps (`stamp`) always get the newest window.
+        """
+        if m >= seg.mono[re - 1]:
+            # Every tick past the run's end gets the same window: asked many times a
+            # pulse (state, status, each sentence's cross-check), answered once.
+            key = (rs, re, self._reuse)
+            if seg.tail[0] == key:
+                return seg.tail[1]
+            got = self._fit_tail(seg, m, rs, re)
+            seg.tail = (key, got)
+            return got
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        p = self.params
+        k = p.refit_every_samples
+        n = re - rs
+        if self._reuse and k > 1 and n - n % k >= max(p.min_window_samples, 1) and n % k:
+            e = re - n % k
+            fit, ok = self._fit_window_for(seg, m, rs, e)
+            if self._still_fits(seg, fit, e, re):
+                return fit, ok
+        return self._fit_window_for(seg, m, rs, re)
+
+    def _still_fits(self, seg: _Segment, fit: _Fit, e: int, re: int) -> bool:
+        """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
+        key, good_upto, bad_at = seg.checked
+        if key != (fit.first, fit.last):
+            key, good_upto, bad_at = (fit.first, fit.last), e, 1 << 62
+        if bad_at < re:
+            return False
+        p = self.params
+        thr0 = max(p.outlier_sigmas * fit.sigma, p.outlier_floor_ns)
+        for i in range(good_upto, re):
+            pred, sd = fit.predict(seg.mono[i])
+            if abs(seg.cont[i] - pred) > thr0 + p.k_sigma * sd:
+                seg.checked = (key, i, i)
+                return False
+        seg.checked = (key, max(good_upto, re), bad_at)
+        return True
+
+    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+        """Fit over samples [rs, re) for a tick at m, centred on m when samples allow.
+
+        The longest candidate window passing both tests wins; if none does, the
+        shortest is returned with False (its bound then gets ``misfit_sigmas``).
+        """
+        j = bisect_right(seg.mono, m, rs, re)
+        fit = None
+        for length in self._candidate_lengths(re - rs):
+            s = max(rs, min(j - length // 2, re - length))
+            key = (s, s + length)
+            fit = seg.fits.get(key)
+            if fit is None:
+                fit = _fit_window(seg.mono, seg.cont, s, s + length, self.params)
+                if len(seg.fits) > 64:  # the window moves one sample a second
+                    for old in list(seg.fits)[:32]:
+                        del seg.fits[old]
+                seg.fits[key] = fit
+            if fit.runs_ok and fit.local_ok(j, self.params.local_z, self.params.local_frac):
+                return fit, True
+        assert fit is not None
+        return fit, False
+
+    def _wander(self, now: int) -> float:
+        """Allowed unmodelled frequency change rate A (fraction per second)."""
+        p = self.params
+        base = p.wander_ppm_per_min * 1e-6 / 60
+        obs = self._wander_obs
+        if not obs:
+            return base
+        if obs[-1][0] <= now and now - p.wander_memory_ns <= obs[0][0]:
+            # Every observation counts (the usual case): the max only changes with them.
+            key = (len(obs), obs[0], obs[-1])
+            if self._wander_max[0] != key:
+                self._wander_max = (key, max(a for _, a in obs))
+            learnt = self._wander_max[1]
+        else:
+            learnt = 0.0
+            for t, a in obs:
+                if now - p.wander_memory_ns <= t <= now and a > learnt:
+                    learnt = a
+        return max(base, p.wander_learn_factor * learnt)
+
+    def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
+        p = self.params
+        # σ is estimated from the fit's own residuals; a short fit may draw it low.
+        f = _small_sample_factor(fit.n - fit.order - 1)
+        u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
+        if not ok:
+            u += p.misfit_sigmas * f * fit.sigma
+        return u
+
+    def _predict_new(self, seg: _Segment, m: int) -> tuple[int, float, _Fit | None]:
+        """Where the segment expects a new sample at m, and how far off is still 'same'.
+
+        The fit is returned only when the sample extends a locked run (for the
+        outlier count and the holdover self-test).
+        """
+        p = self.params
+        d = m - seg.mono[-1]
+        est = self._seg_estimate(seg, m, len(seg.mono), m)
+        if est is None:
+            return seg.cont[-1] + d, p.gross_ns + d * p.max_freq_ppm * 1e-6, None
+        cont, unc, near, fit = est
+        return cont, max(float(p.gross_ns), 2 * unc), fit if near * 1e9 <= p.max_bridge_ns else None
+
+    def _check_inlier(self, fit: _Fit | None, m: int, cont: int) -> None:
+        """Count late pulses; feed the holdover self-test with the good ones."""
+        if fit is None:
+            return
+        p = self.params
+        pred, sd = fit.predict(m)
+        thr = max(p.outlier_sigmas * fit.sigma, p.outlier_floor_ns) + p.k_sigma * sd
+        if abs(cont - pred) > thr:
+            self.counters["outliers"] += 1
+            return
+        self._freq_ppm = fit.freq_ppm(m)
+        snaps = self._snapshots
+        while snaps and m - snaps[0].last > p.self_test_max_ns:
+            snaps.popleft()
+        for snap in snaps:
+            d = m - snap.last
+            if d < p.self_test_min_ns:
+                break
+            spred, ssd = snap.predict(m)
+            excess = abs(cont - spred) - (p.k_sigma * ssd + 3 * snap.sigma + p.pps_accuracy_ns)
+            if excess > 0:
+                ds = d / 1e9
+                self._observe_wander(m, 2 * excess / 1e9 / (ds * ds))
+        while self._wander_obs and m - self._wander_obs[0][0] > p.wander_memory_ns:
+            self._wander_obs.popleft()
+        if fit.order == 2 and (not snaps or fit.last - snaps[-1].last >= p.self_test_every_ns):
+            snaps.append(fit)
+
+    def _observe_wander(self, m: int, a: float) -> None:
+        """Keep one maximum per self-test period: bounded memory, same answer."""
+        obs = self._wander_obs
+        if obs and m - obs[-1][0] < self.params.self_test_every_ns:
+            if a > obs[-1][1]:
+                obs[-1] = (obs[-1][0], a)
+        else:
+            obs.append((m, a))
+
+    def _try_step(self, seg: _Segment) -> None:
+        """Held samples that agree with each other: relabel (whole seconds) or new segment."""
+        p = self.params
+        pend = self._pending
+        # Keep the tail of held samples that agree with each other.
+        for i in range(len(pend) - 1, 0, -1):
+            (m0, l0, _), (m1, l1, _) = pend[i - 1], pend[i]
+            if abs((l1 - l0) - (m1 - m0)) > p.gross_ns + (m1 - m0) * p.max_freq_ppm * 1e-6:
+                self.counters["gross_outliers"] += i
+                del pend[:i]
+                break
+        if len(pend) < p.step_confirm:
+            return
+        m0, l0, _ = pend[0]
+        pred, tol, _ = self._predict_new(seg, m0)
+        r = l0 + seg.shift - pred
+        k = round(r / NS_PER_S)
+        if k != 0 and abs(r - k * NS_PER_S) <= max(p.gross_ns, tol):
+            # The labels moved by whole seconds; the oscillator did not: keep the fit.
+            delta = -k * NS_PER_S
+            seg.relabels.append((seg.cont[-1] + 1, pred, delta, pend[-1][0]))
+            if pend[-1][0] - seg.mono[0] <= p.early_relabel_ns:
+                seg.doubt_before.append((seg.cont[-1] + 1, delta, pend[-1][0], seg.mono[-1]))
+            seg.shift += delta
+            for m, lab, _ in pend:
+                seg.append(m, lab + seg.shift)
+            pend.clear()
+            self.counters["relabel"] += 1
+            return
+        # The pulses themselves moved: which side is right is unknown, so the ticks
+        # between the two segments carry the step in their bound.
+        self.counters["step"] += 1
+        self._new_segment([(m, lab) for m, lab, _ in pend], max(d for _, _, d in pend))
+
+    def _register_leap(self, fix: Fix, m: int) -> None:
+        """23:59:60: POSIX labels from the end of this second on are one lower."""
+        if fix.utc_s in self._leaps or not self._segs:
+            return
+        self._leaps.add(fix.utc_s)
+        seg = self._segs[-1]
+        boundary = (fix.utc_s + 1) * NS_PER_S + seg.shift
+        seg.relabels.append((boundary, boundary, NS_PER_S, m))
+        seg.shift += NS_PER_S
+        self.counters["leap"] += 1
+
+    def _seg_estimate(
+        self, seg: _Segment, m: int, nk: int, now: int
+    ) -> tuple[int, float, float, _Fit | None] | None:
+        """(continuous-scale estimate, bound, distance to nearest used sample s, fit).
+
+        A tick inside a run is interpolated by that run's fit. A tick in a gap between
+        runs gets each neighbouring run's extrapolation; each interval is a bound, so
+        their intersection is one too (the fit is None then).
+        """
+        p = self.params
+        mono = seg.mono
+        j = bisect_right(mono, m, 0, nk)
+        # The nearest run on each side with enough samples to fit (a run just started
+        # after an outage is skipped: the run before it still holds over).
+        runs: list[tuple[int, int]] = []
+        i = j - 1
+        while i >= 0:
+            rs, re = seg.run_of(i, nk)
+            if re - rs >= p.min_lock_samples:
+                runs.append((rs, re))
+                break
+            i = rs - 1
+        i = j
+        while i < nk:
+            rs, re = seg.run_of(i, nk)
+            if re - rs >= p.min_lock_samples:
+                if (rs, re) not in runs:
+                    runs.append((rs, re))
+                break
+            i = re
+        wander = self._wander(now)
+        found: list[tuple[int, float, float, _Fit]] = []
+        for rs, re in runs:
+            if rs < j < re:  # inside: samples on both sides
+                d_b, d_a = (m - mono[j - 1]) / 1e9, (mono[j] - m) / 1e9
+                near, spread = min(d_b, d_a), d_b * d_a
+            else:
+                near = abs(m - (mono[re - 1] if j >= re else mono[rs])) / 1e9
+                spread = near * near
+            if near * 1e9 > p.holdover_max_ns:
+                continue
+            fit, ok = self._fit_for(seg, m, rs, re)
+            if m > fit.last:  # the wander since the last sample the fit saw
+                spread = max(spread, ((m - fit.last) / 1e9) ** 2)
+            cont, sd = fit.predict(m)
+            bound = self._fit_bound(fit, sd, 0.5 * wander * spread * 1e9, ok)
+            found.append((cont, bound, near, fit))
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        (c1, u1, n1, _), (c2, u2, n2, _) = found
+        lo, hi = max(c1 - u1, c2 - u2), min(c1 + u1, c2 + u2)
+        if lo > hi:  # contradiction: both sides cannot be right; claim only the hull
+            self.counters["bridge_conflict"] += 1
+            lo, hi = min(c1 - u1, c2 - u2), max(c1 + u1, c2 + u2)
+        mid = (lo + hi) / 2
+        return round(mid), (hi - lo) / 2 + 1, min(n1, n2), None
+
+    def _pps_estimate(self, m: int, now: int) -> _Est | None:
+        """The segment owning m (the latest one starting at or before it) stamps it."""
+        p = self.params
+        segs = self._segs
+        k = len(segs) - 1
+        while k > 0 and segs[k].mono[0] > m:
+            k -= 1
+        if k < 0:
+            return None
+        seg = segs[k]
+        nk = bisect_right(seg.mono, now)
+        if nk < p.min_lock_samples:
+            return None
+        est = self._seg_estimate(seg, m, nk, now)
+        if est is None:
+            return None
+        cont, unc, near, _fit = est
+        shift, amb = seg.shift_at(cont, now)
+        if m > seg.mono[nk - 1]:
+            if k + 1 < len(segs) and segs[k + 1].mono[0] <= now:
+                amb += segs[k + 1].entry_ns  # between two segments split by a step
+            elif self._pending and self._pending[0][0] <= now:
+                # Samples after this tick miss the fit grossly: outlier or step, not
+                # yet known; until then the tick could be on either side.
+                amb = _sat_add(amb, max(d for mm, _, d in self._pending if mm <= now))
+        unc_ns = _sat_add(_ceil_ns(unc), amb)
+        clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
+        return _Est(cont - shift, unc_ns, clock)
+
+    # ------------------------------------------------------------ NMEA model
+
+    def _cross_check(self, kind: str, m: int, utc: int) -> bool:
+        """Compare a sentence with the PPS labels; learn its latency; open/close doubts."""
+        p = self.params
+        self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
+        try:
+            est = self._pps_estimate(m, m)
+        finally:
+            self._reuse = False
+        if est is None or est.clock is not ClockState.LOCKED:
+            return True
+        latency = est.utc_ns - utc
+        rng = self._lat_range.get(kind)
+        if rng is not None:
+            mid = (rng[0] + rng[1]) // 2
+            k = round((latency - mid) / NS_PER_S)
+        else:
+            k = round(latency / NS_PER_S) if abs(latency) > 3 * NS_PER_S // 2 else 0
+        if k:
+            self.counters["nmea_pps_disagree"] += 1
+            open_doubt = self._doubts[-1] if self._doubts and self._doubts[-1][1] is None else None
+            if open_doubt is None or open_doubt[2] != k:
+                if open_doubt is not None:
+                    open_doubt[1] = m
+                start = self._last_agree_mono if self._last_agree_mono is not None else m
+                self._doubts.append([start, None, k])
+                del self._doubts[:-16]
+            return False
+        self._last_agree_mono = m
+        if self._doubts and self._doubts[-1][1] is None:
+            self._doubts[-1][1] = m
+        lat = self._lat.setdefault(kind, deque(maxlen=p.nmea_learn_window))
+        old = lat[0] if len(lat) == lat.maxlen else None
+        lat.append(latency)
+        if len(lat) >= p.nmea_learn_min:
+            span = self._lat_span.get(kind)
+            if span is None or old in span:  # the extreme left the window: look again
+                lo, hi = min(lat), max(lat)
+            else:
+                lo, hi = min(span[0], latency), max(span[1], latency)
+            self._lat_span[kind] = (lo, hi)
+            margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
+            self._lat_range[kind] = (round(lo - margin), round(hi + margin))
+        return True
+
+    def _early_doubt_ns(self, m: int, now: int) -> int:
+        amb = 0
+        for seg in self._segs:
+            for _, delta, known, last_old in seg.doubt_before:
+                if known <= now and m <= last_old + NS_PER_S:
+                    amb += abs(delta)
+        return amb
+
+    def _doubt_ns(self, m: int, now: int) -> int:
+        for start, end, k in reversed(self._doubts):
+            assert start is not None and k is not None
+            if start <= now and (end is None or end > now) and m >= start:
+                return abs(k) * NS_PER_S
+        return 0
+
+    def _nmea_estimate(self, m: int, now: int) -> _Est | None:
+        p = self.params
+        known = bisect_right(self._fix_mono, now)
+        if not known:
+            return None
+        i = bisect_left(self._fix_mono, m, 0, known)
+        if self._freq_ppm is None:
+            rate = p.max_freq_ppm * 1e-6
+        else:
+            rate = (abs(self._freq_ppm) + p.learnt_freq_margin_ppm) * 1e-6
+        best: _Est | None = None
+        for j in range(max(0, i - 4), min(known, i + 4)):
+            d = m - self._fix_mono[j]
+            if abs(d) > p.nmea_timeout_ns:
+                continue
+            lo, hi = self._lat_range.get(
+                self._fix_kind[j], (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
+            )
+            unc = (hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns
+            # The sentence left the receiver `latency` after the second it names began.
+            est = _Est(self._fix_utc[j] + d + (lo + hi) // 2, _ceil_ns(unc), ClockState.NMEA)
+            if best is None or est.unc_ns < best.unc_ns:
+                best = est
+        return best
+
+    def _sys_estimate(self, m: int, now: int) -> _Est | None:
+        known = bisect_right(self._sys_mono, now)
+        if not known:
+            return None
+        i = bisect_left(self._sys_mono, m, 0, known)
+        j = min(range(max(0, i - 1), min(known, i + 1)), key=lambda k: abs(m - self._sys_mono[k]))
+        utc = self._sys_rt[j] + (m - self._sys_mono[j])
+        return _Est(utc, self.params.sysclock_uncertainty_ns, ClockState.UNSYNCED)

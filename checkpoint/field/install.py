@@ -1,0 +1,449 @@
+"""`sudo checkpoint install`: put a box's system files in place, idempotently.
+
+What goes where (sources in the repository's `systemd/`, `firmware_config/` and
+`examples/`):
+
+==========================================  ============================================
+/etc/systemd/system/checkpoint.service      the box daemon's unit (hardened, Type=notify)
+/etc/systemd/system/checkpoint-hq.service   HQ's unit (installed, not enabled)
+/usr/lib/sysusers.d/checkpoint.conf         the ``checkpoint`` user, groups gpio/dialout
+/etc/modules-load.d/checkpoint.conf         USB serial drivers at boot (a GPS plugged in late)
+/etc/udev/rules.d/99-checkpoint.rules       /dev/gps0, gpiochip group access
+/etc/chrony/conf.d/checkpoint.conf          chrony fed by the daemon (SOCK refclock)
+/etc/systemd/system/chrony.service.d/       its socket writable by group checkpoint
+  checkpoint.conf
+/etc/checkpoint/box.toml                    the example config, only if none exists
+/etc/checkpoint/hq.env                      HQ's settings, only if none exists
+/boot/firmware/config.txt                   a marked block appended (asks first)
+/boot/firmware/cmdline.txt                  serial console removed (asks first)
+==========================================  ============================================
+
+Files are compared before writing: a second run changes nothing and says so. Firmware
+files are changed only after showing a unified diff and a "y" answer (or ``--yes``).
+With ``--root DIR`` everything is written under DIR and no command is run (they are
+printed instead): that is how the tests and image builders use it. With the real root,
+the user is created (``systemd-sysusers``, or ``useradd`` where that is missing), udev
+and systemd are reloaded, and ``checkpoint.service`` is enabled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from checkpoint.config import default_inputs
+from checkpoint.errors import CheckpointError
+
+BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
+# Same rules as firmware_config/cmdline.sed (a test keeps the two in step).
+_CONSOLE = r"console=(?:serial0|serial1|ttyAMA[0-9]*|ttyS0)(?:,[0-9a-zA-Z]*)?"
+_CONSOLE_HEAD = re.compile(rf"^\s*{_CONSOLE}(?:\s+|$)")
+_CONSOLE_MIDDLE = re.compile(rf"\s+{_CONSOLE}(\s|$)")
+MODULES_LOAD = "/etc/modules-load.d/checkpoint.conf"
+CHRONY_DROPIN = "/etc/systemd/system/chrony.service.d/checkpoint.conf"
+_PPS_OVERLAY = re.compile(r"^\s*dtoverlay\s*=\s*pps-gpio\b(?P<args>.*)$")
+
+
+class InstallError(CheckpointError):
+    """Something the installer needs is missing or cannot be written."""
+
+
+# -- pure text transforms ---------------------------------------------------------------
+
+
+def firmware_block(fragment: str) -> str:
+    """The marked block of firmware_config/config.txt (BEGIN to END lines, inclusive)."""
+    lines = fragment.splitlines()
+    try:
+        i, j = lines.index(BEGIN), lines.index(END)
+    except ValueError:
+        raise InstallError(f"config.txt fragment lacks the {BEGIN!r}/{END!r} markers") from None
+    return "\n".join(lines[i : j + 1]) + "\n"
+
+
+def merge_config_txt(current: str, block: str, *, pins: Mapping[int, str] | None = None) -> str:
+    """`current` config.txt with our block in place and pps-gpio overlays on our pins off.
+
+    The block replaces an earlier copy between the markers, or is appended (later
+    lines win in config.txt, so appending overrides e.g. an earlier enable_uart=0).
+    `pins` maps each BCM GPIO number the box config uses to what uses it (default
+    ``{18: "gps.pps_pin"}``). A ``dtoverlay=pps-gpio`` on one of them (no ``gpiopin``
+    means the overlay's default, 18) is commented out: the kernel's pps driver would
+    claim the line, and the daemon, failing to request it, would restart forever. A
+    pps-gpio overlay on a pin the box does not use is left alone.
+    """
+    pins = {18: "gps.pps_pin"} if pins is None else pins
+    lines = current.splitlines()
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.strip() == BEGIN:
+            skipping = True
+            continue
+        if skipping:
+            if line.strip() == END:
+                skipping = False
+            continue
+        m = _PPS_OVERLAY.match(line)
+        if m:
+            found = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
+            pin = int(found.group(1)) if found else 18
+            if pin in pins:
+                line = (
+                    f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pin} ({pins[pin]})"
+                )
+        out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    text = "\n".join(out)
+    return (text + "\n\n" if text else "") + block
+
+
+def strip_serial_console(cmdline: str) -> str:
+    """cmdline.txt without any console= on the Pi's UARTs (as firmware_config/cmdline.sed)."""
+
+    def one(line: str) -> str:
+        for pattern, repl in ((_CONSOLE_HEAD, ""), (_CONSOLE_MIDDLE, r"\1")):
+            while True:
+                new = pattern.sub(repl, line, count=1)
+                if new == line:
+                    break
+                line = new
+        return line
+
+    return "\n".join(one(line) for line in cmdline.split("\n"))
+
+
+def render_unit(text: str, program: str) -> str:
+    """A unit template with @CHECKPOINT@ replaced by the program's path."""
+    return text.replace("@CHECKPOINT@", program)
+
+
+# -- locating things ------------------------------------------------------------------------
+
+
+def assets_dir() -> Path:
+    """The folder holding systemd/, firmware_config/ and examples/.
+
+    A source checkout or editable install: the repository root next to the package.
+    A wheel install: ``{sys.prefix}/share/checkpoint`` (see the README).
+    """
+    candidates = [
+        Path(__file__).resolve().parent.parent.parent,
+        Path(sys.prefix) / "share" / "checkpoint",
+    ]
+    for c in candidates:
+        if (c / "systemd" / "checkpoint.service").is_file() and (c / "firmware_config").is_dir():
+            return c
+    raise InstallError(
+        "cannot find the systemd/ and firmware_config/ files (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "): install from a source checkout"
+    )
+
+
+def program_path() -> str:
+    """The installed `checkpoint` program the unit should run."""
+    beside = Path(sys.executable).with_name("checkpoint")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("checkpoint")
+    if found:
+        return str(Path(found).resolve())
+    return f"{sys.executable} -m checkpoint"
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One file the installer wants to be `new` (None: keep what is there)."""
+
+    dest: str  # absolute path on the target system
+    new: str
+    old: str | None
+    mode: int = 0o644
+    keep_existing: bool = False
+    firmware: bool = False
+
+    @property
+    def needed(self) -> bool:
+        if self.old is None:
+            return True
+        return not self.keep_existing and self.old != self.new
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _target(root: Path, dest: str) -> Path:
+    return root / dest.lstrip("/")
+
+
+def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
+    """Every non-firmware file, with what is on the target now."""
+    src = {
+        "/etc/systemd/system/checkpoint.service": render_unit(
+            (assets / "systemd/checkpoint.service").read_text(), program
+        ),
+        "/etc/systemd/system/checkpoint-hq.service": render_unit(
+            (assets / "systemd/checkpoint-hq.service").read_text(), program
+        ),
+        "/usr/lib/sysusers.d/checkpoint.conf": (assets / "systemd/checkpoint.sysusers").read_text(),
+        MODULES_LOAD: (assets / "systemd/checkpoint.modules-load").read_text(),
+        "/etc/udev/rules.d/99-checkpoint.rules": (
+            assets / "firmware_config/99-checkpoint.rules"
+        ).read_text(),
+        "/etc/chrony/conf.d/checkpoint.conf": (
+            assets / "firmware_config/chrony-checkpoint.conf"
+        ).read_text(),
+        CHRONY_DROPIN: (assets / "systemd/chrony-checkpoint.conf").read_text(),
+    }
+    changes = [FileChange(dest, new, _read(_target(root, dest))) for dest, new in src.items()]
+    for dest, source in (
+        ("/etc/checkpoint/box.toml", assets / "examples/box.toml"),
+        ("/etc/checkpoint/hq.env", assets / "systemd/hq.env"),
+    ):
+        changes.append(
+            FileChange(dest, source.read_text(), _read(_target(root, dest)), keep_existing=True)
+        )
+    return changes
+
+
+_GPIO_NAME = re.compile(r"^(?:GPIO|BCM)?(\d+)$", re.IGNORECASE)
+
+
+def config_pins(text: str) -> dict[int, str]:
+    """BCM GPIO numbers a box config uses (PPS, inputs, LED/buzzer), each with its user.
+
+    Read leniently from the TOML (the daemon checks the config, not the installer):
+    a pin written as a header position (``BOARD12``) or anything unparsable is skipped.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        data = {}
+    gps = data.get("gps") if isinstance(data.get("gps"), dict) else {}
+    named = [("gps.pps_pin", gps.get("pps_pin", "GPIO18"))]
+    if "inputs" not in data:  # the daemon's default inputs then
+        named += [(f"input {i.name}", i.pin) for i in default_inputs()]
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
+    named += [(f"input {i.get('name', '?')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
+    ind = data.get("indicator") if isinstance(data.get("indicator"), dict) else {}
+    named += [(f"indicator.{k}", ind[k]) for k in ("led_pin", "buzzer_pin") if ind.get(k)]
+    pins: dict[int, str] = {}
+    for what, name in named:
+        m = _GPIO_NAME.match(str(name)) if isinstance(name, (str, int)) else None
+        if m:
+            pins.setdefault(int(m.group(1)), what)
+    return pins
+
+
+def plan_firmware(root: Path, assets: Path) -> tuple[list[FileChange], list[str]]:
+    """Firmware edits needed, and notes on what was skipped.
+
+    The box config on the target (or the example the installer puts there) names the
+    pins whose pps-gpio overlays must go.
+    """
+    notes: list[str] = []
+    changes: list[FileChange] = []
+    block = firmware_block((assets / "firmware_config/config.txt").read_text())
+    box = _read(_target(root, "/etc/checkpoint/box.toml"))
+    pins = config_pins(box if box is not None else (assets / "examples/box.toml").read_text())
+    for dest, transform in (
+        ("/boot/firmware/config.txt", lambda text: merge_config_txt(text, block, pins=pins)),
+        ("/boot/firmware/cmdline.txt", strip_serial_console),
+    ):
+        old = _read(_target(root, dest))
+        if old is None:
+            notes.append(f"{dest}: not found (not Raspberry Pi OS Bookworm?): left alone")
+            continue
+        changes.append(FileChange(dest, transform(old), old, firmware=True))
+    return changes, notes
+
+
+def diff(change: FileChange) -> str:
+    return "".join(
+        difflib.unified_diff(
+            (change.old or "").splitlines(keepends=True),
+            change.new.splitlines(keepends=True),
+            fromfile=change.dest,
+            tofile=change.dest + " (checkpoint)",
+        )
+    )
+
+
+def write(root: Path, change: FileChange) -> None:
+    """Write one file atomically (temp file + rename), creating folders."""
+    path = _target(root, change.dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.checkpoint-tmp")
+    tmp.write_text(change.new, encoding="utf-8")
+    os.chmod(tmp, change.mode)
+    os.replace(tmp, path)
+
+
+# -- commands on the real system ------------------------------------------------------------
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _enabled(root: Path, unit: str) -> bool:
+    return (root / "etc/systemd/system/multi-user.target.wants" / unit).exists()
+
+
+def modules(text: str) -> list[str]:
+    """Module names in a modules-load.d file (comments and blank lines skipped)."""
+    names = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [n for n in names if n]
+
+
+def plan_commands(root: Path, changed: set[str], load: Sequence[str] = ()) -> list[list[str]]:
+    """Commands that would bring the system in line, given the files just changed.
+
+    `load`: the kernel modules of the modules-load.d file, loaded now if it changed.
+    """
+    cmds: list[list[str]] = []
+    if not _user_exists("checkpoint"):
+        if shutil.which("systemd-sysusers"):
+            cmds.append(["systemd-sysusers", "/usr/lib/sysusers.d/checkpoint.conf"])
+        else:
+            cmds.append(
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--home-dir",
+                    "/var/lib/checkpoint",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "checkpoint",
+                ]
+            )
+            cmds.append(["usermod", "-a", "-G", "gpio,dialout", "checkpoint"])
+    if "/etc/udev/rules.d/99-checkpoint.rules" in changed:
+        cmds.append(["udevadm", "control", "--reload"])
+        cmds.append(["udevadm", "trigger"])
+    if any(d.startswith("/etc/systemd/system/") for d in changed):
+        cmds.append(["systemctl", "daemon-reload"])
+    if MODULES_LOAD in changed:
+        # Now, not only at the next boot: the unit resolves its DeviceAllow classes
+        # when it (re)starts, so the drivers must be in before that.
+        cmds.append(["modprobe", "-a", *load])
+    if changed & {CHRONY_DROPIN, "/etc/chrony/conf.d/checkpoint.conf"}:
+        # chronyd reads its refclocks and makes the socket only when it starts; a
+        # chrony that is not running is left alone (try-restart).
+        cmds.append(["systemctl", "try-restart", "chrony.service"])
+    if not _enabled(root, "checkpoint.service"):
+        cmds.append(["systemctl", "enable", "checkpoint.service"])
+    return cmds
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _ask_tty(question: str) -> bool:
+    if not sys.stdin.isatty():
+        print(f"{question} [y/N] no (not a terminal: pass --yes to accept)")
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def install(
+    root: str | Path = "/",
+    *,
+    yes: bool = False,
+    firmware: bool = True,
+    program: str | None = None,
+    assets: Path | None = None,
+    ask: Callable[[str], bool] = _ask_tty,
+    say: Callable[[str], None] = print,
+    run: Callable[[list[str]], int] | None = None,
+) -> int:
+    """Install into `root`; returns the number of files changed (0: already installed)."""
+    root = Path(root)
+    real = root.resolve() == Path("/")
+    if real and os.geteuid() != 0:
+        raise InstallError("installing into / needs root: sudo checkpoint install")
+    assets = assets or assets_dir()
+    program = program or program_path()
+    if program.startswith(("/home/", "/root/")):
+        say(
+            f"warning: {program} is under /home or /root, which the unit hides "
+            "(ProtectHome=yes): install checkpoint under /opt or /usr/local instead"
+        )
+    changed: set[str] = set()
+    for change in plan_files(root, assets, program):
+        if not change.needed:
+            if change.keep_existing and change.old != change.new:
+                say(f"kept     {change.dest} (exists; yours)")
+            continue
+        write(root, change)
+        changed.add(change.dest)
+        say(f"{'created' if change.old is None else 'updated'}  {change.dest}")
+
+    if firmware:
+        fw, notes = plan_firmware(root, assets)
+        for note in notes:
+            say(note)
+        pending = [c for c in fw if c.needed]
+        if pending:
+            for change in pending:
+                say(diff(change).rstrip("\n"))
+            if yes or ask("Apply these changes to the Raspberry Pi firmware files?"):
+                for change in pending:
+                    write(root, change)
+                    changed.add(change.dest)
+                    say(f"updated  {change.dest} (takes effect at the next boot)")
+            else:
+                say("firmware files left unchanged")
+    else:
+        say("firmware files not checked (--no-firmware)")
+
+    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
+    commands = plan_commands(root, changed, load)
+    have_systemctl = shutil.which("systemctl") is not None
+    for cmd in commands:
+        if real and (cmd[0] != "systemctl" or have_systemctl) and shutil.which(cmd[0]):
+            say(f"running  {' '.join(cmd)}")
+            rc = (run or _run)(cmd)
+            if rc != 0:
+                raise InstallError(f"{' '.join(cmd)} failed with exit code {rc}")
+        else:
+            why = f"--root {root}" if not real else f"{cmd[0]} not found"
+            say(f"not run ({why}): {' '.join(cmd)}")
+    if changed:
+        say(f"{len(changed)} file(s) changed.")
+        if real:
+            say("Next: edit /etc/checkpoint/box.toml, then sudo systemctl restart checkpoint")
+    else:
+        say("nothing to change: already installed")
+    return len(changed)
+
+
+def _run(cmd: list[str]) -> int:
+    return subprocess.run(cmd, check=False).returncode
