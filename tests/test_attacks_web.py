@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+from waits import wait_for
 from webrig import PASSWORD, PIN, Client, FakeBox, HQFiller
 
 from checkpoint.web import server as webserver
@@ -149,24 +150,13 @@ def test_a_burst_of_failures_is_logged_once_with_a_count(marshal, monkeypatch, c
         t0 = time.monotonic()
         _race(marshal, PIN, [("127.0.0.1", f"{i:06d}z") for i in range(100)])
         # On a loaded machine the 100 racing tries may span more than one 0.5 s window.
-        done = asyncio.run(_wait_for(lambda: counted() >= 99, 10.0))
+        wait_for(lambda: counted() >= 99, 10.0, "99 tries summed", detail=lambda: caplog.text)
         windows = (time.monotonic() - t0) / 0.5
-    assert done, caplog.text
     lines = failures()
     assert lines[0].startswith(("wrong PIN from 127.0.0.1", "login refused"))
     assert all("more wrong PIN and" in m and "from 1 addresses" in m for m in lines[1:]), lines
     assert counted() == 99  # every try but the first, in summary lines only
     assert len(lines) <= 2 + windows, lines  # one line a window, not one a try
-
-
-async def _wait_for(cond, timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if cond():
-            return True
-        await asyncio.sleep(0.05)
-    return cond()
 
 
 # -- malformed input --------------------------------------------------------------------

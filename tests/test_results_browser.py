@@ -11,7 +11,7 @@ import base64
 import re
 
 import pytest
-from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_for
+from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_page
 
 from checkpoint.hq import officestore
 from checkpoint.hq.entries import parse_entries
@@ -138,17 +138,17 @@ def test_results_page_posts_and_prints_on_a4(page, rally):
 
 def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     page.get(rally.url)
-    rows = wait_for(page, lambda d: css(d, "#office tbody tr"), what="classification")
+    rows = wait_page(page, lambda d: css(d, "#office tbody tr"), what="classification")
     assert [r.get_attribute("data-car") for r in rows][:3] == ["7", "12", "15"]
     from selenium.webdriver.support.ui import Select
 
     Select(page.find_element("id", "office-class")).select_by_value("B")
-    wait_for(
+    wait_page(
         page,
         lambda d: [r.get_attribute("data-car") for r in css(d, "#office tbody tr")] == ["15", "21"],
         what="class B",
     )
-    queue = wait_for(page, lambda d: css(d, "#confirm tbody tr.confirm"), what="to confirm")
+    queue = wait_page(page, lambda d: css(d, "#confirm tbody tr.confirm"), what="to confirm")
     assert len(queue) == 2
     assert all(r.find_elements("css selector", "td")[3].text == "21" for r in queue)
     assert "2 passage(s)" in page.find_element("id", "confirm-note").text
@@ -201,18 +201,18 @@ def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
         s2 = box.passage(starts[1] + 120 * S + 200 * MS)  # car 2 ... or the one behind it?
         s3 = box.passage(starts[1] + 120 * S + 600 * MS)
         login(phone, page.url, PIN)
-        nxt = wait_for(phone, lambda d: css(d, "#next li"), what="cars due next")
+        nxt = wait_page(phone, lambda d: css(d, "#next li"), what="cars due next")
         assert [li.find_element("tag name", "strong").text for li in nxt] == ["2", "3", "4"]
         assert "late" in nxt[0].get_attribute("class")  # car 2: due, no sure passage yet
-        li1 = wait_for(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
+        li1 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
         assert li1.find_element("css selector", "input.car").get_attribute("value") == "1"
         for s in (s2, s3):
-            li = wait_for(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"].confirm'))[0]
+            li = wait_page(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"].confirm'))[0]
             assert "to confirm: car 2?" in li.find_element("css selector", ".state").text
         # One tap confirms the prediction: the box gets the marshal's assignment.
         li1.find_element("css selector", "button.set").click()
         wait_until_text = lambda d: "car 1 ✓" in css(d, f'li.p[data-seq="{s1}"] .state')[0].text  # noqa: E731
-        wait_for(phone, wait_until_text, what="car 1 confirmed")
+        wait_page(phone, wait_until_text, what="car 1 confirmed")
         assert box.corrections == [("assign", s1, "1")]
         assert console_errors(phone) == []
     finally:
