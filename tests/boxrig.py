@@ -20,18 +20,10 @@ import time
 import tty
 from pathlib import Path
 
+from sim.boxclock import BoxClock
+from sim.gps import sentence
+
 NS = 1_000_000_000
-
-
-def nmea_checksum(body: str) -> str:
-    c = 0
-    for ch in body:
-        c ^= ord(ch)
-    return f"{c:02X}"
-
-
-def sentence(body: str) -> str:
-    return f"${body}*{nmea_checksum(body)}\r\n"
 
 
 def rmc(utc_s: int, valid: bool = True) -> str:
@@ -48,21 +40,10 @@ def gga(utc_s: int, valid: bool = True) -> str:
     return sentence(f"GPGGA,{t:%H%M%S}.00,3251.0000,N,11716.0000,W,{q},08,0.9,100.0,M,-30.0,M,,")
 
 
-class Truth:
-    """True UTC of the box's CLOCK_MONOTONIC, for an oscillator `ppm` fast."""
-
-    def __init__(self, ppm: int = 20, utc0_ns: int = 1_776_000_000 * NS) -> None:
-        self.ppm = ppm
-        self.mono0 = time.monotonic_ns()
-        self.utc0 = utc0_ns + 123_456_789
-
-    def utc(self, mono: int) -> int:
-        d = mono - self.mono0
-        return self.utc0 + d - d * self.ppm // 1_000_000
-
-    def mono(self, utc: int) -> int:
-        x = utc - self.utc0
-        return self.mono0 + x * 1_000_000 // (1_000_000 - self.ppm)
+def truth_now(ppm: float = 20, utc0_ns: int = 1_776_000_000 * NS) -> BoxClock:
+    """True UTC of this machine's CLOCK_MONOTONIC from now on, for an oscillator `ppm`
+    fast: the simulator's exact integer clock (`sim.boxclock`), anchored at this moment."""
+    return BoxClock(mono0=time.monotonic_ns(), utc0=utc0_ns + 123_456_789, ppm=ppm)
 
 
 DEFAULT_INPUTS = """[[inputs]]
@@ -225,7 +206,7 @@ class GpsFeeder(threading.Thread):
     """PPS on GPIO18 once per true second, RMC+GGA 80 ms after it ('after' convention)."""
 
     def __init__(
-        self, rig: BoxRig, truth: Truth, *, delay_ms: int = 80, valid: bool = True
+        self, rig: BoxRig, truth: BoxClock, *, delay_ms: int = 80, valid: bool = True
     ) -> None:
         super().__init__(daemon=True)
         self.rig, self.truth, self.delay_ms, self.valid = rig, truth, delay_ms, valid
@@ -235,7 +216,7 @@ class GpsFeeder(threading.Thread):
     def run(self) -> None:
         s = self.truth.utc(time.monotonic_ns()) // NS + 1
         while not self.stop_event.is_set():
-            tick = self.truth.mono(s * NS)
+            tick = self.truth.tick(s * NS)
             if self.pps_on:
                 self.rig.pin("GPIO18", tick, 1)
                 self.rig.pin("GPIO18", tick + 20_000_000, 0)

@@ -30,13 +30,14 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from boxrig import NS, BoxRig, Truth
+from boxrig import NS, BoxRig, truth_now
 from corpusline import CORPUS, Replay, cycles, log_bytes, lowest_baud
 
 from checkpoint.core.nmea import LineSplitter
 from checkpoint.core.timing import Pipeline
 from checkpoint.field.doctor import Limits, diagnose, gather, render
 from checkpoint.mqtt import Link, Message
+from sim.boxclock import BoxClock
 
 LOCKS = ["mt3339.log", "ublox-8.log", "ublox-neo-m9n-nmea.log", "ublox-zed-f9r.log"]
 NO_LOCK = [
@@ -53,13 +54,13 @@ WATCH_NO_LOCK_S = 25.0  # longer than the lockers take (rig: min_lock_samples = 
 class Feeder(threading.Thread):
     """Performs one replay's events on a rig when due."""
 
-    def __init__(self, rig: BoxRig, truth: Truth, replay: Replay) -> None:
+    def __init__(self, rig: BoxRig, truth: BoxClock, replay: Replay) -> None:
         super().__init__(daemon=True)
         self.rig, self.truth, self.replay = rig, truth, replay
         self.halt = threading.Event()
 
     def run(self) -> None:
-        for tick, _, what in self.replay.events(self.truth.mono):
+        for tick, _, what in self.replay.events(self.truth.tick):
             if self.halt.is_set():
                 return
             if isinstance(what, bytes):
@@ -113,7 +114,7 @@ def _box(name: str) -> str:
 def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
     if not CORPUS.is_dir():
         pytest.skip(f"NMEA corpus not found at {CORPUS}")
-    truth = Truth(ppm=-17)
+    truth = truth_now(ppm=-17)
     t0 = truth.utc(time.monotonic_ns()) // NS + 3
     rigs: dict[str, BoxRig] = {}
     feeders: list[Feeder] = []

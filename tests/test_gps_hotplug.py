@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from boxrig import BoxRig, GpsFeeder, Truth
+from boxrig import BoxRig, GpsFeeder, truth_now
 from test_daemon_e2e import Subscriber
 
 from checkpoint.box import gpsport
@@ -34,7 +34,7 @@ def test_daemon_waits_for_a_late_gps_then_locks(tmp_path, broker):
     rig = BoxRig(tmp_path, broker.url)
     late = tmp_path / "gps0"
     rig.config.write_text(rig.config.read_text().replace(f'"{rig.tty}"', f'"{late}"'))
-    truth = Truth()
+    truth = truth_now()
     sub = Subscriber(broker.url, ["rally/box07/status"])
     gps = None
     try:
