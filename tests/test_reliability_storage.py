@@ -67,7 +67,7 @@ def _feed(rig: BoxRig, n: int, rate: float = 20) -> list[tuple[str, int]]:
         lead = send_passage(rig, PINS["beam"])
         assert lead is not None, "daemon not connected to its feed"
         out.append(("beam", lead))
-        time.sleep(1 / rate)
+        time.sleep(1 / rate)  # paces the cars (a simulated beam): `rate` passages a second
     return out
 
 
@@ -418,9 +418,12 @@ def test_corrupt_store_at_startup_is_moved_aside_and_a_new_store_starts(tmp_path
         assert st["store"] != old_id and "moved aside" in st["alarms"]["store_replaced"]
         second = _feed(rig, 5)
         _wait_at_hq(hq_db, first + second)
-        # The alarm stays while this run lasts, also after commits succeed.
-        time.sleep(1.5)
-        assert "store_replaced" in watch.last_status()["alarms"]
+        # The alarm stays while this run lasts, also after commits succeed: the marker is
+        # a status published after HQ has every passage, with the box's acks caught up.
+        after = watch.wait_status(
+            lambda s: s.get("acked_upto", 0) >= s.get("last_seq", 1), 20, "status after commits"
+        )
+        assert "store_replaced" in after["alarms"]
     finally:
         hq.stop()
         watch.close()
