@@ -20,6 +20,8 @@ import time
 import tty
 from pathlib import Path
 
+from waits import wait_for
+
 from sim.boxclock import BoxClock
 from sim.gps import sentence
 
@@ -44,6 +46,10 @@ def truth_now(ppm: float = 20, utc0_ns: int = 1_776_000_000 * NS) -> BoxClock:
     """True UTC of this machine's CLOCK_MONOTONIC from now on, for an oscillator `ppm`
     fast: the simulator's exact integer clock (`sim.boxclock`), anchored at this moment."""
     return BoxClock(mono0=time.monotonic_ns(), utc0=utc0_ns + 123_456_789, ppm=ppm)
+
+
+# The old name, which bench/rig.py (and the benchmarks through it) still imports.
+Truth = truth_now
 
 
 DEFAULT_INPUTS = """[[inputs]]
@@ -132,11 +138,15 @@ min_lock_samples = 10
         # The pin factory connects to the feed before the daemon has set up its pins:
         # an edge sent now could find no callback and vanish. The daemon logs its
         # start line once inputs, GPS and MQTT are wired; wait for it.
-        deadline = time.monotonic() + 20
-        while self._starts() == started:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not start:\n{self.log_text()[-2000:]}")
-            time.sleep(0.01)
+        wait_for(
+            lambda: self._starts() != started or self.proc.poll() is not None,
+            20,
+            "the daemon's start line",
+            every=0.01,
+            detail=lambda: self.log_text()[-2000:],
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon did not start:\n{self.log_text()[-2000:]}")
 
     def _starts(self) -> int:
         try:
@@ -147,7 +157,7 @@ min_lock_samples = 10
     def pin(self, pin: str, mono_ns: int, state: int) -> None:
         wait = (mono_ns - time.monotonic_ns()) / NS
         if wait > 0:
-            time.sleep(wait)
+            time.sleep(wait)  # paces the wire: an edge goes out when its tick has come
         line = json.dumps({"pin": pin, "mono_ns": mono_ns, "state": state}) + "\n"
         with self.lock:
             assert self.conn is not None
@@ -223,7 +233,7 @@ class GpsFeeder(threading.Thread):
             arrive = tick + self.delay_ms * 1_000_000
             wait = (arrive - time.monotonic_ns()) / NS
             if wait > 0:
-                time.sleep(wait)
+                time.sleep(wait)  # paces the receiver: its burst arrives after the pulse
             try:
                 self.rig.nmea(rmc(s, self.valid) + gga(s, self.valid))
             except OSError:

@@ -173,7 +173,7 @@ class PassageFeeder:
             next_t += period
             delay = next_t - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # paces the cars: `rate` passages a second
             elif delay < -1:
                 next_t = time.monotonic()  # fell behind (a kill): do not burst
             if self._paused.is_set():

@@ -40,10 +40,11 @@ BOARD = {"hq-board-wall.png": (1600, 1000, False), "hq-board-phone.png": (390, 8
 MARSHAL = ("marshal-ready.png", "marshal-locking.png", "marshal-void.png")
 
 
-def _settle(d, seconds: float = 1.0) -> None:
-    # Wait for data, then a moment for the canvas and the last SSE frames.
-    wait_page(d, lambda d: d.execute_script("return document.body.dataset.ready") or True, 10)
-    time.sleep(seconds)
+def _settle(d) -> None:
+    """The picture once nothing on the page still moves (the caller has waited for its
+    data): every CSS animation and transition has finished."""
+    still = "return document.getAnimations().every(a => a.playState !== 'running')"
+    wait_page(d, lambda d: d.execute_script(still), 10, "the page to stop moving")
 
 
 def _spread_history(store) -> None:
@@ -137,19 +138,19 @@ def marshal_shots(out: Path, work: Path) -> list[Path]:
     try:
         login(d, page.url, PIN)
         wait_page(d, lambda d: len(d.find_elements("css selector", "li.p")) == 4, 10, "rows")
-        _settle(d, 0.5)
+        _settle(d)
         shots.append(out / MARSHAL[0])
         d.save_screenshot(str(shots[-1]))
         box.status_over.update(clock="nmea", uncertainty_ns=501_000_000, lock_in_s=40)
         wait_page(d, lambda d: "NOT READY" in d.find_element("id", "verdict").text, 10)
-        _settle(d, 0.3)
+        _settle(d)
         shots.append(out / MARSHAL[1])
         d.save_screenshot(str(shots[-1]))
         box.status_over.update(clock="locked", uncertainty_ns=1_240, lock_in_s=None)
         wait_page(d, lambda d: "NOT READY" not in d.find_element("id", "verdict").text, 10)
         d.find_element("css selector", 'li.p[data-seq="5"] button.void').click()
         wait_page(d, lambda d: d.find_element("id", "void-dialog").is_displayed(), 10)
-        _settle(d, 0.3)
+        _settle(d)
         shots.append(out / MARSHAL[2])
         d.save_screenshot(str(shots[-1]))
     finally:

@@ -86,7 +86,7 @@ class Rally:
     def passages(self, n: int) -> None:
         for _ in range(n):
             assert send_passage(self.rig, PIN) is not None
-            time.sleep(0.02)
+            time.sleep(0.02)  # paces the cars: 50 a second
 
     def status(self) -> dict:
         """The box's latest status as HQ recorded it."""

@@ -16,10 +16,10 @@ import socket
 import threading
 import time
 import tty
-from pathlib import Path
 
 import pytest
 import serial
+from corpusline import CORPUS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from waits import wait_for
@@ -34,7 +34,6 @@ from checkpoint.core.nmea import (
 )
 from sim.gps import checksum
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nmea-corpus"
 ROLLOVER = datetime.timedelta(weeks=1024)
 
 

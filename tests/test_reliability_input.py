@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from boxrig import NS, BoxRig, GpsFeeder, gga, rmc, truth_now
+from corpusline import CORPUS
 from faults import (
     MS,
     Watcher,
@@ -47,7 +48,6 @@ from sim.gps import sentence
 
 pytestmark = pytest.mark.slow
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nmea-corpus"
 TOPICS = ["rally/box07/status", "rally/box07/event"]
 
 

@@ -10,6 +10,7 @@ throwaway CA, server certificate, client certificates and password file made by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 from boxrig import BoxRig
+from waits import wait_for
 
 from checkpoint.config import InputConfig
 from checkpoint.core.outbox import MAX_RESEND, Outbox
@@ -152,15 +154,21 @@ class ShippedBroker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.workdir / "out").read_text()
+
+        def running() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.output()
             log = self.workdir / "log"
-            if log.exists() and " running" in log.read_text(errors="replace"):
-                if all(_listens(p) for p in (self.pw_port, self.cert_port, self.hq_port)):
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("shipped broker did not start: " + (self.workdir / "out").read_text())
+            return (
+                log.exists()
+                and " running" in log.read_text(errors="replace")
+                and all(_listens(p) for p in (self.pw_port, self.cert_port, self.hq_port))
+            )
+
+        wait_for(running, 10, "the shipped broker to start", every=0.05, detail=self.output)
+        return self
+
+    def output(self) -> str:
+        return (self.workdir / "out").read_text(errors="replace")
 
     def log(self) -> str:
         return (self.workdir / "log").read_text(errors="replace")
@@ -233,6 +241,25 @@ class Client:
 
     def close(self) -> None:
         self.link.stop()
+
+
+def _each_refused(caplog, *clients: Client) -> None:
+    """The marker that a connection is not coming: each client's own network thread has
+    seen a connect attempt end (TLS refused, the broker reset it, or refused it)."""
+    ended = ("TLS to", "failed to receive on socket", "refused the connection")
+
+    def all_ended() -> bool:
+        records = list(caplog.records)
+        return all(
+            any(
+                r.threadName == f"paho-mqtt-client-{c.link.client_id}"
+                and any(e in r.getMessage() for e in ended)
+                for r in records
+            )
+            for c in clients
+        )
+
+    wait_for(all_ended, 15, "every connect attempt to fail", detail=lambda: caplog.text[-2000:])
 
 
 @pytest.fixture
@@ -388,28 +415,30 @@ def test_a_box_cannot_log_in_on_hq_listener(shipped: ShippedBroker, clients) -> 
 def test_tls_refuses_wrong_host_unknown_ca_and_plain_tcp(
     shipped: ShippedBroker, clients, pki, caplog
 ) -> None:
-    import logging
 
     with caplog.at_level(logging.ERROR, logger="checkpoint.mqtt"):
         # The certificate names "localhost" only; 127.0.0.1 is another name.
         wrong_host = clients(shipped.url(shipped.pw_port, "127.0.0.1"), "box07")
         unknown_ca = clients(shipped.pw_url, "box07", ca_file=str(pki / "rogue" / "ca.crt"))
         system_ca = clients(shipped.pw_url, "box07", ca_file=None)
-        time.sleep(1.5)
+        _each_refused(caplog, wrong_host, unknown_ca, system_ca)
     for c in (wrong_host, unknown_ca, system_ca):
         assert not c.link.connected and not [e for e in c.drain(0) if isinstance(e, Connected)]
     errors = " ".join(r.getMessage() for r in caplog.records)
     assert "IP address mismatch" in errors or "mismatch" in errors
     assert "certificate verify failed" in errors
     # A plain client cannot talk to a TLS listener at all.
-    plain = Client(f"mqtt://127.0.0.1:{shipped.pw_port}", "plain", username="box07")
-    time.sleep(1.0)
+    with caplog.at_level(logging.DEBUG, logger="checkpoint.mqtt"):
+        plain = Client(f"mqtt://127.0.0.1:{shipped.pw_port}", "plain", username="box07")
+        _each_refused(caplog, plain)
     assert not plain.link.connected
     plain.close()
 
 
 @needs_tools
-def test_client_certificate_login_uses_the_cn_as_box_id(shipped: ShippedBroker, clients, pki):
+def test_client_certificate_login_uses_the_cn_as_box_id(
+    shipped: ShippedBroker, clients, pki, caplog
+):
     def cert(box: str, d: Path = pki) -> dict[str, str]:
         return {
             "cert_file": str(d / "clients" / f"{box}.crt"),
@@ -422,9 +451,10 @@ def test_client_certificate_login_uses_the_cn_as_box_id(shipped: ShippedBroker, 
     forged = box07.publish("rally/box08/event")
     assert not forged.ok and forged.reason == "Not authorized"
     # No certificate, or one from another CA: no connection.
-    bare = clients(shipped.cert_url, "box07")
-    rogue = clients(shipped.cert_url, None, client_id="r07", **cert("box07", pki / "rogue"))
-    time.sleep(1.5)
+    with caplog.at_level(logging.DEBUG, logger="checkpoint.mqtt"):
+        bare = clients(shipped.cert_url, "box07")
+        rogue = clients(shipped.cert_url, None, client_id="r07", **cert("box07", pki / "rogue"))
+        _each_refused(caplog, bare, rogue)
     assert not bare.link.connected and not rogue.link.connected
 
 

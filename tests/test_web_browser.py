@@ -206,7 +206,8 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
                 box.correct("assign", s, car_no)
                 wait_page(phone, lambda d, s=s, c=car_no: row_state(d, s) == f"car {c} ✓")
         wait_page(phone, lambda d: len(css(d, "li.p")) == 5, what="five rows")
-        time.sleep(3.2)  # let the arrival highlight fade
+        # The screenshot once every arrival highlight has faded (the page drops `new`).
+        wait_page(phone, lambda d: not css(d, "li.p.new"), what="highlights faded")
         shot = screenshot_dir(tmp_path) / "marshal.png"
         assert phone.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         assert console_errors(phone) == [] and console_errors(wall) == []
@@ -278,7 +279,7 @@ def _rally(emus, hq):
             else:
                 unc, clock = 900 + 150 * i + 40 * (step % 3), "locked"
             b.status(clock=clock, uncertainty_ns=unc, checkpoint=b.checkpoint, backlog=0)
-        time.sleep(0.25)
+        time.sleep(0.25)  # paces the boxes' status messages, as their clocks settle
     boxes[3].publish_raw(b'{"state":"lost"}', boxes[3].topic_status, retain=True)
     n = sum(len(b.events) for b in boxes)
     wait_for(lambda: _events(hq) == n, 15, f"{n} events at HQ")
