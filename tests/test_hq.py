@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,8 @@ def boxes():
 
 
 def read(db, fn):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return fn(s)
-    finally:
-        s.close()
 
 
 def export_keys(db):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import closing
 
 from waits import wait_for
 from webrig import PIN, Client, read_sse, web_box_rig
@@ -22,11 +23,8 @@ NS = 1_000_000_000
 
 
 def _hq_passages(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.passages()
-    finally:
-        s.close()
 
 
 def test_parse_keeps_this_stores_fixes_and_the_last_word():

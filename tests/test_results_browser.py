@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from contextlib import closing
 
 import pytest
 from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_page
@@ -80,12 +81,9 @@ def rally(tmp_path):
     f.passage("box02", "PC2", starts[3] + 121 * S)
     f.passage("box02", "PC2", starts[3] + 121 * S + 400 * MS)
     f.close()
-    store = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as store:
         officestore.load_event(store, EVENT, "event.toml")
         officestore.import_entries(store, parse_entries(ENTRIES))
-    finally:
-        store.close()
     server = BoardServer(db, host="127.0.0.1", port=0, poll_s=0.1).start()
     yield server
     server.stop()

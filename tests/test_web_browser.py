@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import socket
 import time
+from contextlib import closing
 
 import pytest
 from hq_box import EmulatedBox
@@ -121,11 +122,8 @@ def board(hq):
 
 
 def hq_passages(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.passages()
-    finally:
-        s.close()
 
 
 def css(driver, selector):
@@ -287,11 +285,8 @@ def _rally(emus, hq):
 
 
 def _events(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.event_count()
-    finally:
-        s.close()
 
 
 def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, board, tmp_path):

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -320,12 +321,9 @@ def test_board_is_readable_without_login_and_corrections_need_one(board, hqdb):
         "/api/events",
         lambda ev: any(n == "results" and d["cars"] and d["cars"][0]["total"] == 37 for n, d in ev),
     )
-    store = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as store:
         rows = [(p["box"], p["car"]) for p in store.passages()]
         assert rows == [("box01", "42"), ("box02", "42")]
-    finally:
-        store.close()
 
 
 def test_board_without_password_refuses_every_login(hqdb):
