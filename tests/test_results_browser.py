@@ -24,12 +24,8 @@ S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_745_740_800 * S  # 2025-04-27 08:00 UTC
 
-EVENT = """
-[event]
-name = "Coppa delle Alpi"
-date = "2025-04-27"
-timezone = "Europe/Rome"
-
+# One trial, PC1 to PC2 in 120 s; the marshal's test has no date (its cars start today).
+EVENT_PS1 = """
 [identify]
 sigma_s = 2
 
@@ -44,6 +40,11 @@ start = "PC1"
 finish = "PC2"
 target_s = 120
 """
+EVENT = (
+    '[event]\nname = "Coppa delle Alpi"\ndate = "2025-04-27"\ntimezone = "Europe/Rome"\n'
+    + EVENT_PS1
+)
+MARSHAL_EVENT = '[event]\nname = "Coppa delle Alpi"\n' + EVENT_PS1
 
 ENTRIES = """number,crew,car,year,class,start
 7,Rossi / Bianchi,Alfa Romeo 6C 1750,1929,A,10:00
@@ -153,23 +154,6 @@ def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     queue[0].click()  # not logged in: the correction form stays hidden and empty
     assert page.find_element("id", "c-box").get_attribute("value") == ""
     assert console_errors(page) == []
-
-
-MARSHAL_EVENT = """
-[event]
-name = "Coppa delle Alpi"
-[identify]
-sigma_s = 2
-[[control]]
-id = "PC1"
-[[control]]
-id = "PC2"
-[[trial]]
-name = "PS1"
-start = "PC1"
-finish = "PC2"
-target_s = 120
-"""
 
 
 def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):

@@ -225,14 +225,14 @@ class Client:
             self.seen.append(ev)
         raise AssertionError(f"no {kind.__name__} within {timeout} s; saw {self.seen}")
 
-    def drain(self, seconds: float) -> list[LinkEvent]:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def drain(self) -> list[LinkEvent]:
+        """Every event `next()` has not taken so far, the queued ones included (no
+        waiting: the caller has waited for a marker that comes after them)."""
+        while True:
             try:
-                self.seen.append(self.q.get(timeout=0.05))
+                self.seen.append(self.q.get_nowait())
             except queue.Empty:
-                pass
-        return self.seen
+                return self.seen
 
     def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> PubAck:
         mid = self.link.publish(topic, payload, qos=1, retain=retain)
@@ -327,7 +327,12 @@ def test_a_box_reads_only_its_own_acks_and_commands(shipped: ShippedBroker, clie
     spy = clients(
         shipped.pw_url,
         "box08",
-        subscriptions=[("rally/box07/cmd", 1), ("rally/box07/ack", 1), ("rally/+/event", 1)],
+        subscriptions=[
+            ("rally/box07/cmd", 1),
+            ("rally/box07/ack", 1),
+            ("rally/+/event", 1),
+            ("rally/box08/cmd", 1),  # its own: where the marker comes
+        ],
     )
     spy.next(SubAck)
     cmd = b'{"cmd":"resend","store":"s","from":1,"to":2}'
@@ -335,8 +340,11 @@ def test_a_box_reads_only_its_own_acks_and_commands(shipped: ShippedBroker, clie
     assert hq.publish("rally/box07/ack", b'{"store":"s","upto":1}', retain=True).ok
     assert box07.publish("rally/box07/event", b'{"seq":1}').ok
     assert box07.next(Message, lambda m: m.topic == "rally/box07/cmd").payload == cmd
-    # The other box saw nothing of it: not the command, not the ack, not the event.
-    assert not [m for m in spy.drain(1.0) if isinstance(m, Message)]
+    # The other box saw nothing of it: not the command, not the ack, not the event. The
+    # marker, a command for box08 published after them all, reaches it; nothing before.
+    assert hq.publish("rally/box08/cmd", b"marker").ok
+    spy.next(Message, lambda m: m.topic == "rally/box08/cmd")
+    assert [m.payload for m in spy.drain() if isinstance(m, Message)] == [], spy.seen
 
 
 @needs_tools
@@ -348,8 +356,9 @@ def test_hq_reads_all_and_writes_only_acks_and_commands(shipped: ShippedBroker, 
         b.next(Connected)
         assert b.publish(f"rally/{box}/event", box.encode()).ok
         assert b.publish(f"rally/{box}/status", b'{"state":"ready"}').ok
-    got = {(m.topic, m.payload) for m in hq.drain(1.0) if isinstance(m, Message)}
-    assert ("rally/box07/event", b"box07") in got and ("rally/box08/event", b"box08") in got
+    for box in ("box07", "box08"):
+        want = (f"rally/{box}/event", box.encode())
+        hq.next(Message, lambda m, want=want: (m.topic, m.payload) == want)
     assert hq.publish("rally/box08/ack", b'{"store":"s","upto":0}').ok
     assert hq.publish("rally/box08/cmd", b"{}").ok
     for topic in ("rally/box07/event", "rally/box07/status", "rally/box07/hwm"):
@@ -375,8 +384,10 @@ def test_a_box_cannot_take_over_another_box_session(shipped: ShippedBroker, clie
     # user (use_username_as_clientid), so box07 is not kicked off.
     intruder = clients(shipped.pw_url, "box08", client_id="checkpoint-box07")
     intruder.next(Connected)
-    assert not [e for e in box07.drain(1.0) if isinstance(e, Disconnected)]
-    assert box07.link.connected and box07.publish("rally/box07/event").ok
+    # The intruder has its CONNACK, so a take-over would have happened; the marker is a
+    # PUBACK on box07's link after that, and no disconnection came before it.
+    assert box07.publish("rally/box07/event").ok and box07.link.connected
+    assert not [e for e in box07.drain() if isinstance(e, Disconnected)]
 
 
 @needs_tools
@@ -392,8 +403,8 @@ def test_several_hq_clients_connect_at_once_on_hq_listener(shipped: ShippedBroke
     box.next(Connected)
     assert box.publish("rally/box07/status", b'{"state":"ready"}').ok
     for c in (collector, watcher):
-        c.next(Message, lambda m: m.topic == "rally/box07/status")
-        assert not [e for e in c.drain(0.5) if isinstance(e, Disconnected)]
+        c.next(Message, lambda m: m.topic == "rally/box07/status")  # the marker
+        assert not [e for e in c.drain() if isinstance(e, Disconnected)]
         assert c.link.connected
     # The same ACL holds there: HQ cannot publish an event.
     assert not collector.publish("rally/box07/event").ok
@@ -423,7 +434,7 @@ def test_tls_refuses_wrong_host_unknown_ca_and_plain_tcp(
         system_ca = clients(shipped.pw_url, "box07", ca_file=None)
         _each_refused(caplog, wrong_host, unknown_ca, system_ca)
     for c in (wrong_host, unknown_ca, system_ca):
-        assert not c.link.connected and not [e for e in c.drain(0) if isinstance(e, Connected)]
+        assert not c.link.connected and not [e for e in c.drain() if isinstance(e, Connected)]
     errors = " ".join(r.getMessage() for r in caplog.records)
     assert "IP address mismatch" in errors or "mismatch" in errors
     assert "certificate verify failed" in errors
