@@ -73,6 +73,18 @@ def _feed(rig: BoxRig, n: int, rate: float = 20) -> list[tuple[str, int]]:
     return out
 
 
+def _feed_failing(rig: BoxRig, watch: Watcher, n: int) -> tuple[list[tuple[str, int]], str]:
+    """Send `n` passages while the card fails: their keys, and the store alarm of the
+    first status that says all `n` are kept in memory."""
+    keys = _feed(rig, n)
+    st = watch.wait_status(
+        lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= n,
+        20,
+        f"a store alarm with {n} events kept in memory",
+    )
+    return keys, st["alarms"]["store"]
+
+
 def _hq_passages(db: Path, box: str = "box07") -> list[tuple[str, int]]:
     return passage_keys([e for e in hq_events(db, box) if e["type"] == "passage"])
 
@@ -124,14 +136,8 @@ def test_disk_full_keeps_events_in_memory_publishes_them_and_never_reuses_seqs(t
             # The card fills up (logs, a marshal's photos...).
             ballast = card / "ballast"
             figures["ballast_bytes"] = fill(ballast)
-            full = _feed(rig, 10)
+            full, alarm = _feed_failing(rig, watch, 10)
             sent += full
-            st = watch.wait_status(
-                lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= 10,
-                20,
-                "a store alarm with events kept in memory",
-            )
-            alarm = st["alarms"]["store"]
             assert "disk full" in alarm and "free space" in alarm, alarm
             # The capture file on the same card fails too once its last page is full
             # (an alarm of its own, "capture"); timing goes on regardless.
@@ -341,14 +347,8 @@ def test_card_remounted_read_only_by_the_kernel(tmp_path, broker, ext4_card):
 
         card.fail()
         wait_for(card.read_only, 5, "the kernel to remount the card read-only")
-        during = _feed(rig, 8)
+        during, alarm = _feed_failing(rig, watch, 8)
         sent += during
-        st = watch.wait_status(
-            lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= 8,
-            20,
-            "a store alarm",
-        )
-        alarm = st["alarms"]["store"]
         assert "kept in memory" in alarm and ("card" in alarm or "read-only" in alarm), alarm
         _wait_at_hq(hq_db, sent)  # published from memory
         assert rig.alive()

@@ -12,7 +12,15 @@ import re
 from contextlib import closing
 
 import pytest
-from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_page
+from webrig import (
+    HQFiller,
+    browser,
+    console_errors,
+    make_driver,
+    quit_driver,
+    require_browser,
+    wait_page,
+)
 
 from checkpoint.hq import officestore
 from checkpoint.hq.entries import parse_entries
@@ -61,9 +69,8 @@ def _browser():
 
 @pytest.fixture
 def page(tmp_path):
-    d = make_driver(tmp_path, width=1280, height=900)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=1280, height=900) as d:
+        yield d
 
 
 @pytest.fixture

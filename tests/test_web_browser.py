@@ -26,10 +26,9 @@ from webrig import (
     PASSWORD,
     PIN,
     FakeBox,
+    browser,
     console_errors,
     login,
-    make_driver,
-    quit_driver,
     require_browser,
     screenshot_dir,
     wait_page,
@@ -76,16 +75,14 @@ def _browser():
 
 @pytest.fixture
 def phone(tmp_path):
-    d = make_driver(tmp_path, width=390, height=844, mobile=True)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=390, height=844, mobile=True) as d:
+        yield d
 
 
 @pytest.fixture
 def wall(tmp_path):
-    d = make_driver(tmp_path, width=1280, height=800)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=1280, height=800) as d:
+        yield d
 
 
 @pytest.fixture

@@ -10,7 +10,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from webrig import PIN, FakeBox, login, make_driver, quit_driver, require_browser, wait_page
+from webrig import (
+    PIN,
+    FakeBox,
+    browser,
+    login,
+    require_browser,
+    wait_page,
+)
 
 from checkpoint.web.marshal import MarshalServer
 
@@ -45,9 +52,8 @@ def page():
 
 @pytest.fixture
 def phone(tmp_path):
-    d = make_driver(tmp_path, width=390, height=844, mobile=True)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=390, height=844, mobile=True) as d:
+        yield d
 
 
 def css(d, sel):

@@ -7,6 +7,7 @@ CHECKPOINT_REQUIRE_BROWSER=1 (CI sets it through `./dev test`), where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -14,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,6 +112,16 @@ def quit_driver(driver: Any) -> None:
         driver.quit()
     finally:
         shutil.rmtree(getattr(driver, "_checkpoint_profile", ""), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def browser(tmp: Path, *, width: int, height: int, mobile: bool = False) -> Iterator[Any]:
+    """`make_driver` for a `with` block (or a fixture's yield): quit afterwards."""
+    d = make_driver(tmp, width=width, height=height, mobile=mobile)
+    try:
+        yield d
+    finally:
+        quit_driver(d)
 
 
 def wait_page(driver: Any, fn: Any, timeout: float = 10.0, what: str = "condition") -> Any:
