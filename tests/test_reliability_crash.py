@@ -32,8 +32,8 @@ from faults import (
     hq_events,
     passage_keys,
     report,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 

@@ -37,8 +37,8 @@ from faults import (
     rss_kb,
     send_passage,
     send_raw,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.config import InputConfig
 from checkpoint.core.clock import UNKNOWN_UNCERTAINTY_NS, ClockParams

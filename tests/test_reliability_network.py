@@ -37,8 +37,8 @@ from faults import (
     hq_events,
     passage_keys,
     report,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 from sim.proxy import LinkProxy

@@ -43,8 +43,8 @@ from faults import (
     report,
     send_passage,
     tmpfs,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 from sim.proxy import LinkProxy
