@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 from boxrig import BoxRig
-from waits import wait_for
+from waits import listening, wait_for
 
 from checkpoint.config import InputConfig
 from checkpoint.core.outbox import MAX_RESEND, Outbox
@@ -161,7 +160,7 @@ class ShippedBroker:
             return (
                 log.exists()
                 and " running" in log.read_text(errors="replace")
-                and all(_listens(p) for p in (self.pw_port, self.cert_port, self.hq_port))
+                and all(listening(p) for p in (self.pw_port, self.cert_port, self.hq_port))
             )
 
         wait_for(running, 10, "the shipped broker to start", every=0.05, detail=self.output)
@@ -181,14 +180,6 @@ class ShippedBroker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _listens(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

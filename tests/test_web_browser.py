@@ -15,13 +15,12 @@ CHECKPOINT_SCREENSHOTS=1, for a look at these scenes).
 from __future__ import annotations
 
 import inspect
-import socket
 import time
 from contextlib import closing
 
 import pytest
 from hq_box import EmulatedBox
-from waits import wait_for
+from waits import listening, wait_for
 from webrig import (
     PASSWORD,
     PIN,
@@ -385,7 +384,7 @@ def test_real_daemon_serves_the_marshal_page_and_a_car_reaches_hq(
     try:
         rig.start()
         url = f"http://127.0.0.1:{port}/"
-        wait_for(lambda: _listening(port), 15, "the marshal page")
+        wait_for(lambda: listening(port), 15, "the marshal page")
         login(phone, url, PIN)
         wait_page(phone, lambda d: d.find_element("id", "box").text == "box07", 15, "status")
         mono = time.monotonic_ns() + NS // 5
@@ -407,11 +406,3 @@ def test_real_daemon_serves_the_marshal_page_and_a_car_reaches_hq(
     finally:
         rig.close()
     assert "marshal-web listening" in rig.log_text() or "listening on" in rig.log_text()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

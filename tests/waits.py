@@ -8,6 +8,7 @@ would have (a later message, a later record), then asserting the thing is absent
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -46,3 +47,12 @@ def wait_for(
                 msg += f"; {detail()}"
             raise AssertionError(msg)
         time.sleep(every)
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on `port` now (a condition to wait on)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
