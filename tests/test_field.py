@@ -1059,11 +1059,8 @@ def _daemon_has_field_hooks() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _daemon_has_field_hooks(), reason="daemon.py not wired to FieldKit yet")
 def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, broker, monkeypatch):
-    import queue
-
     from boxrig import BoxRig, GpsFeeder, truth_now
-
-    from checkpoint.mqtt import Link, Message
+    from faults import Watcher
 
     notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_sock.bind(str(tmp_path / "notify.sock"))
@@ -1078,9 +1075,7 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
         '[indicator]\nled_pin = "GPIO23"\nbuzzer_pin = "GPIO24"\n'
     )
     rig = BoxRig(tmp_path, broker.url, extra=extra)
-    got: queue.Queue = queue.Queue()
-    sub = Link(broker.url, "field-sub", got.put, subscriptions=[("rally/box07/event", 1)])
-    sub.start()
+    sub = Watcher(broker.url, ["rally/box07/event"])
     truth = truth_now(ppm=20)
     gps = GpsFeeder(rig, truth)
     messages: list[bytes] = []
@@ -1131,22 +1126,17 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
             return reply if reply["ok"] else None
 
         assert wait_for(assigned_by_marshal, 10, "assign accepted") == {"ok": True}
-        deadline = time.monotonic() + 10
         assert control.void(ctl, 99, "x") == {
             "ok": False,
             "error": "no event with seq 99 in this store",
         }
-        assigned = None
-        while assigned is None and time.monotonic() < deadline:
-            try:
-                ev = got.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message):
-                data = json.loads(ev.payload)
-                if data["type"] == "assign":
-                    assigned = data
-        assert assigned is not None and assigned["ref_seq"] == 1 and assigned["car"] == "42"
+
+        def assign_event() -> dict | None:
+            events = (json.loads(p) for _, p in sub.payloads("/event"))
+            return next((e for e in events if e["type"] == "assign"), None)
+
+        assigned = wait_for(assign_event, 10, "the marshal's assign published")
+        assert assigned["ref_seq"] == 1 and assigned["car"] == "42"
         assert assigned["seq"] == 2 and assigned["by"] == "marshal"
         gps.stop()
         assert rig.stop() == 0
@@ -1154,7 +1144,7 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
         assert not os.path.exists(ctl)
     finally:
         gps.stop()
-        sub.stop()
+        sub.close()
         rig.close()
         stop_reading.set()
         reader.join(1)
