@@ -20,18 +20,12 @@ import time
 import tty
 from pathlib import Path
 
+from waits import wait_for
+
+from sim.boxclock import BoxClock
+from sim.gps import sentence
+
 NS = 1_000_000_000
-
-
-def nmea_checksum(body: str) -> str:
-    c = 0
-    for ch in body:
-        c ^= ord(ch)
-    return f"{c:02X}"
-
-
-def sentence(body: str) -> str:
-    return f"${body}*{nmea_checksum(body)}\r\n"
 
 
 def rmc(utc_s: int, valid: bool = True) -> str:
@@ -48,21 +42,14 @@ def gga(utc_s: int, valid: bool = True) -> str:
     return sentence(f"GPGGA,{t:%H%M%S}.00,3251.0000,N,11716.0000,W,{q},08,0.9,100.0,M,-30.0,M,,")
 
 
-class Truth:
-    """True UTC of the box's CLOCK_MONOTONIC, for an oscillator `ppm` fast."""
+def truth_now(ppm: float = 20, utc0_ns: int = 1_776_000_000 * NS) -> BoxClock:
+    """True UTC of this machine's CLOCK_MONOTONIC from now on, for an oscillator `ppm`
+    fast: the simulator's exact integer clock (`sim.boxclock`), anchored at this moment."""
+    return BoxClock(mono0=time.monotonic_ns(), utc0=utc0_ns + 123_456_789, ppm=ppm)
 
-    def __init__(self, ppm: int = 20, utc0_ns: int = 1_776_000_000 * NS) -> None:
-        self.ppm = ppm
-        self.mono0 = time.monotonic_ns()
-        self.utc0 = utc0_ns + 123_456_789
 
-    def utc(self, mono: int) -> int:
-        d = mono - self.mono0
-        return self.utc0 + d - d * self.ppm // 1_000_000
-
-    def mono(self, utc: int) -> int:
-        x = utc - self.utc0
-        return self.mono0 + x * 1_000_000 // (1_000_000 - self.ppm)
+# The old name, which bench/rig.py (and the benchmarks through it) still imports.
+Truth = truth_now
 
 
 DEFAULT_INPUTS = """[[inputs]]
@@ -151,11 +138,15 @@ min_lock_samples = 10
         # The pin factory connects to the feed before the daemon has set up its pins:
         # an edge sent now could find no callback and vanish. The daemon logs its
         # start line once inputs, GPS and MQTT are wired; wait for it.
-        deadline = time.monotonic() + 20
-        while self._starts() == started:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not start:\n{self.log_text()[-2000:]}")
-            time.sleep(0.01)
+        wait_for(
+            lambda: self._starts() != started or self.proc.poll() is not None,
+            20,
+            "the daemon's start line",
+            every=0.01,
+            detail=lambda: self.log_text()[-2000:],
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon did not start:\n{self.log_text()[-2000:]}")
 
     def _starts(self) -> int:
         try:
@@ -166,7 +157,7 @@ min_lock_samples = 10
     def pin(self, pin: str, mono_ns: int, state: int) -> None:
         wait = (mono_ns - time.monotonic_ns()) / NS
         if wait > 0:
-            time.sleep(wait)
+            time.sleep(wait)  # paces the wire: an edge goes out when its tick has come
         line = json.dumps({"pin": pin, "mono_ns": mono_ns, "state": state}) + "\n"
         with self.lock:
             assert self.conn is not None
@@ -225,7 +216,7 @@ class GpsFeeder(threading.Thread):
     """PPS on GPIO18 once per true second, RMC+GGA 80 ms after it ('after' convention)."""
 
     def __init__(
-        self, rig: BoxRig, truth: Truth, *, delay_ms: int = 80, valid: bool = True
+        self, rig: BoxRig, truth: BoxClock, *, delay_ms: int = 80, valid: bool = True
     ) -> None:
         super().__init__(daemon=True)
         self.rig, self.truth, self.delay_ms, self.valid = rig, truth, delay_ms, valid
@@ -235,14 +226,14 @@ class GpsFeeder(threading.Thread):
     def run(self) -> None:
         s = self.truth.utc(time.monotonic_ns()) // NS + 1
         while not self.stop_event.is_set():
-            tick = self.truth.mono(s * NS)
+            tick = self.truth.tick(s * NS)
             if self.pps_on:
                 self.rig.pin("GPIO18", tick, 1)
                 self.rig.pin("GPIO18", tick + 20_000_000, 0)
             arrive = tick + self.delay_ms * 1_000_000
             wait = (arrive - time.monotonic_ns()) / NS
             if wait > 0:
-                time.sleep(wait)
+                time.sleep(wait)  # paces the receiver: its burst arrives after the pulse
             try:
                 self.rig.nmea(rmc(s, self.valid) + gga(s, self.valid))
             except OSError:

@@ -34,6 +34,18 @@ NS = 1_000_000_000
 START_UTC_S = 1_767_225_000  # 2025-12-31 23:50:00 UTC: a leap_at of 599 lands on midnight
 
 
+# A box in the sun: 1 °C temperature cycles at 0.25 ppm/°C change the frequency faster
+# than the clock's default wander allowance (0.05 ppm/min). Profile(**HOT_BOX, ...).
+HOT_BOX: dict = {
+    "offset_ppm": 35.0,
+    "outlier_rate": 0.02,
+    "drift_ppm_per_min": 0.03,
+    "wander_ppm_per_sqrt_s": 5e-4,
+    "temp_ppm": 0.25,
+    "temp_period_s": 1200.0,
+}
+
+
 @dataclass(frozen=True)
 class Profile:
     """One synthetic run; every field has a default, override what the test is about."""

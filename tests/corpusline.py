@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sim.gps import checksum
+
 NS = 1_000_000_000
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200)
 # Next to the checkout (as tests/test_nmea.py finds it), or the shared machine path.
@@ -54,10 +56,7 @@ def _sentence(record: bytes) -> tuple[int, str] | None:
 
 
 def _xor(text: str) -> int:
-    c = 0
-    for ch in text:
-        c ^= ord(ch)
-    return c
+    return int(checksum(text), 16)
 
 
 def _tod(field: str) -> int | None:

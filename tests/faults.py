@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from boxrig import BoxRig
+from waits import wait_for
 
 from checkpoint.mqtt import Link, LinkEvent, Message
 
@@ -38,6 +39,7 @@ class Watcher:
 
     def __init__(self, url: str, topics: list[str]) -> None:
         self.messages: list[tuple[int, str, bytes]] = []
+        self._taken: dict[str, int] = {}
         self._lock = threading.Lock()
         self.link = Link(
             url, f"watch-{time.monotonic_ns()}", self._on, subscriptions=[(t, 1) for t in topics]
@@ -54,6 +56,19 @@ class Watcher:
         """(arrival ns, payload) of messages whose topic ends with `suffix`."""
         with self._lock:
             return [(t, p) for t, topic, p in self.messages if topic.endswith(suffix)]
+
+    def take(self, suffix: str, n: int, timeout: float) -> list[dict[str, Any]]:
+        """The next `n` messages on topics ending with `suffix` (after those taken
+        before), parsed, in arrival order; failing the test after `timeout`."""
+        start = self._taken.get(suffix, 0)
+
+        def next_n() -> list[tuple[int, bytes]]:
+            got = self.payloads(suffix)[start : start + n]
+            return got if len(got) == n else []
+
+        got = wait_for(next_n, timeout, f"{n} messages on */{suffix.lstrip('/')}")
+        self._taken[suffix] = start + n
+        return [json.loads(p) for _, p in got]
 
     def statuses(self, since: int = 0) -> list[dict[str, Any]]:
         """Every status message received (after monotonic ns `since`), parsed."""
@@ -89,19 +104,6 @@ class Watcher:
     def close(self) -> None:
         """Disconnect."""
         self.link.stop()
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll `pred` until it returns something truthy; AssertionError naming `what` after
-    `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 # -- passages in, and what became of them ---------------------------------------------------
@@ -171,7 +173,7 @@ class PassageFeeder:
             next_t += period
             delay = next_t - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # paces the cars: `rate` passages a second
             elif delay < -1:
                 next_t = time.monotonic()  # fell behind (a kill): do not burst
             if self._paused.is_set():

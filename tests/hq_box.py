@@ -15,8 +15,10 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
+
+from waits import wait_for
 
 from checkpoint import EVENT_SCHEMA
 from checkpoint.mqtt import Connected, Disconnected, Link, LinkEvent, Message, PubAck, SubAck
@@ -30,18 +32,6 @@ def fmt_utc(utc_ns: int) -> str:
 
     s, ns = divmod(utc_ns, 1_000_000_000)
     return dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `pred` every 20 ms until truthy; return its value or fail with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class EmulatedBox:
@@ -87,7 +77,7 @@ class EmulatedBox:
         """Connect and wait until the ack/cmd subscriptions are granted."""
         self._worker.start()
         self.link.start()
-        wait_until(self.subscribed.is_set, timeout, f"{self.box} subscribed")
+        wait_for(self.subscribed.is_set, timeout, f"{self.box} subscribed")
         return self
 
     def stop(self) -> None:
@@ -197,7 +187,7 @@ class EmulatedBox:
 
     def publish_raw(self, payload: bytes, topic: str | None = None, *, retain: bool = False) -> int:
         """Publish any bytes (default on the event topic); waits for a connection."""
-        wait_until(lambda: self.link.connected, 10, f"{self.box} connected")
+        wait_for(lambda: self.link.connected, 10, f"{self.box} connected")
         with self._lock:  # the PubAck must not overtake the bookkeeping
             mid = self.link.publish(topic or self.topic_event, payload, qos=1, retain=retain)
             assert mid is not None, "publish refused while connected"
@@ -211,7 +201,7 @@ class EmulatedBox:
         does not set TCP_NODELAY, so a small publish can sit in Nagle's buffer
         for the peer's delayed ACK (~40 ms on loopback).
         """
-        wait_until(lambda: not self._inflight, timeout, f"{self.box} publishes PUBACKed")
+        wait_for(lambda: not self._inflight, timeout, f"{self.box} publishes PUBACKed")
 
     def publish(self, *seqs: int) -> None:
         """Publish these seqs in exactly this order (repeats allowed)."""
@@ -249,7 +239,7 @@ class EmulatedBox:
 
     def wait_acked(self, upto: int, timeout: float = 10) -> None:
         """Wait until HQ has acked at least `upto` of this store."""
-        wait_until(lambda: self.acked_upto >= upto, timeout, f"{self.box} ack >= {upto}")
+        wait_for(lambda: self.acked_upto >= upto, timeout, f"{self.box} ack >= {upto}")
 
     def resend_requests(self) -> list[dict[str, Any]]:
         """The resend commands received so far."""

@@ -27,7 +27,7 @@ from webrig import (  # noqa: E402
     login,
     make_driver,
     quit_driver,
-    wait_for,
+    wait_page,
 )
 
 from checkpoint.hq.results import parse_stages  # noqa: E402
@@ -40,10 +40,11 @@ BOARD = {"hq-board-wall.png": (1600, 1000, False), "hq-board-phone.png": (390, 8
 MARSHAL = ("marshal-ready.png", "marshal-locking.png", "marshal-void.png")
 
 
-def _settle(d, seconds: float = 1.0) -> None:
-    # Wait for data, then a moment for the canvas and the last SSE frames.
-    wait_for(d, lambda d: d.execute_script("return document.body.dataset.ready") or True, 10)
-    time.sleep(seconds)
+def _settle(d) -> None:
+    """The picture once nothing on the page still moves (the caller has waited for its
+    data): every CSS animation and transition has finished."""
+    still = "return document.getAnimations().every(a => a.playState !== 'running')"
+    wait_page(d, lambda d: d.execute_script(still), 10, "the page to stop moving")
 
 
 def _spread_history(store) -> None:
@@ -81,7 +82,7 @@ def board_shots(out: Path, work: Path) -> list[Path]:
             d = make_driver(work, width=w, height=h, mobile=mobile)
             try:
                 d.get(server.url)
-                wait_for(
+                wait_page(
                     d,
                     lambda d: len(d.find_elements("css selector", "#results tbody tr")) > 60,
                     10,
@@ -136,20 +137,20 @@ def marshal_shots(out: Path, work: Path) -> list[Path]:
     d = make_driver(work, width=390, height=844, mobile=True)
     try:
         login(d, page.url, PIN)
-        wait_for(d, lambda d: len(d.find_elements("css selector", "li.p")) == 4, 10, "rows")
-        _settle(d, 0.5)
+        wait_page(d, lambda d: len(d.find_elements("css selector", "li.p")) == 4, 10, "rows")
+        _settle(d)
         shots.append(out / MARSHAL[0])
         d.save_screenshot(str(shots[-1]))
         box.status_over.update(clock="nmea", uncertainty_ns=501_000_000, lock_in_s=40)
-        wait_for(d, lambda d: "NOT READY" in d.find_element("id", "verdict").text, 10)
-        _settle(d, 0.3)
+        wait_page(d, lambda d: "NOT READY" in d.find_element("id", "verdict").text, 10)
+        _settle(d)
         shots.append(out / MARSHAL[1])
         d.save_screenshot(str(shots[-1]))
         box.status_over.update(clock="locked", uncertainty_ns=1_240, lock_in_s=None)
-        wait_for(d, lambda d: "NOT READY" not in d.find_element("id", "verdict").text, 10)
+        wait_page(d, lambda d: "NOT READY" not in d.find_element("id", "verdict").text, 10)
         d.find_element("css selector", 'li.p[data-seq="5"] button.void').click()
-        wait_for(d, lambda d: d.find_element("id", "void-dialog").is_displayed(), 10)
-        _settle(d, 0.3)
+        wait_page(d, lambda d: d.find_element("id", "void-dialog").is_displayed(), 10)
+        _settle(d)
         shots.append(out / MARSHAL[2])
         d.save_screenshot(str(shots[-1]))
     finally:

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pytest
 from boxrig import BoxRig
-from faults import box_events, fast_inputs, send_passage, wait_for
+from faults import box_events, fast_inputs, send_passage
 from test_chain import ed25519_pair
 from test_security import ShippedBroker, needs_tools, password, pki  # noqa: F401 - fixture
+from waits import wait_for
 
 from checkpoint.core import chain
 from checkpoint.hq import integrity
@@ -86,7 +87,7 @@ class Rally:
     def passages(self, n: int) -> None:
         for _ in range(n):
             assert send_passage(self.rig, PIN) is not None
-            time.sleep(0.02)
+            time.sleep(0.02)  # paces the cars: 50 a second
 
     def status(self) -> dict:
         """The box's latest status as HQ recorded it."""

@@ -17,7 +17,9 @@ import sys
 import time
 
 import pytest
-from boxrig import NS, BoxRig, GpsFeeder, Truth
+from boxrig import NS, BoxRig, GpsFeeder, truth_now
+from faults import Watcher
+from waits import wait_for
 
 from checkpoint.box.store import Store
 
@@ -32,16 +34,6 @@ def _rows(db, sql: str) -> list[tuple]:
         con.close()
 
 
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _events(db) -> list[dict]:
     return [json.loads(p) for (p,) in _rows(db, "SELECT payload FROM events ORDER BY seq")]
 
@@ -50,8 +42,9 @@ def test_sigkill_leaves_every_stored_event_with_its_inputs_and_a_capture_that_re
     tmp_path, broker
 ):
     rig = BoxRig(tmp_path, broker.url, extra='[record]\ncapture = "capture.jsonl"\n')
-    truth = Truth(ppm=-15)
+    truth = truth_now(ppm=-15)
     gps = GpsFeeder(rig, truth)
+    watch = Watcher(broker.url, ["rally/box07/status"])
     try:
         rig.start()
         gps.start()
@@ -62,24 +55,28 @@ def test_sigkill_leaves_every_stored_event_with_its_inputs_and_a_capture_that_re
             rig.pin("GPIO17", mono, 0)
             rig.pin("GPIO17", mono + 150_000_000, 1)
         db = rig.store_path
-        passages = _wait(
+        passages = wait_for(
             lambda: [e for e in _events(db) if e["type"] == "passage"] if db.exists() else [],
             60,
             "passages in the store",
         )
-        _wait(lambda: len([e for e in _events(db) if e["type"] == "passage"]) == 12, 30, "all 12")
+        twelve = lambda: len([e for e in _events(db) if e["type"] == "passage"]) == 12  # noqa: E731
+        wait_for(twelve, 30, "all 12")
         # Every stored passage's leading edge is stored too (same transaction).
         edges = {m for (m,) in _rows(db, "SELECT mono_ns FROM edges WHERE active = 1")}
         assert {e["mono_ns"] for e in _events(db) if e["type"] == "passage"} <= edges
         # Idle raw rows are not committed one by one: well under one PPS row per pulse.
         gps_pulses = len(_rows(db, "SELECT id FROM pps"))
-        time.sleep(3)
+        # The marker: a status saying the daemon has taken in three more pulses since.
+        taken = watch.wait_status(lambda s: "pps_pulses" in s, 10, "a status")["pps_pulses"]
+        watch.wait_status(lambda s: s.get("pps_pulses", 0) >= taken + 3, 15, "three more pulses")
         assert len(_rows(db, "SELECT id FROM pps")) - gps_pulses <= 1
         assert passages
         gps.stop()
         rig.kill(signal.SIGKILL)
     finally:
         gps.stop()
+        watch.close()
         rig.close()
 
     stored = _events(db)
@@ -102,17 +99,19 @@ def test_sigkill_leaves_every_stored_event_with_its_inputs_and_a_capture_that_re
 
 def test_sigterm_writes_the_raw_rows_kept_in_memory(tmp_path, broker):
     rig = BoxRig(tmp_path, broker.url)
-    gps = GpsFeeder(rig, Truth())
+    gps = GpsFeeder(rig, truth_now())
+    watch = Watcher(broker.url, ["rally/box07/status"])
     try:
         rig.start()
         gps.start()
-        t_start = time.monotonic()
-        time.sleep(6)
+        # Six pulses in: well past the batch written at start, still within the minute.
+        st = watch.wait_status(lambda s: s.get("pps_pulses", 0) >= 6, 20, "six pulses")
+        sent = st["pps_pulses"]
         gps.stop()
-        sent = int(time.monotonic() - t_start)
         assert rig.stop() == 0
     finally:
         gps.stop()
+        watch.close()
         rig.close()
     store = Store(rig.store_path, box="box07", checkpoint="PC3", readonly=True)
     try:

@@ -300,6 +300,40 @@ def _edit_payload(path: Path, table_where: str, field: str, value: object) -> No
     conn.close()
 
 
+def _verify_catches_tampering(
+    db: Path,
+    tmp_path: Path,
+    *,
+    edit: tuple[int, str, object],
+    delete: int,
+    swap: tuple[int, int],
+    spare_seq: int,
+) -> Path:
+    """Copies of `db` with one event's field edited, one event deleted and two swapped:
+    `verify` fails on each and names what happened. Returns the twin with the deletion."""
+    edited, deleted, reordered = (tmp_path / f"{n}.db" for n in ("edited", "deleted", "reordered"))
+    for twin in (edited, deleted, reordered):
+        twin.write_bytes(db.read_bytes())
+    seq, field, value = edit
+    _edit_payload(edited, f"seq = {seq}", field, value)
+    _sql(deleted, f"DELETE FROM events WHERE seq = {delete}")
+    a, b = swap
+    _sql(
+        reordered,
+        f"UPDATE events SET seq = {spare_seq} WHERE seq = {a}",
+        f"UPDATE events SET seq = {a} WHERE seq = {b}",
+        f"UPDATE events SET seq = {b} WHERE seq = {spare_seq}",
+    )
+    for twin, want in (
+        (edited, f"seq {seq}: edited"),
+        (deleted, f"seq {delete}: deleted"),
+        (reordered, "reordered"),
+    ):
+        code, out = cli_verify(twin)
+        assert code == 1 and want in out, out
+    return deleted
+
+
 def cli_verify(path: Path) -> tuple[int, str]:
     res = subprocess.run(
         [sys.executable, "-m", "checkpoint", "verify", str(path)],
@@ -317,28 +351,14 @@ def test_verify_box_store(tmp_path):
     assert code == 0, out
     assert "box store" in out and "OK: 1 chain, 12 events verified" in out
 
-    edited = tmp_path / "edited.db"
-    edited.write_bytes(path.read_bytes())
-    _edit_payload(edited, "seq = 4", "utc_ns", evs[3]["utc_ns"] - 2 * NS)
-    code, out = cli_verify(edited)
-    assert code == 1 and "seq 4: edited" in out, out
-
-    deleted = tmp_path / "deleted.db"
-    deleted.write_bytes(path.read_bytes())
-    _sql(deleted, "DELETE FROM events WHERE seq = 6")
-    code, out = cli_verify(deleted)
-    assert code == 1 and "seq 6: deleted" in out, out
-
-    reordered = tmp_path / "reordered.db"
-    reordered.write_bytes(path.read_bytes())
-    _sql(
-        reordered,
-        "UPDATE events SET seq = 1000 WHERE seq = 8",
-        "UPDATE events SET seq = 8 WHERE seq = 9",
-        "UPDATE events SET seq = 9 WHERE seq = 1000",
+    deleted = _verify_catches_tampering(
+        path,
+        tmp_path,
+        edit=(4, "utc_ns", evs[3]["utc_ns"] - 2 * NS),
+        delete=6,
+        swap=(8, 9),
+        spare_seq=1000,
     )
-    code, out = cli_verify(reordered)
-    assert code == 1 and "reordered" in out, out
 
     json_out = subprocess.run(
         [sys.executable, "-m", "checkpoint", "verify", "--json", str(deleted)],
@@ -441,28 +461,10 @@ def test_verify_hq_database_and_export(tmp_path):
     code, out = cli_verify(db)
     assert code == 0 and "HQ database" in out and "12 events verified" in out, out
 
-    edited = tmp_path / "edited.db"
-    edited.write_bytes(db.read_bytes())
-    _edit_payload(edited, "seq = 5", "car", "13")  # seq 5 is an assign
-    code, out = cli_verify(edited)
-    assert code == 1 and "seq 5: edited" in out, out
-
-    deleted = tmp_path / "deleted.db"
-    deleted.write_bytes(db.read_bytes())
-    _sql(deleted, "DELETE FROM events WHERE seq = 3")
-    code, out = cli_verify(deleted)
-    assert code == 1 and "seq 3: deleted" in out, out
-
-    reordered = tmp_path / "reordered.db"
-    reordered.write_bytes(db.read_bytes())
-    _sql(
-        reordered,
-        "UPDATE events SET seq = -1 WHERE seq = 2",
-        "UPDATE events SET seq = 2 WHERE seq = 3",
-        "UPDATE events SET seq = 3 WHERE seq = -1",
+    # seq 5 is an assign
+    _verify_catches_tampering(
+        db, tmp_path, edit=(5, "car", "13"), delete=3, swap=(2, 3), spare_seq=-1
     )
-    code, out = cli_verify(reordered)
-    assert code == 1 and "reordered" in out, out
 
     # The evidence export: every event exactly as received, one per line.
     export = tmp_path / "events.jsonl"

@@ -14,7 +14,7 @@ import json
 import statistics
 
 import pytest
-from clocktruth import NS, Profile, Stamped, Truth, generate, replay, restamp_all
+from clocktruth import HOT_BOX, NS, Profile, Stamped, Truth, generate, replay, restamp_all
 
 from checkpoint.core.clock import (
     UNKNOWN_UNCERTAINTY_NS,
@@ -138,18 +138,7 @@ def test_ten_minutes_of_holdover() -> None:
 def test_hot_crystal_holdover_stays_honest_by_the_learnt_wander() -> None:
     # 1 °C temperature cycles (0.25 ppm/°C) change the frequency faster than the
     # default allowance (0.05 ppm/min); the self-test sees it while locked.
-    prof = Profile(
-        name="hot",
-        seconds=2400,
-        offset_ppm=35.0,
-        outlier_rate=0.02,
-        drift_ppm_per_min=0.03,
-        wander_ppm_per_sqrt_s=5e-4,
-        temp_ppm=0.25,
-        temp_period_s=1200.0,
-        pps_outages=((1500, 600),),
-        seed=3,
-    )
+    prof = Profile(name="hot", seconds=2400, pps_outages=((1500, 600),), seed=3, **HOT_BOX)
     truth, model, recs = simulate(prof)
     assert_covered(recs)
     learnt = model.status(truth.mono_at[1499])["holdover_wander_ppm_per_min"]

@@ -8,60 +8,18 @@ checked against the truth.
 from __future__ import annotations
 
 import json
-import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-from boxrig import NS, BoxRig, GpsFeeder, Truth
-
-from checkpoint.mqtt import Link, Message
+from boxrig import NS, BoxRig, GpsFeeder, truth_now
+from faults import Watcher, box_events
+from waits import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Subscriber:
-    def __init__(self, url: str, topics: list[str]) -> None:
-        self.q: queue.Queue = queue.Queue()
-        self.link = Link(
-            url,
-            f"test-sub-{time.monotonic_ns()}",
-            self.q.put,
-            subscriptions=[(t, 1) for t in topics],
-        )
-        self.link.start()
-        deadline = time.monotonic() + 10
-        while not self.link.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def messages(self, topic_suffix: str, n: int, timeout: float) -> list[dict]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n and time.monotonic() < deadline:
-            try:
-                ev = self.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message) and ev.topic.endswith(topic_suffix):
-                out.append(json.loads(ev.payload))
-        return out
-
-    def wait_status(self, pred, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                ev = self.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message) and ev.topic.endswith("/status"):
-                st = json.loads(ev.payload)
-                if pred(st):
-                    return st
-        return None
-
-    def close(self) -> None:
-        self.link.stop()
 
 
 def car(rig: BoxRig, mono: int, hold_ms: int = 150) -> None:
@@ -77,14 +35,13 @@ def rig(tmp_path, broker):
 
 
 def test_passages_reach_a_subscriber_locked_in_seq_order_within_10us(rig, broker):
-    truth = Truth(ppm=20)
-    sub = Subscriber(broker.url, ["rally/box07/event", "rally/box07/status"])
+    truth = truth_now(ppm=20)
+    sub = Watcher(broker.url, ["rally/box07/event", "rally/box07/status"])
     rig.start()
     gps = GpsFeeder(rig, truth)
     gps.start()
     try:
-        st = sub.wait_status(lambda s: s.get("clock") == "locked", timeout=60)
-        assert st is not None, rig.log_text()[-3000:]
+        st = sub.wait_status(lambda s: s.get("clock") == "locked", 60, "lock", since=0)
         assert st["state"] == "ready" and st["box"] == "box07"
         sent = []
         t0 = time.monotonic_ns() + NS // 3
@@ -92,7 +49,7 @@ def test_passages_reach_a_subscriber_locked_in_seq_order_within_10us(rig, broker
             mono = t0 + i * 1_300_000_000 + 137 * i
             car(rig, mono)
             sent.append(mono)
-        events = sub.messages("/event", 8, timeout=30)
+        events = sub.take("/event", 8, timeout=30)
     finally:
         gps.stop()
         sub.close()
@@ -126,7 +83,7 @@ def test_passages_reach_a_subscriber_locked_in_seq_order_within_10us(rig, broker
 def test_broker_down_at_startup_loses_nothing(tmp_path, broker):
     broker.stop()
     rig = BoxRig(tmp_path, broker.url)
-    truth = Truth()
+    truth = truth_now()
     try:
         rig.start()
         gps = GpsFeeder(rig, truth)
@@ -136,11 +93,13 @@ def test_broker_down_at_startup_loses_nothing(tmp_path, broker):
         for i in range(3):
             sent.append(t0 + i * 1_200_000_000)
             car(rig, sent[-1])
-        time.sleep(0.5)
+        # The marker: all three are in the box's store while the broker is still down.
+        stored = lambda: rig.store_path.exists() and len(box_events(rig.store_path)) >= 3  # noqa: E731
+        wait_for(stored, 20, "3 passages stored", swallow=(sqlite3.Error,))
         broker.start()
-        sub = Subscriber(broker.url, ["rally/box07/event"])
+        sub = Watcher(broker.url, ["rally/box07/event"])
         try:
-            events = sub.messages("/event", 3, timeout=30)
+            events = sub.take("/event", 3, timeout=30)
         finally:
             gps.stop()
             sub.close()
@@ -157,25 +116,25 @@ def test_broker_down_at_startup_loses_nothing(tmp_path, broker):
 
 
 def test_sigkill_keeps_committed_passages_and_seq_continues(tmp_path, broker):
-    truth = Truth()
+    truth = truth_now()
     rig = BoxRig(tmp_path, broker.url)
-    sub = Subscriber(broker.url, ["rally/box07/event", "rally/box07/status"])
+    sub = Watcher(broker.url, ["rally/box07/event", "rally/box07/status"])
     try:
         rig.start()
         gps = GpsFeeder(rig, truth)
         gps.start()
-        assert sub.wait_status(lambda s: s.get("clock") == "locked", timeout=60)
+        sub.wait_status(lambda s: s.get("clock") == "locked", 60, "lock", since=0)
         t0 = time.monotonic_ns() + NS // 2
         car(rig, t0)
         car(rig, t0 + 1_500_000_000)
-        first = sub.messages("/event", 2, timeout=20)
+        first = sub.take("/event", 2, timeout=20)
         assert [e["seq"] for e in first] == [1, 2]
         rig.kill(signal.SIGKILL)
         rig.start()
         t1 = time.monotonic_ns() + NS
         car(rig, t1)
         # With no HQ acking, the restarted box re-sends 1 and 2 from its store first.
-        later = sub.messages("/event", 3, timeout=20)
+        later = sub.take("/event", 3, timeout=20)
         gps.stop()
     finally:
         sub.close()

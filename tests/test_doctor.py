@@ -15,7 +15,9 @@ import threading
 import time
 
 import pytest
-from boxrig import NS, BoxRig, GpsFeeder, Truth
+from boxrig import NS, BoxRig, GpsFeeder, truth_now
+from faults import Watcher
+from waits import wait_for
 
 from checkpoint.field.doctor import (
     FAIL,
@@ -328,28 +330,12 @@ def test_gather_with_a_bad_config_and_no_broker(tmp_path):
 # -- end to end: a real daemon in each state ------------------------------------------------
 
 
-def _wait_locked(rig: BoxRig, url: str, timeout: float) -> bool:
-    import queue
-
-    from checkpoint.mqtt import Link, Message
-
-    q: queue.Queue = queue.Queue()
-    link = Link(
-        url, f"lockwait-{time.monotonic_ns()}", q.put, subscriptions=[("rally/+/status", 1)]
-    )
-    link.start()
+def _wait_locked(broker_url: str, timeout: float) -> None:
+    watch = Watcher(broker_url, ["rally/+/status"])
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                ev = q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message) and json.loads(ev.payload).get("clock") == "locked":
-                return True
-        return False
+        watch.wait_status(lambda st: st.get("clock") == "locked", timeout, "clock locked")
     finally:
-        link.stop()
+        watch.close()
 
 
 @pytest.mark.slow
@@ -377,7 +363,7 @@ def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
     feeders: list[GpsFeeder] = []
     try:
         rig.start()
-        truth = Truth(ppm=20)
+        truth = truth_now(ppm=20)
 
         report = until(lambda v: "no GPS data" in v)  # powered up, GPS silent
         assert "no GPS data" in report.verdict, render(report) + rig.log_text()[-2000:]
@@ -410,29 +396,41 @@ def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
         feeder = GpsFeeder(rig, truth)
         feeders.append(feeder)
         feeder.start()
-        assert _wait_locked(rig, broker.url, 60), rig.log_text()[-2000:]
+        _wait_locked(broker.url, 60)
 
-        def walk() -> None:
-            time.sleep(1.5)
+        doctor = subprocess.Popen(
+            [sys.executable, "-m", "checkpoint.cli.field", "doctor", "--config", str(rig.config)]
+            + ["--walk-test", "10", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        said_lines: list[str] = []
+        stderr_reader = threading.Thread(
+            target=lambda: said_lines.extend(doctor.stderr), daemon=True
+        )
+        stderr_reader.start()
+        try:
+            # The marshal walks once doctor asks for it (it is listening by then).
+            wait_for(
+                lambda: any("walk through the beam now" in x for x in said_lines),
+                30,
+                "doctor's walk-test prompt",
+            )
             t = time.monotonic_ns()
             rig.pin("GPIO17", t, 0)
             rig.pin("GPIO17", t + 150_000_000, 1)
-
-        walker = threading.Thread(target=walk)
-        walker.start()
-        out = subprocess.run(
-            [sys.executable, "-m", "checkpoint.cli.field", "doctor", "--config", str(rig.config)]
-            + ["--walk-test", "10", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        walker.join()
-        result = json.loads(out.stdout)
-        assert out.returncode == 0 and result["verdict"] == "READY", out.stdout + out.stderr
+            stdout = doctor.stdout.read()
+            doctor.wait(60)
+        finally:
+            doctor.kill()
+            doctor.wait()
+        stderr_reader.join(5)
+        said_text = "".join(said_lines)
+        result = json.loads(stdout)
+        assert doctor.returncode == 0 and result["verdict"] == "READY", stdout + said_text
         walk_check = next(c for c in result["checks"] if c["name"] == "walk-test")
         assert "passage seen: seq 1 on beam" in walk_check["text"]
-        assert "walk through the beam now" in out.stderr
 
         rig.pin("GPIO17", time.monotonic_ns(), 0)  # someone parks a car in the beam
         report = until(lambda v: v == "NOT READY: beam blocked")

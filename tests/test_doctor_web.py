@@ -70,7 +70,7 @@ def test_real_daemon_whose_page_port_is_taken_says_so_in_its_status(broker, tmp_
     import json
     import queue
 
-    from hq_box import wait_until
+    from waits import wait_for
     from webrig import web_box_rig
 
     from checkpoint.mqtt import Link, Message
@@ -93,7 +93,7 @@ def test_real_daemon_whose_page_port_is_taken_says_so_in_its_status(broker, tmp_
                     seen.append(json.loads(ev.payload))
             return next((s["alarms"]["web"] for s in seen if "web" in s.get("alarms", {})), None)
 
-        text = wait_until(alarm, 20, "the daemon's web alarm")
+        text = wait_for(alarm, 20, "the daemon's web alarm")
         assert "marshal page not served" in text and "port is in use" in text
         assert rig.alive()
         result = doctor_web.probe(doctor_web.page_url(_cfg_of(rig.config)), 1.0)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waits import wait_for
 
 from checkpoint.box import chronysock, control, indicator, notify
 from checkpoint.cli.field import main as field_main
@@ -484,9 +485,11 @@ def test_watchdog_pings_only_while_every_check_passes(notify_socket):
     wd.register("dead", notify.Watchdog.thread_alive(lambda: reader, "reader"))
     now[0] += 1.0
     assert not wd.tick() and wd.failing["dead"] == "reader thread is not running"
-    sock.settimeout(0.1)
-    with pytest.raises(TimeoutError):
-        sock.recv(64)
+    # The marker: a datagram sent to the same socket now comes next, so no ping was
+    # sent by the failing ticks before it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+        other.sendto(b"MARKER", path)
+    assert sock.recv(64) == b"MARKER"
 
 
 def test_watchdog_progress_check_excused_while_port_closed():
@@ -788,17 +791,48 @@ def test_led_state_priority_and_blocked_beam_hold():
     assert ch.choose(12.1, _status(beam=clear), True) == S.READY
 
 
-def _trace(pin) -> list[tuple[float, int]]:
-    t, out = 0.0, []
-    for st in pin.states:
-        t += st.timestamp
-        out.append((t, int(st.state)))
-    return out
+class _DriverClock:
+    """The indicator's clock, remembering the last reading each thread took: a pin
+    write is then checked against the pure pattern at the time the driver read, so
+    the test asserts what the driver decided, not how late a loaded machine woke it."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        self.last[threading.current_thread().name] = now
+        return now
+
+
+class _RecordingPin:
+    """A sim-factory pin that logs (driver's clock reading, level) for every write."""
+
+    def __init__(self, pin, clock: _DriverClock) -> None:
+        self.pin, self.clock, self.writes = pin, clock, []
+
+    @property
+    def function(self):
+        return self.pin.function
+
+    @function.setter
+    def function(self, value) -> None:
+        self.pin.function = value
+
+    @property
+    def state(self):
+        return self.pin.state
+
+    @state.setter
+    def state(self, value) -> None:
+        self.writes.append((self.clock.last.get("indicator"), int(value)))
+        self.pin.state = value
 
 
 def test_indicator_drives_led_and_buzzer_pins_on_the_sim_factory():
     from sim.pins import SimFactory
 
+    S = indicator.LedState
     factory = SimFactory()
     try:
         cfg = parse(
@@ -807,33 +841,40 @@ def test_indicator_drives_led_and_buzzer_pins_on_the_sim_factory():
                 "indicator": {"led_pin": "GPIO23", "buzzer_pin": "GPIO24", "chirp_ms": 50},
             }
         ).indicator
-        ind = indicator.Indicator.from_factory(factory, cfg)
-        assert ind is not None
-        led, buzzer = factory.pin("GPIO23"), factory.pin("GPIO24")
-        assert led.function == "output" and buzzer.function == "output"
-        led.clear_states()
-        buzzer.clear_states()
-        ind.start()
-        ind.show(indicator.LedState.NO_BROKER)
-        time.sleep(0.56)
+        wired = indicator.Indicator.from_factory(factory, cfg)
+        assert wired is not None and wired.chirp_ms == 50
+        led_pin, buzzer_pin = factory.pin("GPIO23"), factory.pin("GPIO24")
+        assert led_pin.function == "output" and buzzer_pin.function == "output"
+        clock = _DriverClock()
+        led, buzzer = _RecordingPin(led_pin, clock), _RecordingPin(buzzer_pin, clock)
+        # A chirp longer than a blink, so a slow first wake still sees it sounding.
+        ind = indicator.Indicator(led, buzzer, chirp_ms=250, clock=clock).start()
+        ind.show(S.NO_BROKER)
+        blink_from = clock.last["MainThread"]
+        wait_for(lambda: len(led.writes) >= 6, 10, "off, then three fast blinks")
         ind.chirp()
-        time.sleep(0.2)
-        ind.show(indicator.LedState.READY)
-        time.sleep(0.05)
+        chirp_at = clock.last["MainThread"]
+        wait_for(lambda: len(buzzer.writes) >= 3, 10, "a chirp, on then off")
+        ind.show(S.READY)
+        ready_from = clock.last["MainThread"]
+        # The marker: the driver has read its clock after the change (and, holding its
+        # lock until it waits again, written READY's level before close() gets in).
+        wait_for(lambda: clock.last["indicator"] > ready_from, 10, "the driver to see READY")
         ind.close()
-        led_trace, buzz_trace = _trace(led), _trace(buzzer)
     finally:
         factory.close()
-    levels = [s for _, s in led_trace]
+    levels = [s for _, s in led.writes]
     # off, then fast blink: on/off every 125 ms, then steady on (READY), then off on close.
-    assert levels[:6] == [0, 1, 0, 1, 0, 1], led_trace
+    assert levels[:6] == [0, 1, 0, 1, 0, 1], led.writes
     assert levels[-2:] == [1, 0]
-    t_on = [t for t, s in led_trace if s == 1]
-    gaps = [b - a for a, b in zip(t_on[:4], t_on[1:4], strict=False)]
-    assert all(0.2 <= g <= 0.35 for g in gaps), led_trace
-    assert [s for _, s in buzz_trace] == [0, 1, 0]
-    beep = buzz_trace[2][0] - buzz_trace[1][0]
-    assert 0.045 <= beep <= 0.15, buzz_trace
+    # Each blink write is the pure pattern's level at the moment the driver read.
+    blinks = [(t, s) for t, s in led.writes[1:] if t is not None and t < ready_from]
+    assert len(blinks) >= 5
+    for t, s in blinks:
+        assert s == indicator.level_at(S.NO_BROKER, int((t - blink_from) * 1000)), led.writes
+    assert [s for _, s in buzzer.writes] == [0, 1, 0]
+    # The driver turns the buzzer off only once its clock has passed the chirp's length.
+    assert buzzer.writes[2][0] >= chirp_at + 0.25, (chirp_at, buzzer.writes)
 
 
 def test_indicator_active_low_and_absent_pins():
@@ -846,8 +887,7 @@ def test_indicator_active_low_and_absent_pins():
         pin = factory.pin("GPIO23")
         ind = indicator.Indicator(pin, None, active_low=True).start()
         ind.show(indicator.LedState.READY)
-        time.sleep(0.05)
-        assert pin.state == 0  # lit = pulled low
+        wait_for(lambda: pin.state == 0, 10, "lit = pulled low")
         ind.chirp()  # no buzzer fitted: nothing happens
         ind.close()
         assert pin.state == 1
@@ -1019,11 +1059,8 @@ def _daemon_has_field_hooks() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _daemon_has_field_hooks(), reason="daemon.py not wired to FieldKit yet")
 def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, broker, monkeypatch):
-    import queue
-
-    from boxrig import BoxRig, GpsFeeder, Truth
-
-    from checkpoint.mqtt import Link, Message
+    from boxrig import BoxRig, GpsFeeder, truth_now
+    from faults import Watcher
 
     notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_sock.bind(str(tmp_path / "notify.sock"))
@@ -1038,10 +1075,8 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
         '[indicator]\nled_pin = "GPIO23"\nbuzzer_pin = "GPIO24"\n'
     )
     rig = BoxRig(tmp_path, broker.url, extra=extra)
-    got: queue.Queue = queue.Queue()
-    sub = Link(broker.url, "field-sub", got.put, subscriptions=[("rally/box07/event", 1)])
-    sub.start()
-    truth = Truth(ppm=20)
+    sub = Watcher(broker.url, ["rally/box07/event"])
+    truth = truth_now(ppm=20)
     gps = GpsFeeder(rig, truth)
     messages: list[bytes] = []
     stop_reading = threading.Event()
@@ -1056,12 +1091,8 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
     reader = threading.Thread(target=read_notify, daemon=True)
     reader.start()
 
-    def notified(until: float, want) -> bool:
-        while time.monotonic() < until:
-            if any(want(m) for m in list(messages)):
-                return True
-            time.sleep(0.05)
-        return False
+    def notified(timeout: float, want, what: str) -> None:
+        wait_for(lambda: any(want(m) for m in list(messages)), timeout, what, detail=rig.log_text)
 
     def chrony_sample(until: float) -> bytes | None:
         while time.monotonic() < until:
@@ -1073,9 +1104,8 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
 
     try:
         rig.start()
-        soon = time.monotonic() + 10
-        assert notified(soon, lambda d: d.startswith(b"READY=1")), rig.log_text()
-        assert notified(soon, lambda d: d == b"WATCHDOG=1"), messages
+        notified(10, lambda d: d.startswith(b"READY=1"), "READY=1")
+        notified(10, lambda d: d == b"WATCHDOG=1", "WATCHDOG=1")
         gps.start()
         sample = chrony_sample(time.monotonic() + 40)
         assert sample is not None, rig.log_text()[-2000:]
@@ -1083,41 +1113,38 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
         s = chronysock.unpack(sample)
         mono_at = m_recv - (r_recv - s.realtime_ns)
         assert abs(s.realtime_ns + s.offset_ns - truth.utc(mono_at)) < 20_000_000
-        assert notified(time.monotonic() + 5, lambda d: d.startswith(b"STATUS=ready")), messages
+        notified(5, lambda d: d.startswith(b"STATUS=ready"), "STATUS=ready")
 
         t = time.monotonic_ns() + 100_000_000
         rig.pin("GPIO17", t, 0)
         rig.pin("GPIO17", t + 150_000_000, 1)
         ctl = str(tmp_path / "control.sock")
-        deadline = time.monotonic() + 10
-        reply = {"ok": False}
-        while not reply["ok"] and time.monotonic() < deadline:  # seq 1 exists once stamped
+
+        # seq 1 exists once stamped: ask until the box has it, as a marshal would.
+        def assigned_by_marshal() -> dict | None:
             reply = control.assign(ctl, 1, "42")
-            time.sleep(0.1)
-        assert reply == {"ok": True}
+            return reply if reply["ok"] else None
+
+        assert wait_for(assigned_by_marshal, 10, "assign accepted") == {"ok": True}
         assert control.void(ctl, 99, "x") == {
             "ok": False,
             "error": "no event with seq 99 in this store",
         }
-        assigned = None
-        while assigned is None and time.monotonic() < deadline:
-            try:
-                ev = got.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message):
-                data = json.loads(ev.payload)
-                if data["type"] == "assign":
-                    assigned = data
-        assert assigned is not None and assigned["ref_seq"] == 1 and assigned["car"] == "42"
+
+        def assign_event() -> dict | None:
+            events = (json.loads(p) for _, p in sub.payloads("/event"))
+            return next((e for e in events if e["type"] == "assign"), None)
+
+        assigned = wait_for(assign_event, 10, "the marshal's assign published")
+        assert assigned["ref_seq"] == 1 and assigned["car"] == "42"
         assert assigned["seq"] == 2 and assigned["by"] == "marshal"
         gps.stop()
         assert rig.stop() == 0
-        assert notified(time.monotonic() + 3, lambda d: d == b"STOPPING=1"), messages
+        notified(3, lambda d: d == b"STOPPING=1", "STOPPING=1")
         assert not os.path.exists(ctl)
     finally:
         gps.stop()
-        sub.stop()
+        sub.close()
         rig.close()
         stop_reading.set()
         reader.join(1)

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from boxrig import BoxRig, GpsFeeder, Truth
-from test_daemon_e2e import Subscriber
+from boxrig import BoxRig, GpsFeeder, truth_now
+from faults import Watcher
 
 from checkpoint.box import gpsport
 from checkpoint.field import install
@@ -34,13 +34,12 @@ def test_daemon_waits_for_a_late_gps_then_locks(tmp_path, broker):
     rig = BoxRig(tmp_path, broker.url)
     late = tmp_path / "gps0"
     rig.config.write_text(rig.config.read_text().replace(f'"{rig.tty}"', f'"{late}"'))
-    truth = Truth()
-    sub = Subscriber(broker.url, ["rally/box07/status"])
+    truth = truth_now()
+    sub = Watcher(broker.url, ["rally/box07/status"])
     gps = None
     try:
         rig.start()
-        st = sub.wait_status(lambda s: s.get("state") == "ready", timeout=20)
-        assert st is not None, rig.log_text()[-2000:]
+        st = sub.wait_status(lambda s: s.get("state") == "ready", 20, "a ready status", since=0)
         assert st["gps_port"] is False and st["gps_port_waiting"] is True
         assert f"GPS port {late} not present: waiting for it to appear" in st["alarms"]["gps_port"]
         assert "waiting for it to appear" in rig.log_text()
@@ -49,8 +48,7 @@ def test_daemon_waits_for_a_late_gps_then_locks(tmp_path, broker):
         late.symlink_to(rig.tty)
         gps = GpsFeeder(rig, truth)
         gps.start()
-        st = sub.wait_status(lambda s: s.get("clock") == "locked", timeout=60)
-        assert st is not None, rig.log_text()[-2000:]
+        st = sub.wait_status(lambda s: s.get("clock") == "locked", 60, "lock", since=0)
         assert st["gps_port"] is True and st["gps_port_waiting"] is False
         assert "gps_port" not in st["alarms"]
         assert rig.alive()

@@ -14,10 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from hq_box import T0_NS, EmulatedBox, fmt_utc, wait_until
+from hq_box import T0_NS, EmulatedBox, fmt_utc
+from waits import wait_for
 
 from checkpoint.cli.hq import main as hq_main
 from checkpoint.errors import CommandError, StoreError
@@ -49,7 +51,7 @@ def db(tmp_path):
 def hq(broker, db):
     c = Collector(broker.url, db, gap_wait_s=GAP_WAIT, gap_backoff_max_s=2.0, heartbeat_s=0.5)
     c.start()
-    wait_until(c.subscribed.is_set, 10, "HQ subscribed")
+    wait_for(c.subscribed.is_set, 10, "HQ subscribed")
     yield c
     c.stop()
 
@@ -69,11 +71,8 @@ def boxes():
 
 
 def read(db, fn):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return fn(s)
-    finally:
-        s.close()
 
 
 def export_keys(db):
@@ -277,15 +276,15 @@ def test_duplicates_counted_and_stored_once(broker, hq, db, boxes):
     box.passages(4)
     box.publish(1, 2, 2, 3, 1, 4, 4, 4)
     box.wait_acked(4)
-    wait_until(lambda: summary(db).duplicates == 4, 5, "4 duplicates counted")
+    wait_for(lambda: summary(db).duplicates == 4, 5, "4 duplicates counted")
     # same key, different content: a conflict; both kept, neither counts until decided
     forged = dict(box.events[2], utc_ns=T0_NS + 99 * 10**9)
     box.publish_raw(raw(forged))
-    wait_until(lambda: summary(db).conflicts == 1, 5, "conflict counted")
+    wait_for(lambda: summary(db).conflicts == 1, 5, "conflict counted")
     assert export_keys(db) == [("box07", box.store, s) for s in (1, 3, 4)]
     assert [r["reason"] for r in read(db, lambda s: s.rejects())] == ["conflict"]
     box.publish_raw(raw(forged))  # the same other version again: a duplicate
-    wait_until(lambda: summary(db).duplicates == 5, 5, "5 duplicates counted")
+    wait_for(lambda: summary(db).duplicates == 5, 5, "5 duplicates counted")
     [dispute] = read(db, lambda s: integrity.conflict_rows(s.db))
     first = dispute["versions"][0]["id"]
     read(db, lambda s: integrity.decide(s, "box07", 2, first[:12], by="chief", reason="card"))
@@ -312,7 +311,7 @@ def test_resend_repeats_with_backoff_until_filled(broker, hq, db, boxes):
     box = boxes(broker.url, answer_resends=False)
     box.passages(4)
     box.publish(1, 3, 4)
-    wait_until(lambda: len(box.resend_requests()) >= 3, 10, "three resend requests")
+    wait_for(lambda: len(box.resend_requests()) >= 3, 10, "three resend requests")
     times = [t for t, c in box.commands if c.get("cmd") == "resend"][:3]
     first, second = times[1] - times[0], times[2] - times[1]
     assert first >= GAP_WAIT * 2 * 0.8 and second > first * 1.3  # 0.6 s, then 1.2 s
@@ -359,7 +358,7 @@ def test_malformed_payloads_go_to_rejects_and_collection_goes_on(broker, hq, db,
     assert hq.stats.quarantined == 1 and hq.stats.errors == 0
     # the box resending the same bad event is a plain duplicate, not a new reject
     box.publish_raw(raw(bad_time))
-    wait_until(lambda: summary(db).duplicates == 1, 5, "duplicate of quarantined event")
+    wait_for(lambda: summary(db).duplicates == 1, 5, "duplicate of quarantined event")
     assert summary(db).rejects == 9
     out = io.StringIO()
     assert _cli(["rejects", "--db", str(db)], out) == 0
@@ -383,7 +382,7 @@ def test_new_store_starts_a_new_sequence(broker, hq, db, boxes):
     late.start()
     try:
         late.publish(4)
-        wait_until(lambda: len(event_keys(db)) == 6, 5, "late old-store event")
+        wait_for(lambda: len(event_keys(db)) == 6, 5, "late old-store event")
     finally:
         late.stop()
     assert event_keys(db) == sorted(
@@ -395,7 +394,7 @@ def test_new_store_starts_a_new_sequence(broker, hq, db, boxes):
     assert ("box07", "bbbb2222") in hq.stats.new_stores
     # the status names the box's store: it wins over "latest first seen"
     new.status(backlog=0)
-    wait_until(lambda: box_state(db) == "online", 5, "status stored")
+    wait_for(lambda: box_state(db) == "online", 5, "status stored")
     assert summary(db).current_store == "bbbb2222"
     out = io.StringIO()
     _cli(["status", "--db", str(db)], out)
@@ -420,9 +419,9 @@ def test_broker_restart_hq_reacks_and_resubscribes(broker, hq, db, boxes):
     n_acks = len(box.acks)
     broker.restart()  # persistence off: sessions and retained acks are gone
     box.try_publish(4)  # into a dying connection, or refused: either way unacked
-    wait_until(lambda: box.subscribed.is_set() and hq.subscribed.is_set(), 15, "reconnect")
+    wait_for(lambda: box.subscribed.is_set() and hq.subscribed.is_set(), 15, "reconnect")
     # HQ re-publishes its acks on reconnect; the box hears upto 3 again
-    wait_until(lambda: len(box.acks) > n_acks, 5, "re-ack after broker restart")
+    wait_for(lambda: len(box.acks) > n_acks, 5, "re-ack after broker restart")
     assert box.acks[-1] == {"store": box.store, "upto": 3}
     assert box.republish_unacked() == [4, 5]
     box.wait_acked(5)
@@ -526,7 +525,7 @@ def test_status_and_watch(broker, hq, db, boxes):
     box.publish_all()
     box.status(backlog=0, uncertainty_ns=1500)
     box.wait_acked(2)
-    wait_until(lambda: box_state(db) == "online", 5, "status")
+    wait_for(lambda: box_state(db) == "online", 5, "status")
     buf = io.StringIO()
     assert _cli(["status", "--db", str(db)], buf) == 0
     text = buf.getvalue()
@@ -544,13 +543,13 @@ def test_status_and_watch(broker, hq, db, boxes):
 def test_lost_and_offline_states(broker, hq, db, boxes):
     box = boxes(broker.url, "box09")
     box.status()
-    wait_until(lambda: box_state(db, "box09") == "online", 5, "online")
+    wait_for(lambda: box_state(db, "box09") == "online", 5, "online")
     # what the broker publishes from the box's will when its connection dies
     # (the will itself is Link's business and tested with it)
     box.publish_raw(b'{"state":"lost"}', box.topic_status, retain=True)
-    wait_until(lambda: box_state(db, "box09") == "lost", 5, "lost")
+    wait_for(lambda: box_state(db, "box09") == "lost", 5, "lost")
     box.publish_raw(b'{"state":"offline","box":"box09"}', box.topic_status, retain=True)
-    wait_until(lambda: box_state(db, "box09") == "offline", 5, "offline")
+    wait_for(lambda: box_state(db, "box09") == "offline", 5, "offline")
 
 
 def test_cli_usage_errors(tmp_path, capsys):
@@ -576,7 +575,7 @@ def test_hq_restart_without_session_gap_and_unacked(broker, db, boxes):
     box.passages(5)
     hq1 = Collector(broker.url, db, gap_wait_s=GAP_WAIT, client_id="hq-first")
     hq1.start()
-    wait_until(hq1.subscribed.is_set, 10, "HQ subscribed")
+    wait_for(hq1.subscribed.is_set, 10, "HQ subscribed")
     box.publish(1, 2, 4)
     box.wait_acked(2)
     hq1.stop()
@@ -586,7 +585,7 @@ def test_hq_restart_without_session_gap_and_unacked(broker, db, boxes):
     box.answer_resends = True
     hq2.start()
     try:
-        wait_until(lambda: {"cmd": "resend", "store": box.store, "from": 3, "to": 3}
+        wait_for(lambda: {"cmd": "resend", "store": box.store, "from": 3, "to": 3}
                    in box.resend_requests(), 10, "resend of 3 after restart")  # fmt: skip
         box.wait_acked(4)
         assert box.republish_unacked() == [5]
@@ -660,5 +659,5 @@ def _spawn_hq(url, db):
             return False
         return st.get("pid") == str(proc.pid) and st.get("subscribed_at", "") >= st["started_at"]
 
-    wait_until(subscribed, 15, "HQ subprocess subscribed")
+    wait_for(subscribed, 15, "HQ subprocess subscribed")
     return proc

@@ -12,8 +12,9 @@ import io
 import time
 
 import pytest
-from hq_box import T0_NS, wait_until
+from hq_box import T0_NS
 from test_hq import _cli, boxes, db, hq, read  # noqa: F401  (fixtures)
+from waits import wait_for
 
 S = 1_000_000_000
 
@@ -45,8 +46,8 @@ def rally(broker, hq, db, boxes, rome):  # noqa: F811 (fixtures from test_hq)
     b2.status(checkpoint="PC2", place="Passo della Raticosa", backlog=0)
     b1.wait_acked(6)
     b2.wait_acked(6)
-    wait_until(lambda: len(read(db, lambda s: s.box_rows())) == 2, 5, "two boxes")
-    wait_until(lambda: all(r["status"] for r in read(db, lambda s: s.box_rows())), 5, "box status")
+    wait_for(lambda: len(read(db, lambda s: s.box_rows())) == 2, 5, "two boxes")
+    wait_for(lambda: all(r["status"] for r in read(db, lambda s: s.box_rows())), 5, "box status")
     return db
 
 

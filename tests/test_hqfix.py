@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import closing
 
-from hq_box import wait_until
+from waits import wait_for
 from webrig import PIN, Client, read_sse, web_box_rig
 
 from checkpoint import hqfix
@@ -22,11 +23,8 @@ NS = 1_000_000_000
 
 
 def _hq_passages(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.passages()
-    finally:
-        s.close()
 
 
 def test_parse_keeps_this_stores_fixes_and_the_last_word():
@@ -56,14 +54,14 @@ def test_an_hq_correction_is_shown_on_the_marshal_page(broker, tmp_path):
     db = tmp_path / "hq.db"
     c = Collector(broker.url, db, heartbeat_s=0.3)
     c.start()
-    wait_until(c.subscribed.is_set, 10, "HQ subscribed")
+    wait_for(c.subscribed.is_set, 10, "HQ subscribed")
     rig, port = web_box_rig(tmp_path, broker.url)
     try:
         rig.start()
         mono = time.monotonic_ns() + NS // 5
         rig.pin("GPIO17", mono, 0)  # active-low beam: a car breaks it
         rig.pin("GPIO17", mono + 150_000_000, 1)
-        wait_until(lambda: len(_hq_passages(db)) == 1, 20, "the passage at HQ")
+        wait_for(lambda: len(_hq_passages(db)) == 1, 20, "the passage at HQ")
         out = io.StringIO()
         import sys
 
@@ -73,7 +71,7 @@ def test_an_hq_correction_is_shown_on_the_marshal_page(broker, tmp_path):
         finally:
             sys.stdout = old
         client = Client(f"http://127.0.0.1:{port}/")
-        wait_until(lambda: client.login(PIN) in (302, 303), 15, "marshal login")
+        wait_for(lambda: client.login(PIN) in (302, 303), 15, "marshal login")
 
         def shows_hq(events):
             rows = [r for name, m in events if name == "passages" for r in m["rows"]]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from waits import wait_for
 
 from checkpoint.errors import LinkError
 from checkpoint.mqtt import (
@@ -226,7 +227,7 @@ _DYING_BOX = textwrap.dedent(
         if isinstance(event, PubAck) and event.mid == mid:
             break
     print("ready", flush=True)
-    time.sleep(60)
+    time.sleep(60)  # a box that lives until the test kills it
     """
 )
 
@@ -268,14 +269,21 @@ def test_clean_stop_does_not_publish_the_will(broker: Mosquitto, make_link) -> N
 
     watcher, seen = make_link(broker.url, "hq", subscriptions=[(STATUS, 1)])
     assert seen.next(Message) == Message(STATUS, ONLINE, True)
-    time.sleep(0.3)
-    assert seen.all(Message) == [Message(STATUS, ONLINE, True)]
+    # The marker: a message on the same topic published now; a will (even a delayed
+    # one) sent at the stop would reach the watcher before it.
+    marker, marker_events = make_link(broker.url, "marker")
+    marker_events.next(Connected)
+    marker.publish(STATUS, b"marker")
+    seen.next(Message, lambda m: m.payload == b"marker")
+    assert seen.all(Message) == [Message(STATUS, ONLINE, True), Message(STATUS, b"marker", False)]
 
 
-def test_broker_down_at_start_connects_when_it_comes_up(broker_factory, make_link) -> None:
+def test_broker_down_at_start_connects_when_it_comes_up(broker_factory, make_link, caplog) -> None:
     port = free_port()
+    caplog.set_level(logging.INFO, logger="checkpoint.mqtt")
     link, events = make_link(f"mqtt://127.0.0.1:{port}", "box07")  # no exception
-    time.sleep(0.3)
+    # The marker: its first connect has failed (and it goes on retrying).
+    wait_for(lambda: f"127.0.0.1:{port} unreachable" in caplog.text, 10, "a failed connect")
     assert not link.connected
     assert link.publish("rally/box07/passage", b"x") is None
     broker_factory(port=port)
@@ -326,7 +334,10 @@ def test_keepalive_detects_dead_link_and_voids_inflight_mid(broker: Mosquitto, m
     events.next(Connected, timeout=8)
     # paho would resend the unacked message on the new connection and report
     # its PUBACK under the old mid; Link drops it, the store resends instead.
-    time.sleep(0.5)
+    # The marker: a message published on the new connection, acked and delivered.
+    later = link.publish("rally/box07/passage", b"marker")
+    assert events.next(PubAck, lambda e: e.mid == later).ok
+    sub_events.next(Message, lambda m: m.payload == b"marker")
     assert not [e for e in events.all(PubAck) if e.mid == mid]
     # The broker may still read the PUBLISH it had buffered, but only once.
     assert [m.payload for m in sub_events.all(Message)].count(b"in flight") <= 1
@@ -372,9 +383,7 @@ def test_publish_from_several_threads(broker: Mosquitto, make_link) -> None:
     assert None not in mids and len(set(mids)) == 200
     for mid in mids:
         assert pub_events.next(PubAck, lambda e, m=mid: e.mid == m, timeout=10).ok
-    deadline = time.monotonic() + 10
-    while len(sub_events.all(Message)) < 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(sub_events.all(Message)) >= 200, 10, "200 messages delivered")
     payloads = sorted(m.payload for m in sub_events.all(Message))
     assert payloads == sorted(f"{n}:{i}".encode() for n in range(4) for i in range(50))
 
@@ -420,7 +429,12 @@ def test_mqtts_verifies_certificate_and_host_name(
         )
         # Trusting only the system CAs: refused as well.
         untrusted, untrusted_events = make_link(f"mqtts://127.0.0.1:{tls_port}", "box09")
-        time.sleep(1.0)
+        # The marker: both handshakes have failed (each failed try is logged).
+        wait_for(
+            lambda: "mismatch" in caplog.text and "unable to get local issuer" in caplog.text,
+            10,
+            "both TLS handshakes refused",
+        )
     assert not wrong_events.events and not wrong_name.connected
     assert not untrusted_events.events and not untrusted.connected
     errors = " ".join(r.getMessage() for r in caplog.records)

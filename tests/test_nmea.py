@@ -16,11 +16,13 @@ import socket
 import threading
 import time
 import tty
-from pathlib import Path
 
 import pytest
+import serial
+from corpusline import CORPUS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from waits import wait_for
 
 from checkpoint.box.gps_serial import SerialReader
 from checkpoint.core.nmea import (
@@ -30,8 +32,8 @@ from checkpoint.core.nmea import (
     LineSplitter,
     NmeaParser,
 )
+from sim.gps import checksum
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nmea-corpus"
 ROLLOVER = datetime.timedelta(weeks=1024)
 
 
@@ -40,8 +42,7 @@ ROLLOVER = datetime.timedelta(weeks=1024)
 
 def nmea(body: str) -> str:
     """`$body*HH` with the NMEA checksum (XOR of the characters between $ and *)."""
-    checksum = functools.reduce(lambda a, c: a ^ ord(c), body, 0)
-    return f"${body}*{checksum:02X}"
+    return f"${body}*{checksum(body)}"
 
 
 def oracle_checks(line: str) -> bool:
@@ -898,13 +899,6 @@ class Collector:
             return list(self.lines)
 
 
-def wait_until(predicate, timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def open_pty() -> tuple[int, int, str]:
     master, slave = os.openpty()
     tty.setraw(slave)  # no echo or CR mapping before pyserial configures it
@@ -932,7 +926,7 @@ def test_reader_through_a_real_pty_stamps_lines_on_arrival(reader_factory):
     try:
         got = Collector()
         reader = reader_factory(path, got)
-        wait_until(lambda: reader.connected)
+        wait_for(lambda: reader.connected)
         assert reader.daemon
         lines = [rmc(f"1200{s:02d}.00", "010126") for s in range(5)]
         stream = ("\r\n".join(lines) + "\r\n").encode()
@@ -945,7 +939,7 @@ def test_reader_through_a_real_pty_stamps_lines_on_arrival(reader_factory):
             os.write(master, stream[pos : pos + n])
             pos += n
             k += 1
-            time.sleep(0.003)
+            time.sleep(0.003)  # paces the chunks as a UART delivers them: separate reads
         out = got.wait_for(len(lines))
         assert [line for line, _, _ in out] == lines
         stamps = [stamp for _, stamp, _ in out]
@@ -960,13 +954,16 @@ def test_reader_through_a_real_pty_stamps_lines_on_arrival(reader_factory):
         os.close(slave)
 
 
-def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, tmp_path, caplog):
+def test_reader_waits_for_a_device_that_appears_and_reconnects(
+    reader_factory, tmp_path, caplog, monkeypatch
+):
     caplog.set_level(logging.INFO, logger="checkpoint.core.nmea")
+    opens = _count_opens(monkeypatch)
     link = tmp_path / "gps0"
     got = Collector()
     reader = reader_factory(str(link), got)
-    wait_until(lambda: reader.last_error is not None)
-    time.sleep(0.2)  # several retries, one log line
+    wait_for(lambda: reader.last_error is not None)
+    wait_for(lambda: len(opens) >= 4, what="several retries")  # and only one log line
     assert not reader.connected and reader.waiting
     assert f"GPS port {link} not present: waiting for it to appear" in reader.last_error
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -974,7 +971,7 @@ def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, t
 
     master, slave, path = open_pty()
     link.symlink_to(path)
-    wait_until(lambda: reader.connected)
+    wait_for(lambda: reader.connected)
     assert not reader.waiting and reader.last_error is None
     os.close(slave)  # only the reader holds the slave now: closing the master unplugs it
     os.write(master, (rmc("120000", "010126") + "\r\n").encode())
@@ -982,7 +979,7 @@ def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, t
 
     os.write(master, b"$GPRMC,12")  # a partial line, then "unplug"
     os.close(master)
-    wait_until(lambda: not reader.connected)
+    wait_for(lambda: not reader.connected)
     assert reader.last_error is not None
 
     master2, slave2, path2 = open_pty()
@@ -990,7 +987,7 @@ def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, t
     tmp.symlink_to(path2)
     os.replace(tmp, link)
     try:
-        wait_until(lambda: reader.connected)
+        wait_for(lambda: reader.connected)
         assert reader.connects == 2
         # a partial line from before the outage must not glue onto new bytes
         os.write(master2, (rmc("120001", "010126") + "\r\n").encode())
@@ -1003,11 +1000,32 @@ def test_reader_waits_for_a_device_that_appears_and_reconnects(reader_factory, t
         os.close(slave2)
 
 
+def _count_opens(monkeypatch) -> list[str]:
+    """Count the reader's tries to open its port (at the serial edge, then the real open)."""
+    opens: list[str] = []
+    real = serial.serial_for_url
+
+    def counted(url, *args, **kw):
+        opens.append(url)
+        return real(url, *args, **kw)
+
+    monkeypatch.setattr(serial, "serial_for_url", counted)
+    return opens
+
+
 def test_reader_loop_url(reader_factory):
     got = Collector()
-    reader = reader_factory("loop://", got)
-    wait_until(lambda: reader.connected)
-    time.sleep(0.1)
+    reads: list[int] = []
+
+    def clock() -> int:  # the reader reads its clock after every read, empty or not
+        reads.append(time.monotonic_ns())
+        return reads[-1]
+
+    reader = reader_factory("loop://", got, clock=clock)
+    wait_for(lambda: reader.connected)
+    # The marker: three reads have come back since it connected, with nothing in them.
+    seen = len(reads)
+    wait_for(lambda: len(reads) >= seen + 3, what="three more reads of the port")
     assert reader.last_error is None and reader.bytes_read == 0 and not got.lines
 
 
@@ -1028,7 +1046,7 @@ def test_reader_socket_url_delivers_lines_and_survives_a_bad_callback(reader_fac
     conn, _ = server.accept()
     with conn, server:
         # pyserial flushes input while opening: bytes sent before that are lost
-        wait_until(lambda: reader.connected)
+        wait_for(lambda: reader.connected)
         conn.sendall(("\r\n".join(GOOD_LINES[:3]) + "\r\n").encode())
         out = got.wait_for(2)
         assert [line for line, _, _ in out] == GOOD_LINES[1:3]
@@ -1038,7 +1056,7 @@ def test_reader_socket_url_delivers_lines_and_survives_a_bad_callback(reader_fac
 def test_reader_bad_url_keeps_retrying_and_stops_fast():
     reader = SerialReader("nosuchscheme://x", 9600, lambda line, ns: None, reopen_delay_s=30)
     reader.start()
-    wait_until(lambda: reader.last_error is not None)
+    wait_for(lambda: reader.last_error is not None)
     t0 = time.monotonic()
     reader.stop()
     assert not reader.is_alive() and time.monotonic() - t0 < 1.0
@@ -1050,7 +1068,7 @@ def test_reader_uses_the_injected_clock(reader_factory):
         ticks = iter(range(10**9, 10**10, 1000))
         got = Collector()
         reader = reader_factory(path, got, clock=lambda: next(ticks))
-        wait_until(lambda: reader.connected)
+        wait_for(lambda: reader.connected)
         os.write(master, b"$GPZDA,x*00\r\n")
         [(_, stamp, _)] = got.wait_for(1)
         assert 10**9 <= stamp < 10**10

@@ -18,6 +18,15 @@ def box(**kw) -> Outbox:
     return Outbox(**kw)
 
 
+def online(committed: int) -> Outbox:
+    """A fresh store's outbox with seqs 1..`committed` committed, connected at t=0."""
+    o = box()
+    o.load(0, 0)
+    o.committed(committed)
+    o.connected(0)
+    return o
+
+
 def send_all(o: Outbox, now: int, mids: list[int]) -> list[int]:
     """Publish whatever the outbox offers, taking mids from `mids`; return the seqs."""
     seqs = o.next_to_send(now)
@@ -107,10 +116,7 @@ def test_load_starts_after_hq_ack_and_clamps():
 
 
 def test_disconnect_returns_inflight_and_forgets_mids():
-    o = box()
-    o.load(0, 0)
-    o.committed(5)
-    o.connected(0)
+    o = online(5)
     send_all(o, 0, [10, 11, 12, 13, 14])
     assert o.puback(11, True, 1) == 2
     o.disconnected()
@@ -122,10 +128,7 @@ def test_disconnect_returns_inflight_and_forgets_mids():
 
 
 def test_mid_reuse_reschedules_the_older_seq():
-    o = box()
-    o.load(0, 0)
-    o.committed(3)
-    o.connected(0)
+    o = online(3)
     o.sent(1, 7, 0)
     o.sent(2, 7, 0)  # paho handed out mid 7 again while seq 1 was in flight
     assert o.inflight == 1
@@ -134,10 +137,7 @@ def test_mid_reuse_reschedules_the_older_seq():
 
 
 def test_sending_again_while_in_flight_tracks_the_newest_mid():
-    o = box()
-    o.load(0, 0)
-    o.committed(1)
-    o.connected(0)
+    o = online(1)
     o.sent(1, 1, 0)
     o.resend(1, 1)  # in flight: nothing new scheduled
     assert o.next_to_send(0) == []
@@ -196,10 +196,7 @@ def test_hq_ack_beyond_what_this_run_sent_moves_the_cursor():
 
 
 def test_hq_ack_skips_unsent_and_scheduled_seqs():
-    o = box()
-    o.load(0, 0)
-    o.committed(10)
-    o.connected(0)
+    o = online(10)
     send_all(o, 0, list(range(1, 11)))
     o.disconnected()
     o.hq_ack(S, 6)  # arrived before the link dropped

@@ -40,6 +40,15 @@ def short(**kw) -> Truth:
     return generate(Profile(**{**base, **kw}))
 
 
+def _paired_after(**profile: object) -> tuple[Truth, Pairer, list[Sample]]:
+    """A short run of `profile` through an "after" pairer, every label checked right."""
+    truth = short(**profile)
+    pairer = Pairer("after")
+    samples = run(truth, pairer)
+    assert_labels_right(truth, samples)
+    return truth, pairer, samples
+
+
 @pytest.mark.parametrize("convention", ["after", "before"])
 def test_pairs_every_second_once_with_the_right_label(convention: str) -> None:
     truth = short(convention=convention, outlier_rate=0.02)
@@ -122,20 +131,14 @@ def test_a_late_onset_without_a_chain_is_refused() -> None:
 
 
 def test_missing_pulses_pair_by_elapsed_seconds() -> None:
-    truth = short(seconds=300, missing_rate=0.08, seed=8)
-    pairer = Pairer("after")
-    samples = run(truth, pairer)
-    assert_labels_right(truth, samples)
+    truth, pairer, samples = _paired_after(seconds=300, missing_rate=0.08, seed=8)
     assert pairer.rejects["missing_pulse"] > 10
     assert pairer.rejects["unpaired"] > 10  # their sentences found no pulse
     assert len(samples) > 250
 
 
 def test_doubled_pulses_keep_the_first_edge() -> None:
-    truth = short(seconds=300, double_rate=0.1, seed=9)
-    pairer = Pairer("after")
-    samples = run(truth, pairer)
-    assert_labels_right(truth, samples)
+    truth, pairer, samples = _paired_after(seconds=300, double_rate=0.1, seed=9)
     assert pairer.rejects["double_pulse"] > 15
     assert len(samples) >= 297
 
@@ -228,10 +231,7 @@ def test_a_fractional_sentence_far_from_the_chain_drops_the_chain() -> None:
 
 
 def test_leap_second_is_not_paired_across() -> None:
-    truth = short(seconds=40, leap_at=20)
-    pairer = Pairer("after")
-    samples = run(truth, pairer)
-    assert_labels_right(truth, samples)
+    truth, pairer, samples = _paired_after(seconds=40, leap_at=20)
     seconds = [truth.second_of(s.mono_ns) for s in samples]
     assert 20 not in seconds  # 23:59:60 itself gives no sample
     assert pairer.rejects["leap"] == 1

@@ -7,28 +7,26 @@ status carries the mismatch and the advice, and its log says the same.
 
 from __future__ import annotations
 
-import json
-import queue
 import threading
 import time
 
 import pytest
-from boxrig import NS, BoxRig, Truth, gga, rmc
-
-from checkpoint.mqtt import Link, Message
+from boxrig import NS, BoxRig, gga, rmc, truth_now
+from faults import Watcher
+from waits import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_receiver_naming_the_coming_second_is_refused_with_advice(tmp_path, broker):
     rig = BoxRig(tmp_path, broker.url)
-    truth = Truth(ppm=11)
+    truth = truth_now(ppm=11)
     stop = threading.Event()
 
     def receiver() -> None:
         s = truth.utc(time.monotonic_ns()) // NS + 1
         while not stop.is_set():
-            tick = truth.mono(s * NS)
+            tick = truth.tick(s * NS)
             rig.pin("GPIO18", tick, 1)
             rig.pin("GPIO18", tick + 20_000_000, 0)
             arrive = tick + 950_000_000  # names s + 1, 50 ms before its pulse
@@ -37,36 +35,23 @@ def test_a_receiver_naming_the_coming_second_is_refused_with_advice(tmp_path, br
             rig.nmea(rmc(s + 1) + gga(s + 1))
             s += 1
 
-    q: queue.Queue = queue.Queue()
-    link = Link(broker.url, "mismatch-watch", q.put, subscriptions=[("rally/+/status", 1)])
+    watch = Watcher(broker.url, ["rally/+/status"])
     feeder = threading.Thread(target=receiver, daemon=True)
     try:
         rig.start()
-        link.start()
         feeder.start()
-        seen = None
-        deadline = time.monotonic() + 30
-        while seen is None and time.monotonic() < deadline:
-            try:
-                ev = q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(ev, Message):
-                st = json.loads(ev.payload)
-                if st.get("pairing", {}).get("mismatch"):
-                    seen = st
-        assert seen is not None, rig.log_text()[-2000:]
+        seen = watch.wait_status(
+            lambda st: st.get("pairing", {}).get("mismatch"), 30, "the pairing mismatch"
+        )
         assert seen["clock"] != "locked"
         assert 'gps.convention = "before"' in seen["alarms"]["gps"]
         assert seen["pairing"]["advice"] in seen["alarms"]["gps"]
-        deadline = time.monotonic() + 5
-        while "GPS time refused" not in rig.log_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: "GPS time refused" in rig.log_text(), 5, "the refusal logged")
         assert "GPS time refused: time sentences name a second before its PPS pulse" in (
             rig.log_text()
         )
     finally:
         stop.set()
         feeder.join(timeout=3)
-        link.stop()
+        watch.close()
         rig.close()

@@ -32,8 +32,8 @@ from faults import (
     hq_events,
     passage_keys,
     report,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 
@@ -73,7 +73,7 @@ def _kill_cycles(
     epoch_start = time.monotonic_ns()
     try:
         for cycle in range(cycles):
-            time.sleep(rng.uniform(0.2, 2.0))
+            time.sleep(rng.uniform(0.2, 2.0))  # the fault's schedule: kill at a random moment
             t_kill = time.monotonic_ns()
             rig.kill()
             t_dead = time.monotonic_ns()
@@ -107,14 +107,19 @@ def _kill_cycles(
             if hq_proc is not None and cycle % 10 == 9:
                 hq_proc.kill()
                 hq_kills += 1
-                time.sleep(rng.uniform(0.5, 3.0))
+                time.sleep(rng.uniform(0.5, 3.0))  # the fault's schedule: HQ down a while
                 hq_proc.start()
 
             t0 = time.monotonic_ns()
             rig.start()
             restart_ms.append((time.monotonic_ns() - t0) / 1e6)
             epoch_start = time.monotonic_ns()
-        time.sleep(1.0)
+        # A second's worth of passages into the last run before the graceful stop.
+        wait_for(
+            lambda: sum(s.sent_ns >= epoch_start for s in feeder.snapshot()) >= rate,
+            30,
+            "passages sent to the last run",
+        )
         feeder.stop()
         # A graceful stop now must not cut off passages still in the feed socket.
         want = {(s.input, s.mono_ns) for s in feeder.sent} - lost

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-from boxrig import NS, BoxRig, GpsFeeder, Truth, gga, rmc
+from boxrig import NS, BoxRig, GpsFeeder, gga, rmc, truth_now
+from corpusline import CORPUS
 from faults import (
     MS,
     Watcher,
@@ -36,17 +37,17 @@ from faults import (
     rss_kb,
     send_passage,
     send_raw,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.config import InputConfig
 from checkpoint.core.clock import UNKNOWN_UNCERTAINTY_NS, ClockParams
 from checkpoint.core.timing import Pipeline
 from checkpoint.mqtt import Link
+from sim.gps import sentence
 
 pytestmark = pytest.mark.slow
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nmea-corpus"
 TOPICS = ["rally/box07/status", "rally/box07/event"]
 
 
@@ -88,10 +89,7 @@ def _mangle(rng: random.Random, chunk: bytes) -> bytes:
                 "GPRMC,120000.00,A,3251.0,N,11716.0,W,1e308,nan,010180,,,A",
             ]
         )
-        c = 0
-        for ch in body:
-            c ^= ord(ch)
-        return f"${body}*{c:02X}\r\n".encode()
+        return sentence(body).encode()
     return bytes(rng.getrandbits(8) for _ in range(rng.randint(500, 4000)))
 
 
@@ -105,7 +103,7 @@ def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
     logs = _corpus_bytes()
     watch = Watcher(broker.url, TOPICS)
     rig = BoxRig(tmp_path, broker.url)
-    truth = Truth(ppm=20)
+    truth = truth_now(ppm=20)
     stop = threading.Event()
     fed = {"bytes": 0}
 
@@ -119,7 +117,7 @@ def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
             except OSError:
                 return
             fed["bytes"] += len(chunk)
-            time.sleep(0.002)
+            time.sleep(0.002)  # paces the spewing receiver
 
     try:
         rig.start()
@@ -133,7 +131,7 @@ def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
             rig.pin("GPIO17", m, 0)
             rig.pin("GPIO17", m + 150 * MS, 1)
             during.append(m)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the fault's schedule: garbage goes on a second after the cars
         stop.set()
         fuzzer.join(5)
         assert rig.alive(), rig.log_text()[-2000:]
@@ -228,7 +226,8 @@ def test_malformed_commands_and_acks_are_ignored_counted_and_harmless(tmp_path, 
         )
         later = [("beam", send_passage(rig, "GPIO17")) for _ in range(3)]
         st = watch.wait_status(lambda s: s.get("last_seq") == 6, 20, "3 more events")
-        time.sleep(0.5)
+        # The marker: a status published after those events, so after anything the bad
+        # messages could still have done.
         st = watch.wait_status(lambda s: True, 5, "a status")
         assert rig.alive()
     finally:
@@ -266,7 +265,7 @@ def _chatter(rig: BoxRig, pin: str, hz: int, seconds: float, stop: threading.Eve
             lines.append(json.dumps({"pin": pin, "mono_ns": t, "state": level}))
         if send_raw(rig, ("\n".join(lines) + "\n").encode()):
             sent += n
-        time.sleep(0.01)
+        time.sleep(0.01)  # paces the chattering wire: one batch every 10 ms
     return sent
 
 
@@ -280,7 +279,8 @@ def _chattering(tmp_path: Path, broker_url: str, *, hz: int, seconds: float) -> 
     try:
         rig.start()
         wait_for(lambda: rig.alive() and rss_kb(rig.pid) > 0, 5, "daemon up")
-        time.sleep(1.0)
+        # The baseline once the daemon runs in full: its first status is out.
+        watch.wait_status(lambda s: True, 10, "the daemon's first status", since=0)
         rss.append(rss_kb(rig.pid))
         result: dict = {}
         chatter = threading.Thread(
@@ -293,7 +293,7 @@ def _chattering(tmp_path: Path, broker_url: str, *, hz: int, seconds: float) -> 
             lead = send_passage(rig, "GPIO27")
             if lead is not None:
                 gate_sent.append(lead)
-            time.sleep(0.5)
+            time.sleep(0.5)  # paces the other input's cars: one every 0.5 s
             rss.append(rss_kb(rig.pid))
         chatter.join(10)
         st = watch.wait_status(lambda s: "input:beam" in s.get("alarms", {}), 15, "chatter alarm")

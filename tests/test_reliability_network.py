@@ -37,8 +37,8 @@ from faults import (
     hq_events,
     passage_keys,
     report,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 from sim.proxy import LinkProxy
@@ -93,6 +93,13 @@ def _connected_again(proxy: LinkProxy, since: int, timeout: float, what: str) ->
     )
 
 
+def _flowing(watcher: Watcher, what: str, n: int = 10) -> None:
+    """Wait until `n` more events reach the watcher: the link carries new traffic (at
+    the feeder's 10 passages/s, about the second the test used to sleep)."""
+    seen = len(watcher.payloads("/event"))
+    wait_for(lambda: len(watcher.payloads("/event")) >= seen + n, 30, what)
+
+
 def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
     """`rounds` times: broker killed, link cut, half-open, half-open with hanging
     connects; passages streaming throughout. Returns the figures."""
@@ -115,17 +122,17 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
     try:
         rig.start()
         feeder.start()
-        time.sleep(1.5)
+        _flowing(watcher, "passages flowing")
         for _ in range(rounds):
             # 1. Broker SIGKILLed, no persistence: sessions, retained acks and anything
             # it held are gone. Down for 3 s, then back on the same port.
             broker.kill()
-            time.sleep(3)
+            time.sleep(3)  # the fault's schedule: the broker stays down 3 s
             t_up = time.monotonic_ns()
             broker.start()
             wait_for(hq.subscribed.is_set, 20, "HQ resubscribed after the broker restart")
             _connected_again(proxy, t_up, 20, "box reconnected after broker restart")
-            time.sleep(1.5)
+            _flowing(watcher, "passages flowing after the broker restart")
             # The watcher itself missed what was published before it resubscribed, and
             # the broker lost what it held (HQ gets those through resend requests, out
             # of order by nature): order is judged for seqs newer than what is seen now.
@@ -133,12 +140,12 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
 
             # 2. The link cut: every connection reset, new ones refused, for 3 s.
             proxy.drop()
-            time.sleep(3)
+            time.sleep(3)  # the fault's schedule: the link stays cut 3 s
             t_restore = time.monotonic_ns()
             proxy.restore()
             t_back = _connected_again(proxy, t_restore, 20, "box reconnected after the cut")
             after_cut.append((t_back - t_restore) / 1e9)
-            time.sleep(1.5)
+            _flowing(watcher, "passages flowing after the cut")
 
             # 3. Half-open: the stream silently stops. Only keep-alive can tell; a new
             # connection works (the NAT mapping died, the path did not).
@@ -147,16 +154,16 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
             t_new = _connected_again(proxy, t_hole, 4 * KEEPALIVE_S + 10, "dead link noticed")
             noticed.append((t_new - t_hole) / 1e9)
             proxy.restore()
-            time.sleep(1.5)
+            _flowing(watcher, "passages flowing after the half-open link")
 
             # 4. Half-open and new connections hang too (no CONNACK ever), for 6 s.
             proxy.blackhole(new="hang")
-            time.sleep(6)
+            time.sleep(6)  # the fault's schedule: connects hang for 6 s
             t_restore = time.monotonic_ns()
             proxy.restore()
             t_back = _connected_again(proxy, t_restore, 30, "box reconnected after the hang")
             after_hang.append((t_back - t_restore) / 1e9)
-            time.sleep(1.5)
+            _flowing(watcher, "passages flowing after the hang")
             order = _first_arrival_order(watcher, above=mark)
             inversions += [(a, b) for a, b in zip(order, order[1:], strict=False) if b < a]
     finally:
@@ -216,7 +223,7 @@ def _burst(tmp_path: Path, broker, *, rate: float, seconds: float) -> dict:
     broker.kill()
     feeder = PassageFeeder(rig, rate, pins=pins).start()
     t0 = time.monotonic()
-    time.sleep(seconds)
+    time.sleep(seconds)  # the fault's schedule: passages for `seconds` with no broker
     feeder.stop()
     fed_s = time.monotonic() - t0
     n = len(feeder.sent)

@@ -16,10 +16,12 @@ skipped, with the reason, where mounting is not permitted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +43,8 @@ from faults import (
     report,
     send_passage,
     tmpfs,
-    wait_for,
 )
+from waits import wait_for
 
 from checkpoint.hq.collector import Collector
 from sim.proxy import LinkProxy
@@ -67,8 +69,20 @@ def _feed(rig: BoxRig, n: int, rate: float = 20) -> list[tuple[str, int]]:
         lead = send_passage(rig, PINS["beam"])
         assert lead is not None, "daemon not connected to its feed"
         out.append(("beam", lead))
-        time.sleep(1 / rate)
+        time.sleep(1 / rate)  # paces the cars (a simulated beam): `rate` passages a second
     return out
+
+
+def _feed_failing(rig: BoxRig, watch: Watcher, n: int) -> tuple[list[tuple[str, int]], str]:
+    """Send `n` passages while the card fails: their keys, and the store alarm of the
+    first status that says all `n` are kept in memory."""
+    keys = _feed(rig, n)
+    st = watch.wait_status(
+        lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= n,
+        20,
+        f"a store alarm with {n} events kept in memory",
+    )
+    return keys, st["alarms"]["store"]
 
 
 def _hq_passages(db: Path, box: str = "box07") -> list[tuple[str, int]]:
@@ -80,6 +94,23 @@ def _wait_at_hq(db: Path, keys: list[tuple[str, int]], timeout: float = 30) -> N
     wait_for(lambda: want <= set(_hq_passages(db)), timeout, f"{len(want)} passages at HQ")
 
 
+@contextlib.contextmanager
+def _box_and_hq(
+    tmp_path: Path, broker_url: str, hq_db: Path, *, url: str | None = None, **rig_kw
+) -> Iterator[tuple[Collector, Watcher, BoxRig]]:
+    """HQ's collector, a watcher on the box's topics and the box (fast inputs, linked
+    to `url` or the broker), all stopped afterwards."""
+    hq = _hq(broker_url, hq_db)
+    watch = Watcher(broker_url, TOPICS)
+    rig = BoxRig(tmp_path, url or broker_url, inputs=fast_inputs(*PINS.items()), **rig_kw)
+    try:
+        yield hq, watch, rig
+    finally:
+        hq.stop()
+        watch.close()
+        rig.close()
+
+
 mount_problem = can_mount()
 
 
@@ -89,18 +120,15 @@ def test_disk_full_keeps_events_in_memory_publishes_them_and_never_reuses_seqs(t
     hq_db = tmp_path / "hq.db"
     figures: dict = {}
     with tmpfs(card, "1m"):
-        hq = _hq(broker.url, hq_db)
-        watch = Watcher(broker.url, TOPICS)
-        rig = BoxRig(
+        sent: list[tuple[str, int]] = []
+        with _box_and_hq(
             tmp_path,
             broker.url,
+            hq_db,
             store=str(card / "box.db"),
-            inputs=fast_inputs(*PINS.items()),
             extra=f'[record]\ncapture = "{card / "capture.jsonl"}"\n',
             redeliver_after_s=5,
-        )
-        sent: list[tuple[str, int]] = []
-        try:
+        ) as (hq, watch, rig):
             rig.start()
             sent += _feed(rig, 5)
             _wait_at_hq(hq_db, sent)
@@ -108,14 +136,8 @@ def test_disk_full_keeps_events_in_memory_publishes_them_and_never_reuses_seqs(t
             # The card fills up (logs, a marshal's photos...).
             ballast = card / "ballast"
             figures["ballast_bytes"] = fill(ballast)
-            full = _feed(rig, 10)
+            full, alarm = _feed_failing(rig, watch, 10)
             sent += full
-            st = watch.wait_status(
-                lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= 10,
-                20,
-                "a store alarm with events kept in memory",
-            )
-            alarm = st["alarms"]["store"]
             assert "disk full" in alarm and "free space" in alarm, alarm
             # The capture file on the same card fails too once its last page is full
             # (an alarm of its own, "capture"); timing goes on regardless.
@@ -160,12 +182,11 @@ def test_disk_full_keeps_events_in_memory_publishes_them_and_never_reuses_seqs(t
             figures["seq_alarm"] = st["alarms"]["seq"]
             after = _feed(rig, 5)
             sent += after
-            hq = _hq(broker.url, hq_db)
-            _wait_at_hq(hq_db, sent, 40)
-        finally:
-            hq.stop()
-            watch.close()
-            rig.close()
+            hq_again = _hq(broker.url, hq_db)
+            try:
+                _wait_at_hq(hq_db, sent, 40)
+            finally:
+                hq_again.stop()
 
         events = box_events(rig.store_path)
         check_contiguous(events)
@@ -203,16 +224,17 @@ def test_events_numbered_before_the_floor_is_known_are_issued_again(tmp_path, br
     hq_db = tmp_path / "hq.db"
     proxy = LinkProxy("127.0.0.1", broker.port)
     with tmpfs(card, "1m"):
-        hq = _hq(broker.url, hq_db)
-        watch = Watcher(broker.url, TOPICS)
-        rig = BoxRig(
-            tmp_path,
-            proxy.url,
-            store=str(card / "box.db"),
-            inputs=fast_inputs(*PINS.items()),
-            redeliver_after_s=5,
-        )
-        try:
+        with (
+            contextlib.closing(proxy),
+            _box_and_hq(
+                tmp_path,
+                broker.url,
+                hq_db,
+                url=proxy.url,
+                store=str(card / "box.db"),
+                redeliver_after_s=5,
+            ) as (hq, watch, rig),
+        ):
             rig.start()
             sent = _feed(rig, 3)
             _wait_at_hq(hq_db, sent)
@@ -234,11 +256,6 @@ def test_events_numbered_before_the_floor_is_known_are_issued_again(tmp_path, br
             st = watch.wait_status(lambda s: "seq" in s["alarms"], 30, "the seq-floor alarm")
             assert "issued again" in st["alarms"]["seq"], st["alarms"]["seq"]
             _wait_at_hq(hq_db, sent, 30)
-        finally:
-            hq.stop()
-            watch.close()
-            rig.close()
-            proxy.close()
         events = box_events(rig.store_path)
     check_contiguous(events)
     reissued = [e for e in events if "reissue_of" in e]
@@ -262,16 +279,9 @@ def test_read_only_card_at_startup_runs_from_memory_until_writable(tmp_path, bro
     card = tmp_path / "card"
     hq_db = tmp_path / "hq.db"
     with tmpfs(card, "4m"):
-        hq = _hq(broker.url, hq_db)
-        watch = Watcher(broker.url, TOPICS)
-        rig = BoxRig(
-            tmp_path,
-            broker.url,
-            store=str(card / "box.db"),
-            inputs=fast_inputs(*PINS.items()),
-            redeliver_after_s=5,
-        )
-        try:
+        with _box_and_hq(
+            tmp_path, broker.url, hq_db, store=str(card / "box.db"), redeliver_after_s=5
+        ) as (hq, watch, rig):
             rig.start()
             sent = _feed(rig, 3)
             _wait_at_hq(hq_db, sent)
@@ -297,10 +307,6 @@ def test_read_only_card_at_startup_runs_from_memory_until_writable(tmp_path, bro
             after = _feed(rig, 2)
             sent += after
             _wait_at_hq(hq_db, sent)
-        finally:
-            hq.stop()
-            watch.close()
-            rig.close()
         events = box_events(rig.store_path)
     check_contiguous(events)
     assert passage_keys(events) == sent
@@ -330,17 +336,10 @@ def test_card_remounted_read_only_by_the_kernel(tmp_path, broker, ext4_card):
     back while the daemon runs; it is repaired (fsck) with the daemon stopped."""
     card = ext4_card
     hq_db = tmp_path / "hq.db"
-    hq = _hq(broker.url, hq_db)
-    watch = Watcher(broker.url, TOPICS)
-    rig = BoxRig(
-        tmp_path,
-        broker.url,
-        store=str(card.mountpoint / "box.db"),
-        inputs=fast_inputs(*PINS.items()),
-        redeliver_after_s=5,
-    )
     sent: list[tuple[str, int]] = []
-    try:
+    with _box_and_hq(
+        tmp_path, broker.url, hq_db, store=str(card.mountpoint / "box.db"), redeliver_after_s=5
+    ) as (hq, watch, rig):
         rig.start()
         sent += _feed(rig, 5)
         _wait_at_hq(hq_db, sent)
@@ -348,14 +347,8 @@ def test_card_remounted_read_only_by_the_kernel(tmp_path, broker, ext4_card):
 
         card.fail()
         wait_for(card.read_only, 5, "the kernel to remount the card read-only")
-        during = _feed(rig, 8)
+        during, alarm = _feed_failing(rig, watch, 8)
         sent += during
-        st = watch.wait_status(
-            lambda s: "store" in s.get("alarms", {}) and s.get("unstored", 0) >= 8,
-            20,
-            "a store alarm",
-        )
-        alarm = st["alarms"]["store"]
         assert "kept in memory" in alarm and ("card" in alarm or "read-only" in alarm), alarm
         _wait_at_hq(hq_db, sent)  # published from memory
         assert rig.alive()
@@ -373,10 +366,6 @@ def test_card_remounted_read_only_by_the_kernel(tmp_path, broker, ext4_card):
         after = _feed(rig, 5)
         sent += after
         _wait_at_hq(hq_db, sent, 40)
-    finally:
-        hq.stop()
-        watch.close()
-        rig.close()
     at_hq = _hq_passages(hq_db)
     assert sorted(at_hq) == sorted(sent)
     assert hq_box_counters(hq_db, "box07")["conflicts"] == 0
@@ -394,10 +383,7 @@ def test_card_remounted_read_only_by_the_kernel(tmp_path, broker, ext4_card):
 
 def test_corrupt_store_at_startup_is_moved_aside_and_a_new_store_starts(tmp_path, broker):
     hq_db = tmp_path / "hq.db"
-    hq = _hq(broker.url, hq_db)
-    watch = Watcher(broker.url, TOPICS)
-    rig = BoxRig(tmp_path, broker.url, inputs=fast_inputs(*PINS.items()))
-    try:
+    with _box_and_hq(tmp_path, broker.url, hq_db) as (hq, watch, rig):
         rig.start()
         first = _feed(rig, 5)
         _wait_at_hq(hq_db, first)
@@ -418,13 +404,12 @@ def test_corrupt_store_at_startup_is_moved_aside_and_a_new_store_starts(tmp_path
         assert st["store"] != old_id and "moved aside" in st["alarms"]["store_replaced"]
         second = _feed(rig, 5)
         _wait_at_hq(hq_db, first + second)
-        # The alarm stays while this run lasts, also after commits succeed.
-        time.sleep(1.5)
-        assert "store_replaced" in watch.last_status()["alarms"]
-    finally:
-        hq.stop()
-        watch.close()
-        rig.close()
+        # The alarm stays while this run lasts, also after commits succeed: the marker is
+        # a status published after HQ has every passage, with the box's acks caught up.
+        after = watch.wait_status(
+            lambda s: s.get("acked_upto", 0) >= s.get("last_seq", 1), 20, "status after commits"
+        )
+        assert "store_replaced" in after["alarms"]
     moved = sorted(tmp_path.glob("box.db.corrupt-*"))
     assert moved and moved[0].read_bytes() == saved  # kept, unchanged, for salvage
     new_events = box_events(rig.store_path)

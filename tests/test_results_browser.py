@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import base64
 import re
+from contextlib import closing
 
 import pytest
-from webrig import HQFiller, console_errors, make_driver, quit_driver, require_browser, wait_for
+from webrig import (
+    HQFiller,
+    browser,
+    console_errors,
+    make_driver,
+    quit_driver,
+    require_browser,
+    wait_page,
+)
 
 from checkpoint.hq import officestore
 from checkpoint.hq.entries import parse_entries
@@ -23,12 +32,8 @@ S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_745_740_800 * S  # 2025-04-27 08:00 UTC
 
-EVENT = """
-[event]
-name = "Coppa delle Alpi"
-date = "2025-04-27"
-timezone = "Europe/Rome"
-
+# One trial, PC1 to PC2 in 120 s; the marshal's test has no date (its cars start today).
+EVENT_PS1 = """
 [identify]
 sigma_s = 2
 
@@ -43,6 +48,11 @@ start = "PC1"
 finish = "PC2"
 target_s = 120
 """
+EVENT = (
+    '[event]\nname = "Coppa delle Alpi"\ndate = "2025-04-27"\ntimezone = "Europe/Rome"\n'
+    + EVENT_PS1
+)
+MARSHAL_EVENT = '[event]\nname = "Coppa delle Alpi"\n' + EVENT_PS1
 
 ENTRIES = """number,crew,car,year,class,start
 7,Rossi / Bianchi,Alfa Romeo 6C 1750,1929,A,10:00
@@ -59,9 +69,8 @@ def _browser():
 
 @pytest.fixture
 def page(tmp_path):
-    d = make_driver(tmp_path, width=1280, height=900)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=1280, height=900) as d:
+        yield d
 
 
 @pytest.fixture
@@ -80,12 +89,9 @@ def rally(tmp_path):
     f.passage("box02", "PC2", starts[3] + 121 * S)
     f.passage("box02", "PC2", starts[3] + 121 * S + 400 * MS)
     f.close()
-    store = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as store:
         officestore.load_event(store, EVENT, "event.toml")
         officestore.import_entries(store, parse_entries(ENTRIES))
-    finally:
-        store.close()
     server = BoardServer(db, host="127.0.0.1", port=0, poll_s=0.1).start()
     yield server
     server.stop()
@@ -138,40 +144,23 @@ def test_results_page_posts_and_prints_on_a4(page, rally):
 
 def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     page.get(rally.url)
-    rows = wait_for(page, lambda d: css(d, "#office tbody tr"), what="classification")
+    rows = wait_page(page, lambda d: css(d, "#office tbody tr"), what="classification")
     assert [r.get_attribute("data-car") for r in rows][:3] == ["7", "12", "15"]
     from selenium.webdriver.support.ui import Select
 
     Select(page.find_element("id", "office-class")).select_by_value("B")
-    wait_for(
+    wait_page(
         page,
         lambda d: [r.get_attribute("data-car") for r in css(d, "#office tbody tr")] == ["15", "21"],
         what="class B",
     )
-    queue = wait_for(page, lambda d: css(d, "#confirm tbody tr.confirm"), what="to confirm")
+    queue = wait_page(page, lambda d: css(d, "#confirm tbody tr.confirm"), what="to confirm")
     assert len(queue) == 2
     assert all(r.find_elements("css selector", "td")[3].text == "21" for r in queue)
     assert "2 passage(s)" in page.find_element("id", "confirm-note").text
     queue[0].click()  # not logged in: the correction form stays hidden and empty
     assert page.find_element("id", "c-box").get_attribute("value") == ""
     assert console_errors(page) == []
-
-
-MARSHAL_EVENT = """
-[event]
-name = "Coppa delle Alpi"
-[identify]
-sigma_s = 2
-[[control]]
-id = "PC1"
-[[control]]
-id = "PC2"
-[[trial]]
-name = "PS1"
-start = "PC1"
-finish = "PC2"
-target_s = 120
-"""
 
 
 def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
@@ -201,18 +190,18 @@ def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
         s2 = box.passage(starts[1] + 120 * S + 200 * MS)  # car 2 ... or the one behind it?
         s3 = box.passage(starts[1] + 120 * S + 600 * MS)
         login(phone, page.url, PIN)
-        nxt = wait_for(phone, lambda d: css(d, "#next li"), what="cars due next")
+        nxt = wait_page(phone, lambda d: css(d, "#next li"), what="cars due next")
         assert [li.find_element("tag name", "strong").text for li in nxt] == ["2", "3", "4"]
         assert "late" in nxt[0].get_attribute("class")  # car 2: due, no sure passage yet
-        li1 = wait_for(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
+        li1 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
         assert li1.find_element("css selector", "input.car").get_attribute("value") == "1"
         for s in (s2, s3):
-            li = wait_for(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"].confirm'))[0]
+            li = wait_page(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"].confirm'))[0]
             assert "to confirm: car 2?" in li.find_element("css selector", ".state").text
         # One tap confirms the prediction: the box gets the marshal's assignment.
         li1.find_element("css selector", "button.set").click()
         wait_until_text = lambda d: "car 1 ✓" in css(d, f'li.p[data-seq="{s1}"] .state')[0].text  # noqa: E731
-        wait_for(phone, wait_until_text, what="car 1 confirmed")
+        wait_page(phone, wait_until_text, what="car 1 confirmed")
         assert box.corrections == [("assign", s1, "1")]
         assert console_errors(phone) == []
     finally:

@@ -10,10 +10,10 @@ throwaway CA, server certificate, client certificates and password file made by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from boxrig import BoxRig
+from waits import listening, wait_for
 
 from checkpoint.config import InputConfig
 from checkpoint.core.outbox import MAX_RESEND, Outbox
@@ -152,15 +153,21 @@ class ShippedBroker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.workdir / "out").read_text()
+
+        def running() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.output()
             log = self.workdir / "log"
-            if log.exists() and " running" in log.read_text(errors="replace"):
-                if all(_listens(p) for p in (self.pw_port, self.cert_port, self.hq_port)):
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("shipped broker did not start: " + (self.workdir / "out").read_text())
+            return (
+                log.exists()
+                and " running" in log.read_text(errors="replace")
+                and all(listening(p) for p in (self.pw_port, self.cert_port, self.hq_port))
+            )
+
+        wait_for(running, 10, "the shipped broker to start", every=0.05, detail=self.output)
+        return self
+
+    def output(self) -> str:
+        return (self.workdir / "out").read_text(errors="replace")
 
     def log(self) -> str:
         return (self.workdir / "log").read_text(errors="replace")
@@ -173,14 +180,6 @@ class ShippedBroker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _listens(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +216,14 @@ class Client:
             self.seen.append(ev)
         raise AssertionError(f"no {kind.__name__} within {timeout} s; saw {self.seen}")
 
-    def drain(self, seconds: float) -> list[LinkEvent]:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def drain(self) -> list[LinkEvent]:
+        """Every event `next()` has not taken so far, the queued ones included (no
+        waiting: the caller has waited for a marker that comes after them)."""
+        while True:
             try:
-                self.seen.append(self.q.get(timeout=0.05))
+                self.seen.append(self.q.get_nowait())
             except queue.Empty:
-                pass
-        return self.seen
+                return self.seen
 
     def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> PubAck:
         mid = self.link.publish(topic, payload, qos=1, retain=retain)
@@ -233,6 +232,25 @@ class Client:
 
     def close(self) -> None:
         self.link.stop()
+
+
+def _each_refused(caplog, *clients: Client) -> None:
+    """The marker that a connection is not coming: each client's own network thread has
+    seen a connect attempt end (TLS refused, the broker reset it, or refused it)."""
+    ended = ("TLS to", "failed to receive on socket", "refused the connection")
+
+    def all_ended() -> bool:
+        records = list(caplog.records)
+        return all(
+            any(
+                r.threadName == f"paho-mqtt-client-{c.link.client_id}"
+                and any(e in r.getMessage() for e in ended)
+                for r in records
+            )
+            for c in clients
+        )
+
+    wait_for(all_ended, 15, "every connect attempt to fail", detail=lambda: caplog.text[-2000:])
 
 
 @pytest.fixture
@@ -300,7 +318,12 @@ def test_a_box_reads_only_its_own_acks_and_commands(shipped: ShippedBroker, clie
     spy = clients(
         shipped.pw_url,
         "box08",
-        subscriptions=[("rally/box07/cmd", 1), ("rally/box07/ack", 1), ("rally/+/event", 1)],
+        subscriptions=[
+            ("rally/box07/cmd", 1),
+            ("rally/box07/ack", 1),
+            ("rally/+/event", 1),
+            ("rally/box08/cmd", 1),  # its own: where the marker comes
+        ],
     )
     spy.next(SubAck)
     cmd = b'{"cmd":"resend","store":"s","from":1,"to":2}'
@@ -308,8 +331,11 @@ def test_a_box_reads_only_its_own_acks_and_commands(shipped: ShippedBroker, clie
     assert hq.publish("rally/box07/ack", b'{"store":"s","upto":1}', retain=True).ok
     assert box07.publish("rally/box07/event", b'{"seq":1}').ok
     assert box07.next(Message, lambda m: m.topic == "rally/box07/cmd").payload == cmd
-    # The other box saw nothing of it: not the command, not the ack, not the event.
-    assert not [m for m in spy.drain(1.0) if isinstance(m, Message)]
+    # The other box saw nothing of it: not the command, not the ack, not the event. The
+    # marker, a command for box08 published after them all, reaches it; nothing before.
+    assert hq.publish("rally/box08/cmd", b"marker").ok
+    spy.next(Message, lambda m: m.topic == "rally/box08/cmd")
+    assert [m.payload for m in spy.drain() if isinstance(m, Message)] == [], spy.seen
 
 
 @needs_tools
@@ -321,8 +347,9 @@ def test_hq_reads_all_and_writes_only_acks_and_commands(shipped: ShippedBroker, 
         b.next(Connected)
         assert b.publish(f"rally/{box}/event", box.encode()).ok
         assert b.publish(f"rally/{box}/status", b'{"state":"ready"}').ok
-    got = {(m.topic, m.payload) for m in hq.drain(1.0) if isinstance(m, Message)}
-    assert ("rally/box07/event", b"box07") in got and ("rally/box08/event", b"box08") in got
+    for box in ("box07", "box08"):
+        want = (f"rally/{box}/event", box.encode())
+        hq.next(Message, lambda m, want=want: (m.topic, m.payload) == want)
     assert hq.publish("rally/box08/ack", b'{"store":"s","upto":0}').ok
     assert hq.publish("rally/box08/cmd", b"{}").ok
     for topic in ("rally/box07/event", "rally/box07/status", "rally/box07/hwm"):
@@ -348,8 +375,10 @@ def test_a_box_cannot_take_over_another_box_session(shipped: ShippedBroker, clie
     # user (use_username_as_clientid), so box07 is not kicked off.
     intruder = clients(shipped.pw_url, "box08", client_id="checkpoint-box07")
     intruder.next(Connected)
-    assert not [e for e in box07.drain(1.0) if isinstance(e, Disconnected)]
-    assert box07.link.connected and box07.publish("rally/box07/event").ok
+    # The intruder has its CONNACK, so a take-over would have happened; the marker is a
+    # PUBACK on box07's link after that, and no disconnection came before it.
+    assert box07.publish("rally/box07/event").ok and box07.link.connected
+    assert not [e for e in box07.drain() if isinstance(e, Disconnected)]
 
 
 @needs_tools
@@ -365,8 +394,8 @@ def test_several_hq_clients_connect_at_once_on_hq_listener(shipped: ShippedBroke
     box.next(Connected)
     assert box.publish("rally/box07/status", b'{"state":"ready"}').ok
     for c in (collector, watcher):
-        c.next(Message, lambda m: m.topic == "rally/box07/status")
-        assert not [e for e in c.drain(0.5) if isinstance(e, Disconnected)]
+        c.next(Message, lambda m: m.topic == "rally/box07/status")  # the marker
+        assert not [e for e in c.drain() if isinstance(e, Disconnected)]
         assert c.link.connected
     # The same ACL holds there: HQ cannot publish an event.
     assert not collector.publish("rally/box07/event").ok
@@ -388,28 +417,30 @@ def test_a_box_cannot_log_in_on_hq_listener(shipped: ShippedBroker, clients) -> 
 def test_tls_refuses_wrong_host_unknown_ca_and_plain_tcp(
     shipped: ShippedBroker, clients, pki, caplog
 ) -> None:
-    import logging
 
     with caplog.at_level(logging.ERROR, logger="checkpoint.mqtt"):
         # The certificate names "localhost" only; 127.0.0.1 is another name.
         wrong_host = clients(shipped.url(shipped.pw_port, "127.0.0.1"), "box07")
         unknown_ca = clients(shipped.pw_url, "box07", ca_file=str(pki / "rogue" / "ca.crt"))
         system_ca = clients(shipped.pw_url, "box07", ca_file=None)
-        time.sleep(1.5)
+        _each_refused(caplog, wrong_host, unknown_ca, system_ca)
     for c in (wrong_host, unknown_ca, system_ca):
-        assert not c.link.connected and not [e for e in c.drain(0) if isinstance(e, Connected)]
+        assert not c.link.connected and not [e for e in c.drain() if isinstance(e, Connected)]
     errors = " ".join(r.getMessage() for r in caplog.records)
     assert "IP address mismatch" in errors or "mismatch" in errors
     assert "certificate verify failed" in errors
     # A plain client cannot talk to a TLS listener at all.
-    plain = Client(f"mqtt://127.0.0.1:{shipped.pw_port}", "plain", username="box07")
-    time.sleep(1.0)
+    with caplog.at_level(logging.DEBUG, logger="checkpoint.mqtt"):
+        plain = Client(f"mqtt://127.0.0.1:{shipped.pw_port}", "plain", username="box07")
+        _each_refused(caplog, plain)
     assert not plain.link.connected
     plain.close()
 
 
 @needs_tools
-def test_client_certificate_login_uses_the_cn_as_box_id(shipped: ShippedBroker, clients, pki):
+def test_client_certificate_login_uses_the_cn_as_box_id(
+    shipped: ShippedBroker, clients, pki, caplog
+):
     def cert(box: str, d: Path = pki) -> dict[str, str]:
         return {
             "cert_file": str(d / "clients" / f"{box}.crt"),
@@ -422,9 +453,10 @@ def test_client_certificate_login_uses_the_cn_as_box_id(shipped: ShippedBroker, 
     forged = box07.publish("rally/box08/event")
     assert not forged.ok and forged.reason == "Not authorized"
     # No certificate, or one from another CA: no connection.
-    bare = clients(shipped.cert_url, "box07")
-    rogue = clients(shipped.cert_url, None, client_id="r07", **cert("box07", pki / "rogue"))
-    time.sleep(1.5)
+    with caplog.at_level(logging.DEBUG, logger="checkpoint.mqtt"):
+        bare = clients(shipped.cert_url, "box07")
+        rogue = clients(shipped.cert_url, None, client_id="r07", **cert("box07", pki / "rogue"))
+        _each_refused(caplog, bare, rogue)
     assert not bare.link.connected and not rogue.link.connected
 
 
@@ -516,15 +548,13 @@ def test_daemon_refused_by_acl_raises_alarm_keeps_event_and_never_shows_password
         t = time.monotonic_ns() + 200_000_000
         rig.pin("GPIO17", t, 0)  # active-low beam broken ...
         rig.pin("GPIO17", t + 150_000_000, 1)  # ... and clear: one passage
-        deadline = time.monotonic() + 20
-        alarmed = None
-        while alarmed is None and time.monotonic() < deadline:
-            m = watcher.next(Message, timeout=20)
+
+        def refused_and_kept(m: Message) -> bool:
             statuses.append(m.payload)
             st = json.loads(m.payload)
-            if st.get("backlog", 0) >= 1 and "Not authorized" in json.dumps(st.get("alarms")):
-                alarmed = st
-        assert alarmed is not None, statuses[-1:]
+            return st.get("backlog", 0) >= 1 and "Not authorized" in json.dumps(st.get("alarms"))
+
+        alarmed = json.loads(watcher.next(Message, refused_and_kept, timeout=20).payload)
         assert alarmed["acked_upto"] == 0 and alarmed["last_seq"] >= 1
     finally:
         rig.stop()

@@ -15,22 +15,22 @@ CHECKPOINT_SCREENSHOTS=1, for a look at these scenes).
 from __future__ import annotations
 
 import inspect
-import socket
 import time
+from contextlib import closing
 
 import pytest
-from hq_box import EmulatedBox, wait_until
+from hq_box import EmulatedBox
+from waits import listening, wait_for
 from webrig import (
     PASSWORD,
     PIN,
     FakeBox,
+    browser,
     console_errors,
     login,
-    make_driver,
-    quit_driver,
     require_browser,
     screenshot_dir,
-    wait_for,
+    wait_page,
 )
 
 from checkpoint.hq.collector import Collector
@@ -74,16 +74,14 @@ def _browser():
 
 @pytest.fixture
 def phone(tmp_path):
-    d = make_driver(tmp_path, width=390, height=844, mobile=True)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=390, height=844, mobile=True) as d:
+        yield d
 
 
 @pytest.fixture
 def wall(tmp_path):
-    d = make_driver(tmp_path, width=1280, height=800)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=1280, height=800) as d:
+        yield d
 
 
 @pytest.fixture
@@ -91,7 +89,7 @@ def hq(broker, tmp_path):
     db = tmp_path / "hq.db"
     c = Collector(broker.url, db, gap_wait_s=0.5, heartbeat_s=0.5)
     c.start()
-    wait_until(c.subscribed.is_set, 10, "HQ subscribed")
+    wait_for(c.subscribed.is_set, 10, "HQ subscribed")
     yield db
     c.stop()
 
@@ -120,11 +118,8 @@ def board(hq):
 
 
 def hq_passages(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.passages()
-    finally:
-        s.close()
 
 
 def css(driver, selector):
@@ -152,13 +147,13 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
         phone.get(page.url)
         assert phone.current_url.endswith("/login")
         login(phone, page.url, PIN)
-        wait_for(phone, lambda d: "READY" in d.find_element("id", "verdict").text, what="READY")
+        wait_page(phone, lambda d: "READY" in d.find_element("id", "verdict").text, what="READY")
         assert "box07" in phone.find_element("id", "box").text
 
         # A car passes: the row appears by itself (SSE), local time and UTC to the 1/100.
         utc_ns = (time.time_ns() // NS - 3) * NS + 456_789_123
         seq = box.passage(utc_ns)
-        li = wait_for(phone, lambda d: css(d, f'li.p[data-seq="{seq}"]'), what="passage row")[0]
+        li = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq}"]'), what="passage row")[0]
         local = li.find_element("css selector", ".local").text
         utc = li.find_element("css selector", ".utc").text
         assert local.endswith(".45") and utc.endswith(".45 UTC") and local != utc[:11]
@@ -167,13 +162,13 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
         car = li.find_element("css selector", "input.car")
         car.send_keys("42")
         li.find_element("css selector", "button.set").click()
-        wait_for(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
+        wait_page(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
         assert box.corrections == [("assign", seq, "42")]
-        wait_until(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
+        wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
 
         # ...and HQ's board shows it in the live feed.
         wall.get(board.url)
-        wait_for(
+        wait_page(
             wall,
             lambda d: any(
                 f"box07 #{seq}" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
@@ -183,15 +178,15 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
 
         # A false trigger is voided with a reason.
         seq2 = box.passage(utc_ns + 2 * NS + 170_000_000)
-        li2 = wait_for(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
+        li2 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
         li2.find_element("css selector", "button.void").click()
-        reason = wait_for(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
+        reason = wait_page(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
         reason.clear()
         reason.send_keys("photographer in the beam")
         phone.find_element("css selector", "#void-form button[type=submit]").click()
-        wait_for(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
-        wait_until(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
-        wait_for(
+        wait_page(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
+        wait_for(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
+        wait_page(
             wall,
             lambda d: any(f"box07 #{seq2}" in r.text for r in css(d, "#feed tbody tr.voided")),
             what="void on the board",
@@ -201,11 +196,12 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
         for i, (car_no, clock) in enumerate((("7", "locked"), ("15", "locked"), ("", "holdover"))):
             s = box.passage(utc_ns + (6 + 4 * i) * NS + 30_000_000 * i, clock=clock)
             if car_no:
-                wait_for(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"]'), what="row")
+                wait_page(phone, lambda d, s=s: css(d, f'li.p[data-seq="{s}"]'), what="row")
                 box.correct("assign", s, car_no)
-                wait_for(phone, lambda d, s=s, c=car_no: row_state(d, s) == f"car {c} ✓")
-        wait_for(phone, lambda d: len(css(d, "li.p")) == 5, what="five rows")
-        time.sleep(3.2)  # let the arrival highlight fade
+                wait_page(phone, lambda d, s=s, c=car_no: row_state(d, s) == f"car {c} ✓")
+        wait_page(phone, lambda d: len(css(d, "li.p")) == 5, what="five rows")
+        # The screenshot once every arrival highlight has faded (the page drops `new`).
+        wait_page(phone, lambda d: not css(d, "li.p.new"), what="highlights faded")
         shot = screenshot_dir(tmp_path) / "marshal.png"
         assert phone.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         assert console_errors(phone) == [] and console_errors(wall) == []
@@ -221,13 +217,13 @@ def test_wrong_pin_is_refused_in_the_browser(phone, monkeypatch):
     ).start()
     try:
         login(phone, page.url, "135790")
-        err = wait_for(phone, lambda d: d.find_element("css selector", ".error"), what="error")
+        err = wait_page(phone, lambda d: d.find_element("css selector", ".error"), what="error")
         assert err.text == "Wrong PIN." and err.is_displayed()
         assert phone.current_url.endswith("/login") and phone.get_cookies() == []
         phone.get(page.url)
         assert phone.current_url.endswith("/login")  # still no way in
         login(phone, page.url, PIN)
-        wait_for(phone, lambda d: d.current_url == page.url, what="the page after login")
+        wait_page(phone, lambda d: d.current_url == page.url, what="the page after login")
         cookie = phone.get_cookies()[0]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     finally:
@@ -277,29 +273,26 @@ def _rally(emus, hq):
             else:
                 unc, clock = 900 + 150 * i + 40 * (step % 3), "locked"
             b.status(clock=clock, uncertainty_ns=unc, checkpoint=b.checkpoint, backlog=0)
-        time.sleep(0.25)
+        time.sleep(0.25)  # paces the boxes' status messages, as their clocks settle
     boxes[3].publish_raw(b'{"state":"lost"}', boxes[3].topic_status, retain=True)
     n = sum(len(b.events) for b in boxes)
-    wait_until(lambda: _events(hq) == n, 15, f"{n} events at HQ")
+    wait_for(lambda: _events(hq) == n, 15, f"{n} events at HQ")
     return boxes
 
 
 def _events(db):
-    s = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as s:
         return s.event_count()
-    finally:
-        s.close()
 
 
 def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, board, tmp_path):
     _rally(emus, hq)
     wall.get(board.url)
-    wait_for(wall, lambda d: d.find_element("tag name", "body").get_attribute("data-ready"))
-    wait_for(wall, lambda d: len(css(d, "#boxes tbody tr")) == 4, what="four boxes")
+    wait_page(wall, lambda d: d.find_element("tag name", "body").get_attribute("data-ready"))
+    wait_page(wall, lambda d: len(css(d, "#boxes tbody tr")) == 4, what="four boxes")
     states = [r.find_elements("css selector", "td")[1].text for r in css(wall, "#boxes tbody tr")]
     assert states == ["online", "online", "online", "lost"]
-    rows = wait_for(wall, lambda d: css(d, "#results tbody tr"), what="results")
+    rows = wait_page(wall, lambda d: css(d, "#results tbody tr"), what="results")
     first = rows[0].find_elements("css selector", "td")
     # Car 12: 0 + 1 + 2 hundredths = 3 points, rank 1.
     assert [first[0].text, first[1].text, first[2].text] == ["1", "12", "3"]  # total 3rd
@@ -318,8 +311,8 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
 
     # One car's view: every control point, times, deviations, points.
     wall.find_element("id", "f-car").send_keys("15")
-    wait_for(wall, lambda d: d.find_element("id", "car-title").text == "15", what="car view")
-    wait_for(wall, lambda d: len(css(d, "#car-passages tbody tr")) == 4, what="4 passages")
+    wait_page(wall, lambda d: d.find_element("id", "car-title").text == "15", what="car view")
+    wait_page(wall, lambda d: len(css(d, "#car-passages tbody tr")) == 4, what="4 passages")
     stage_rows = css(wall, "#car-stages tbody tr")
     assert [r.find_elements("css selector", "td")[6].text for r in stage_rows] == ["37", "41", "12"]
     assert "-0.413" in stage_rows[1].text
@@ -330,21 +323,21 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     assert wall.find_element("id", "correct-panel").is_displayed() is False
     wall.find_element("id", "login").click()
     login(wall, board.url, PASSWORD)
-    wait_for(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
-    wait_for(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
+    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
+    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
     target = next(
         r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
     )
     target.click()
-    wait_for(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
+    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
     wall.find_element("id", "c-value").send_keys("42")
     wall.find_element("css selector", "#correct button[type=submit]").click()
-    wait_for(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
-    wait_until(
+    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
+    wait_for(
         lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
     )
     wall.find_element("id", "f-car").send_keys("42")
-    wait_for(
+    wait_page(
         wall,
         lambda d: (
             d.find_element("id", "car-summary").text.endswith("points")
@@ -391,19 +384,19 @@ def test_real_daemon_serves_the_marshal_page_and_a_car_reaches_hq(
     try:
         rig.start()
         url = f"http://127.0.0.1:{port}/"
-        wait_until(lambda: _listening(port), 15, "the marshal page")
+        wait_for(lambda: listening(port), 15, "the marshal page")
         login(phone, url, PIN)
-        wait_for(phone, lambda d: d.find_element("id", "box").text == "box07", 15, "status")
+        wait_page(phone, lambda d: d.find_element("id", "box").text == "box07", 15, "status")
         mono = time.monotonic_ns() + NS // 5
         rig.pin("GPIO17", mono, 0)  # active-low beam: broken
         rig.pin("GPIO17", mono + 150_000_000, 1)
-        li = wait_for(phone, lambda d: css(d, 'li.p[data-seq="1"]'), 15, "passage row")[0]
+        li = wait_page(phone, lambda d: css(d, 'li.p[data-seq="1"]'), 15, "passage row")[0]
         li.find_element("css selector", "input.car").send_keys("42")
         li.find_element("css selector", "button.set").click()
-        wait_for(phone, lambda d: row_state(d, 1) == "car 42 ✓", 15, "car confirmed")
-        wait_until(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 15, "assign at HQ")
+        wait_page(phone, lambda d: row_state(d, 1) == "car 42 ✓", 15, "car confirmed")
+        wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 15, "assign at HQ")
         wall.get(board.url)
-        wait_for(
+        wait_page(
             wall,
             lambda d: any(
                 "box07 #1" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
@@ -413,11 +406,3 @@ def test_real_daemon_serves_the_marshal_page_and_a_car_reaches_hq(
     finally:
         rig.close()
     assert "marshal-web listening" in rig.log_text() or "listening on" in rig.log_text()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

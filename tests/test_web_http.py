@@ -14,10 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from waits import wait_for
 from webrig import PASSWORD, PIN, Client, FakeBox, HQFiller, read_sse
 
 from checkpoint.hq.results import parse_stages
@@ -156,12 +157,17 @@ def test_sse_sends_full_state_then_only_what_changed(marshal, box):
     def after(ev):
         return any(n == "passages" and not d.get("full") for n, d in ev)
 
-    import threading
+    changed: list[bool] = []
 
-    threading.Timer(
-        0.3, lambda: (box.passage(T0 + 5 * 10**9), box.correct("assign", 1, "42"))
-    ).start()
-    events = read_sse(c, "/api/events", lambda ev: after(ev) and _has_car(ev))
+    def change_once_streaming(ev) -> bool:
+        # The changes come once this stream has sent its full state, so they are deltas.
+        if not changed and any(n == "passages" for n, _ in ev):
+            changed.append(True)
+            box.passage(T0 + 5 * 10**9)
+            box.correct("assign", 1, "42")
+        return after(ev) and _has_car(ev)
+
+    events = read_sse(c, "/api/events", change_once_streaming)
     deltas = [d for n, d in events if n == "passages" and not d.get("full")]
     for d in deltas:
         assert all(len(json.dumps(r)) < 160 for r in d["rows"])  # tiny payloads
@@ -177,7 +183,8 @@ def test_corrections_are_validated_and_csrf_protected(marshal, box):
     box.passage(T0)
     c = logged_in(marshal)
     csrf = c.csrf()
-    time.sleep(0.15)  # a tick of the server sees the passage
+    # The marker: the server's stream shows the passage, so its tick has seen it.
+    read_sse(c, "/api/events", lambda ev: any(n == "passages" and d["rows"] for n, d in ev))
     ok = {"kind": "assign", "seq": 1, "value": " 42 "}
     assert c.post_json("/api/correct", ok)[0] == 403  # no token
     assert c.post_json("/api/correct", ok, csrf="x" * 43)[0] == 403  # wrong token
@@ -240,8 +247,7 @@ def test_a_failing_snapshot_does_not_end_updates(box):
     )
     try:
         s.start()
-        time.sleep(0.2)
-        assert calls["n"] > 4
+        wait_for(lambda: calls["n"] > 4, 10, "the server to poll on past failing snapshots")
     finally:
         s.stop()
 
@@ -315,12 +321,9 @@ def test_board_is_readable_without_login_and_corrections_need_one(board, hqdb):
         "/api/events",
         lambda ev: any(n == "results" and d["cars"] and d["cars"][0]["total"] == 37 for n, d in ev),
     )
-    store = HQStore(db, create=False)
-    try:
+    with closing(HQStore(db, create=False)) as store:
         rows = [(p["box"], p["car"]) for p in store.passages()]
         assert rows == [("box01", "42"), ("box02", "42")]
-    finally:
-        store.close()
 
 
 def test_board_without_password_refuses_every_login(hqdb):

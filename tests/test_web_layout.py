@@ -15,8 +15,8 @@ from pathlib import Path
 
 import board_rally
 import pytest
-from hq_box import wait_until
-from webrig import PASSWORD, login, make_driver, quit_driver, require_browser, wait_for
+from waits import wait_for
+from webrig import PASSWORD, login, make_driver, quit_driver, require_browser, wait_page
 
 from checkpoint.hq.collector import Collector
 from checkpoint.hq.results import parse_stages
@@ -59,8 +59,8 @@ def open_board(tmp_path, url: str, width: int, height: int, mobile: bool):
     require_browser()
     d = make_driver(tmp_path, width=width, height=height, mobile=mobile)
     d.get(url)
-    wait_for(d, lambda d: d.execute_script("return document.body.dataset.ready"), 10, "ready")
-    wait_for(
+    wait_page(d, lambda d: d.execute_script("return document.body.dataset.ready"), 10, "ready")
+    wait_page(
         d,
         lambda d: len(d.find_elements("css selector", "#results tbody tr")) == board_rally.CARS,
         10,
@@ -120,7 +120,7 @@ def test_feed_filters_show_everything_hq_holds(board, tmp_path):
     d = open_board(tmp_path, board.url, 1600, 1000, False)
     try:
         d.find_element("id", "f-car").send_keys("29")
-        rows = wait_for(
+        rows = wait_page(
             d,
             lambda d: (n := len(d.find_elements("css selector", "#feed tbody tr"))) == 8 and n,
             10,
@@ -133,7 +133,7 @@ def test_feed_filters_show_everything_hq_holds(board, tmp_path):
         from selenium.webdriver.support.ui import Select
 
         Select(d.find_element("id", "f-cp")).select_by_value("PC3")
-        wait_for(
+        wait_page(
             d,
             lambda d: len(d.find_elements("css selector", "#feed tbody tr")) == 71,
             10,
@@ -149,8 +149,8 @@ def test_from_the_todo_to_a_corrected_car_on_the_board(board, tmp_path):
     d = make_driver(tmp_path, width=1600, height=1000)
     try:
         login(d, board.url, PASSWORD)
-        wait_for(d, lambda d: d.execute_script("return document.body.dataset.ready"), 10)
-        item = wait_for(
+        wait_page(d, lambda d: d.execute_script("return document.body.dataset.ready"), 10)
+        item = wait_page(
             d, lambda d: d.find_elements("css selector", "#todo-items button"), 10, "to-do items"
         )[0]
         label = item.text  # "PC4 19:30:19.71": control and local time, no box, no seq
@@ -159,13 +159,13 @@ def test_from_the_todo_to_a_corrected_car_on_the_board(board, tmp_path):
         assert d.find_element("id", "c-passage").text.startswith(label)
         d.find_element("id", "c-value").send_keys("12")
         d.find_element("css selector", "#correct button[type=submit]").click()
-        wait_for(
+        wait_page(
             d,
             lambda d: "3 passages with no car" in d.find_element("id", "todo-count").text,
             10,
             "the to-do to shrink",
         )
-        wait_for(
+        wait_page(
             d,
             lambda d: (
                 "PC4" in d.find_element("css selector", "#audit tbody tr").text
@@ -183,18 +183,18 @@ def test_header_says_whether_the_collector_runs_not_the_stream(broker, tmp_path)
     db = tmp_path / "hq.db"
     c = Collector(broker.url, db, heartbeat_s=0.5)
     c.start()
-    wait_until(c.subscribed.is_set, 10, "HQ subscribed")
+    wait_for(c.subscribed.is_set, 10, "HQ subscribed")
     s = BoardServer(db, port=0, poll_s=0.1).start()
     require_browser()
     d = make_driver(tmp_path, width=1280, height=800)
     try:
         d.get(s.url)
         pill = d.find_element("id", "collector")
-        wait_for(d, lambda d: pill.text == "collector up", 10, "collector up")
+        wait_page(d, lambda d: pill.text == "collector up", 10, "collector up")
         header = d.find_element("css selector", "header").text
         assert "session present" not in header and "live" not in header.split()
         c.stop()
-        wait_for(d, lambda d: pill.text == "collector stopped", 10, "collector stopped")
+        wait_page(d, lambda d: pill.text == "collector stopped", 10, "collector stopped")
         assert "bad" in pill.get_attribute("class")
     finally:
         quit_driver(d)

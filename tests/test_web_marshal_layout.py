@@ -10,7 +10,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from webrig import PIN, FakeBox, login, make_driver, quit_driver, require_browser, wait_for
+from webrig import (
+    PIN,
+    FakeBox,
+    browser,
+    login,
+    require_browser,
+    wait_page,
+)
 
 from checkpoint.web.marshal import MarshalServer
 
@@ -45,9 +52,8 @@ def page():
 
 @pytest.fixture
 def phone(tmp_path):
-    d = make_driver(tmp_path, width=390, height=844, mobile=True)
-    yield d
-    quit_driver(d)
+    with browser(tmp_path, width=390, height=844, mobile=True) as d:
+        yield d
 
 
 def css(d, sel):
@@ -59,7 +65,7 @@ def test_marshal_page_for_sun_and_gloves(page, phone):
     phone.get(s.url + "login")
     assert phone.find_element("id", "pin").get_attribute("inputmode") == "numeric"
     login(phone, s.url, PIN)
-    wait_for(phone, lambda d: "READY" in d.find_element("id", "verdict").text, what="READY")
+    wait_page(phone, lambda d: "READY" in d.find_element("id", "verdict").text, what="READY")
     # High contrast: white on a dark, saturated background.
     fg, bg = phone.execute_script(
         "const s = getComputedStyle(document.getElementById('verdict'));"
@@ -75,14 +81,14 @@ def test_marshal_page_for_sun_and_gloves(page, phone):
     s1 = add_passage(box, t, "beam")
     s2 = add_passage(box, t + 310_000_000, "button")
     add_passage(box, t + 61 * NS, "beam")  # the next car, a minute later
-    wait_for(phone, lambda d: len(css(d, "li.p")) == 2, what="two rows for two cars")
+    wait_page(phone, lambda d: len(css(d, "li.p")) == 2, what="two rows for two cars")
     row = css(phone, f'li.p[data-seq="{s1}"]')[0]
     assert "+ button" in row.find_element("css selector", ".meta").text
     car = row.find_element("css selector", "input.car")
     assert car.get_attribute("inputmode") == "numeric"
     car.send_keys("42")
     row.find_element("css selector", "button.set").click()
-    wait_for(phone, lambda d: len(box.corrections) == 2, what="both passages get car 42")
+    wait_page(phone, lambda d: len(box.corrections) == 2, what="both passages get car 42")
     assert box.corrections == [("assign", s1, "42"), ("assign", s2, "42")]
 
     # Void is not beside Set and asks first; cancelling changes nothing.
@@ -91,7 +97,7 @@ def test_marshal_page_for_sun_and_gloves(page, phone):
     gap = void.rect["y"] - (set_r["y"] + set_r["height"])
     assert gap >= 8 or abs(void.rect["x"] - set_r["x"]) > 150, (set_r, void.rect)
     void.click()
-    wait_for(phone, lambda d: d.find_element("id", "void-dialog").is_displayed(), what="confirm")
+    wait_page(phone, lambda d: d.find_element("id", "void-dialog").is_displayed(), what="confirm")
     phone.find_element("id", "void-cancel").click()
     assert len(box.corrections) == 2
 
@@ -103,7 +109,7 @@ def test_not_ready_says_what_is_happening_and_for_how_long(page, phone):
     box, s = page
     box.status_over.update(clock="nmea", uncertainty_ns=501_000_000, lock_in_s=40)
     login(phone, s.url, PIN)
-    v = wait_for(
+    v = wait_page(
         phone,
         lambda d: (
             "NOT READY" in d.find_element("id", "verdict").text and d.find_element("id", "verdict")

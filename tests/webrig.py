@@ -7,6 +7,7 @@ CHECKPOINT_REQUIRE_BROWSER=1 (CI sets it through `./dev test`), where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -14,11 +15,13 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from waits import wait_for
 
 from checkpoint import EVENT_SCHEMA
 from checkpoint.hq.collector import Ingest
@@ -111,23 +114,28 @@ def quit_driver(driver: Any) -> None:
         shutil.rmtree(getattr(driver, "_checkpoint_profile", ""), ignore_errors=True)
 
 
-def wait_for(driver: Any, fn: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `fn(driver)` until truthy; fail with `what` and the page's text."""
-    deadline = time.monotonic() + timeout
-    last_err: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn(driver)
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - stale elements while the page updates
-            last_err = e
-        time.sleep(0.05)
+@contextlib.contextmanager
+def browser(tmp: Path, *, width: int, height: int, mobile: bool = False) -> Iterator[Any]:
+    """`make_driver` for a `with` block (or a fixture's yield): quit afterwards."""
+    d = make_driver(tmp, width=width, height=height, mobile=mobile)
     try:
-        body = driver.find_element("tag name", "body").text[:2000]
-    except Exception:  # noqa: BLE001
-        body = "?"
-    raise AssertionError(f"timed out waiting for {what} (last error {last_err!r}); page:\n{body}")
+        yield d
+    finally:
+        quit_driver(d)
+
+
+def wait_page(driver: Any, fn: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `fn(driver)` until truthy; fail with `what` and the page's text. An element
+    going stale while the page updates counts as "not yet"."""
+
+    def body() -> str:
+        try:
+            return "page:\n" + driver.find_element("tag name", "body").text[:2000]
+        except Exception:  # noqa: BLE001
+            return "page: ?"
+
+    stale = (Exception,)
+    return wait_for(lambda: fn(driver), timeout, what, every=0.05, swallow=stale, detail=body)
 
 
 def console_errors(driver: Any) -> list[str]:
