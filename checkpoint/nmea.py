@@ -9,14 +9,17 @@ with known-truth data, and the part that touches hardware is thin:
 * `SerialReader` (thread): opens the port (any pyserial URL or device path), stamps each
   chunk with CLOCK_MONOTONIC right after `read()` returns, hands lines to a callback.
 
-This is the only module that imports `serial` (pyserial) and `pynmea2`.
+This is the only module that imports `serial` (pyserial). NMEA sentences are parsed by
+hand: a box reads about a dozen lines a second for ever, and a replay millions.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import logging
+import operator
 import re
 import threading
 import time
@@ -24,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pynmea2
 import serial
 
 from checkpoint import gpsport
@@ -171,7 +173,6 @@ _GGA_GOOD_QUALITY = frozenset({1, 2, 3, 4, 5})
 
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _DAY_S = 86_400
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _TALKER_HEAD = re.compile(r"\$([A-Z]{2})([A-Z]{3}),")
 _PROPRIETARY_HEAD = re.compile(r"\$(P[A-Z0-9]*)")
 _CHECKSUM_TAIL = re.compile(r"\*[0-9A-Fa-f]{2}")
@@ -179,6 +180,11 @@ _HHMMSS = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]+))?")
 _DDMMYY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})")
 _ONE_OR_TWO_DIGITS = re.compile(r"[0-9]{1,2}")
 _FOUR_DIGITS = re.compile(r"[0-9]{4}")
+# Where each field used is, counted from the first after the sentence id; a field past
+# the end of a short sentence reads as empty.
+_RMC_TIME, _RMC_STATUS, _RMC_DATE, _RMC_MODE = 0, 1, 8, 11
+_GGA_TIME, _GGA_QUALITY = 0, 5
+_ZDA_TIME, _ZDA_DAY, _ZDA_MONTH, _ZDA_YEAR = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +237,10 @@ class NmeaParser:
 
     Decisions, documented because they shape what the clock sees:
 
-    * Times are parsed from the text by hand (pynmea2's `timestamp` goes through
-      float and silently returns the raw string on errors, e.g. for second 60);
-      pynmea2 does framing, checksum and sentence-type dispatch.
+    * Sentences are parsed by hand, fields as text (pynmea2's `timestamp` goes through
+      float and silently returns the raw string on errors, e.g. for second 60). Only
+      RMC, ZDA and GGA have their checksum computed; every other line costs a look at
+      its header.
     * Leap second: ``23:59:60`` gives ``leap=True`` and `utc_s` = POSIX(23:59:59) + 1,
       the same number as the next 00:00:00, since POSIX has no value for :60.
     * Week rollover (u-blox's rule): a date before `not_before` (default 2019-04-07,
@@ -327,7 +334,8 @@ class NmeaParser:
         if start > 0:
             self.resynced += 1
             s = s[start:]
-        if _NOT_PRINTABLE.search(s):
+        # ASCII and printable: nothing outside 0x20-0x7e.
+        if not (s.isascii() and s.isprintable()):
             raise NmeaError("garbage", "non-printable bytes")
         proprietary = _PROPRIETARY_HEAD.match(s)
         if proprietary:
@@ -341,24 +349,24 @@ class NmeaParser:
         if kind not in TIME_KINDS:
             self.ignored[kind] += 1
             return None
-        self._check_frame(s, kind)
-        try:
-            msg = pynmea2.parse(s, check=True)
-        except pynmea2.ChecksumError as e:
-            raise NmeaError("checksum", str(e)) from None
-        except pynmea2.ParseError as e:
-            raise NmeaError("parse", str(e)) from None
-        if len(msg.data) < _MIN_FIELDS[kind]:
-            raise NmeaError("truncated", f"{kind} has {len(msg.data)} fields")
+        star = self._check_frame(s, kind)
+        # "$TTKKK," then the fields up to the '*'; the checksum covers what lies
+        # between '$' and '*'.
+        data = s[7:star].split(",")
+        want, got = int(s[star + 1 :], 16), _checksum(s[1:star])
+        if want != got:
+            raise NmeaError("checksum", f"checksum does not match: {want:02X} != {got:02X}")
+        if len(data) < _MIN_FIELDS[kind]:
+            raise NmeaError("truncated", f"{kind} has {len(data)} fields")
         if kind == "RMC":
-            return self._rmc(msg, talker, mono_ns)
+            return self._rmc(data, talker, mono_ns)
         if kind == "ZDA":
-            return self._zda(msg, talker, mono_ns)
-        return self._gga(msg, talker, mono_ns)
+            return self._zda(data, talker, mono_ns)
+        return self._gga(data, talker, mono_ns)
 
     @staticmethod
-    def _check_frame(s: str, kind: str) -> None:
-        """Tell a missing checksum from a cut-off or spliced one (pynmea2 cannot)."""
+    def _check_frame(s: str, kind: str) -> int:
+        """Where the '*' is; tells a missing checksum from a cut-off or spliced one."""
         stars = s.count("*")
         if stars == 0:
             if s.count(",") < _MIN_FIELDS[kind]:
@@ -366,17 +374,19 @@ class NmeaParser:
             raise NmeaError("no_checksum")
         if stars > 1:
             raise NmeaError("checksum", "several '*': spliced sentences")
-        tail = s[s.index("*") :]
+        star = s.index("*")
+        tail = s[star:]
         if len(tail) < 3:
             raise NmeaError("truncated", "cut off in checksum")
         if len(tail) > 3 or not _CHECKSUM_TAIL.fullmatch(tail):
             raise NmeaError("garbage", f"bad checksum field {tail!r}")
+        return star
 
     # -- sentences -----------------------------------------------------------------
 
-    def _rmc(self, msg: pynmea2.RMC, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw_date = _raw(msg, "datestamp")
+    def _rmc(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_RMC_TIME])
+        raw_date = data[_RMC_DATE]
         if not raw_date:
             raise NmeaError("no_date", "RMC date empty")
         m = _DDMMYY.fullmatch(raw_date)
@@ -385,16 +395,16 @@ class NmeaParser:
         day, month, yy = (int(g) for g in m.groups())
         year = 2000 + yy if yy < 80 else 1900 + yy
         date, fixed = self._calendar(year, month, day, tod)
-        mode = _raw(msg, "mode_indicator")  # absent before NMEA 2.3
-        valid = _raw(msg, "status") == "A" and (not mode or mode in _RMC_GOOD_MODES)
+        mode = _field(data, _RMC_MODE)  # absent before NMEA 2.3
+        valid = data[_RMC_STATUS] == "A" and (not mode or mode in _RMC_GOOD_MODES)
         utc_s = _posix(date, tod)
         self._status = _Status(tod.second, mono_ns, valid)
         self._dated = _Dated(utc_s, mono_ns, valid, fixed)
         return Fix(mono_ns, utc_s, tod.frac_ns, valid, "RMC", True, tod.leap, fixed, talker)
 
-    def _zda(self, msg: pynmea2.ZDA, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw = [_raw(msg, name) for name in ("day", "month", "year")]
+    def _zda(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_ZDA_TIME])
+        raw = [data[_ZDA_DAY], data[_ZDA_MONTH], data[_ZDA_YEAR]]
         if not all(raw):
             raise NmeaError("no_date", "ZDA date empty")
         day_s, month_s, year_s = raw
@@ -416,9 +426,9 @@ class NmeaParser:
         self._dated = _Dated(utc_s, mono_ns, valid, fixed)
         return Fix(mono_ns, utc_s, tod.frac_ns, valid, "ZDA", True, tod.leap, fixed, talker)
 
-    def _gga(self, msg: pynmea2.GGA, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw_quality = _raw(msg, "gps_qual")
+    def _gga(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_GGA_TIME])
+        raw_quality = data[_GGA_QUALITY]
         if raw_quality and not raw_quality.isdigit():
             raise NmeaError("parse", f"GGA quality {raw_quality!r}")
         quality_ok = bool(raw_quality) and int(raw_quality) in _GGA_GOOD_QUALITY
@@ -464,10 +474,14 @@ class NmeaParser:
         return date, fixed
 
 
-def _raw(msg: pynmea2.NMEASentence, name: str) -> str:
-    """A field's text (pynmea2 attributes convert, and fall back to text on errors)."""
-    i = msg.name_to_idx[name]
-    return msg.data[i] if i < len(msg.data) else ""
+def _field(data: list[str], i: int) -> str:
+    """Field i's text; empty when the sentence ends before it (an older NMEA version)."""
+    return data[i] if i < len(data) else ""
+
+
+def _checksum(body: str) -> int:
+    """XOR of the bytes between '$' and '*' (the caller checked they are ASCII)."""
+    return functools.reduce(operator.xor, body.encode("ascii"), 0)
 
 
 def _time_of_day(text: str) -> _TimeOfDay:
