@@ -125,6 +125,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import compress
+from operator import ne
 
 from checkpoint.nmea import Fix
 from checkpoint.pairing import Sample
@@ -363,21 +365,29 @@ class _Fit:
 
 def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tuple:
     """Least squares of ys on (1, u[, u²]) over inliers: (a, b, c, cov, n)."""
-    s0 = s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
-    n = 0
-    for u, y, ok in zip(us, ys, inl, strict=True):
-        if ok:
+    if len(us) != len(inl):
+        raise ValueError("us and inl must have the same length")
+    # One plain loop per order: the sums are added term by term, left to right (not
+    # `sum()`, which compensates since Python 3.12), and this is the hot loop of a refit.
+    s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
+    if order == 2:
+        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
             u2 = u * u
-            s0 += 1.0
             s1 += u
             s2 += u2
             t0 += y
             t1 += u * y
-            if order == 2:
-                s3 += u2 * u
-                s4 += u2 * u2
-                t2 += u2 * y
-            n += 1
+            s3 += u2 * u
+            s4 += u2 * u2
+            t2 += u2 * y
+    else:
+        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
+            s1 += u
+            s2 += u * u
+            t0 += y
+            t1 += u * y
+    n = sum(inl)
+    s0 = float(n)
     if order == 2:
         # Symmetric 3×3 inverse by cofactors; u ∈ [−1, 1] keeps it well conditioned.
         m00, m01, m02, m11, m12, m22 = s0, s1, s2, s2, s3, s4
@@ -407,20 +417,12 @@ def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tup
 
 def _runs_ok(resid: list[float], inl: list[bool], z_crit: float) -> bool:
     """Wald–Wolfowitz runs test on residual signs: too few runs = systematic misfit."""
-    runs = n1 = n2 = 0
-    prev = 0
-    for r, ok in zip(resid, inl, strict=True):
-        if not ok or r == 0.0:
-            continue
-        sign = 1 if r > 0 else -1
-        if sign > 0:
-            n1 += 1
-        else:
-            n2 += 1
-        if sign != prev:
-            runs += 1
-            prev = sign
-    n = n1 + n2
+    # Signs of the inliers' nonzero residuals (True: positive); a run starts at each change.
+    signs = [r > 0 for r, ok in zip(resid, inl, strict=True) if ok and r != 0.0]
+    n = len(signs)
+    n1 = signs.count(True)
+    n2 = n - n1
+    runs = 1 + sum(map(ne, signs, signs[1:])) if signs else 0
     if n < 20 or n1 == 0 or n2 == 0:
         return n < 20
     mu = 2.0 * n1 * n2 / n + 1.0
@@ -439,7 +441,8 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
     """
     n = len(us)
     h = max(n // 2, 1)
-    slopes = [(ys[i + h] - ys[i]) / (us[i + h] - us[i]) for i in range(n - h) if us[i + h] > us[i]]
+    pairs = zip(us, ys, us[h:], ys[h:], strict=False)  # i and i + h
+    slopes = [(y1 - y0) / (u1 - u0) for u0, y0, u1, y1 in pairs if u1 > u0]
     b = _median(slopes) if slopes else 0.0
     a = _median([y - b * u for u, y in zip(us, ys, strict=True)])
     if order < 2 or n < 9:
@@ -464,12 +467,12 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
 def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams) -> _Fit:
     ri = (s + e - 1) // 2
     ref_m, ref_c = mono[ri], cont[ri]
-    xs = [(mono[i] - ref_m) / 1e9 for i in range(s, e)]
-    ys = [float((cont[i] - ref_c) - (mono[i] - ref_m)) for i in range(s, e)]
-    x0, x1 = xs[0], xs[-1]
+    ms = mono[s:e]
+    ys = [float((c - ref_c) - (m - ref_m)) for m, c in zip(ms, cont[s:e], strict=True)]
+    x0, x1 = (ms[0] - ref_m) / 1e9, (ms[-1] - ref_m) / 1e9
     xc = 0.5 * (x0 + x1)
     half = max(0.5 * (x1 - x0), 1e-3)
-    us = [(x - xc) / half for x in xs]
+    us = [((m - ref_m) / 1e9 - xc) / half for m in ms]
     n = len(us)
     order = 2 if n >= p.quadratic_min_samples else 1
 
@@ -481,23 +484,31 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
     thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
     inl = [abs(r) <= thr for r in resid]
 
+    converged = None  # the solution for the final inliers, when the loop found it
     for _ in range(6):
-        a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
+        sol = _solve(order, us, ys, inl)
+        a, b, c = sol[0], sol[1], sol[2]
         resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = [r for r, ok in zip(resid, inl, strict=True) if ok]
+        kept = list(compress(resid, inl))
         med = _median(kept) if kept else 0.0
         sig = 1.4826 * _median([abs(r - med) for r in kept]) if kept else 0.0
         thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
         new = [abs(r - med) <= thr for r in resid]
         if new == inl:
+            converged = sol, resid
             break
         inl = new
         if sum(inl) < 3:
             inl = [True] * n
             break
-    a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
-    resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-    ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+    if converged is None:
+        sol = _solve(order, us, ys, inl)
+        a, b, c = sol[0], sol[1], sol[2]
+        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+    else:
+        sol, resid = converged
+    a, b, c, cov, m, order_used = sol
+    ss = sum([r * r for r in compress(resid, inl)])
     dof = max(m - max(order_used, 0) - 1, 1)
     if order_used == 2:
         # Keep the drift term only where the data show it: an insignificant one
@@ -506,7 +517,7 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
         if t < p.drift_t:
             a, b, c, cov, m, order_used = _solve(1, us, ys, inl)
             resid = [y - (a + u * b) for u, y in zip(us, ys, strict=True)]
-            ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+            ss = sum([r * r for r in compress(resid, inl)])
             dof = max(m - 2, 1)
 
     f = _Fit()
