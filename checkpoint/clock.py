@@ -754,11 +754,10 @@ class ClockModel:
             m, now = int(mono_ns), int(now_mono_ns)
             best: _Est | None = None
             doubt = self._doubt_ns(m, now)
-            for est in (
-                self._pps_estimate(m, now),
-                self._nmea_estimate(m, now),
-                self._sys_estimate(m, now),
-            ):
+            for source in (self._pps_estimate, self._nmea_estimate, self._sys_estimate):
+                if best is not None and not self._may_beat(source, best.unc_ns, doubt):
+                    continue
+                est = source(m, now)
                 if est is None:
                     continue
                 if doubt and est.clock is not ClockState.UNSYNCED:
@@ -779,6 +778,24 @@ class ClockModel:
         except Exception:  # a passage must get a stamp even if the model is broken
             self.counters["stamp_error"] += 1
             return Stamp(0, UNKNOWN_UNCERTAINTY_NS, ClockState.UNSYNCED)
+
+    def _may_beat(self, source: object, best_ns: int, doubt: int) -> bool:
+        """Could `source` give a smaller bound than `best_ns` (after PPS)? False only if sure.
+
+        Once locked, PPS bounds are µs and NMEA's at least a millisecond: `state`, asked
+        every second, then needs no NMEA or system-clock candidate at all. Each floor is
+        what that source's bound cannot go below (a bound only grows with distance and
+        doubts); a lower-ranked source never wins a tie.
+        """
+        p = self.params
+        if source == self._sys_estimate:
+            return p.sysclock_uncertainty_ns < best_ns
+        if source != self._nmea_estimate or p.max_freq_ppm < 0 or p.learnt_freq_margin_ppm < 0:
+            return True
+        half = (p.nmea_latency_max_ns - p.nmea_latency_min_ns) / 2
+        for lo, hi in self._lat_range.values():
+            half = min(half, (hi - lo) / 2)
+        return _sat_add(_ceil_ns(half + p.nmea_floor_ns), doubt) < best_ns
 
     def status(self, now_mono_ns: int) -> dict:
         """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
@@ -1231,20 +1248,19 @@ class ClockModel:
             rate = p.max_freq_ppm * 1e-6
         else:
             rate = (abs(self._freq_ppm) + p.learnt_freq_margin_ppm) * 1e-6
-        best: _Est | None = None
+        best: int | None = None
+        best_unc = 0
+        prior = (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
         for j in range(max(0, i - 4), min(known, i + 4)):
             d = m - self._fix_mono[j]
             if abs(d) > p.nmea_timeout_ns:
                 continue
-            lo, hi = self._lat_range.get(
-                self._fix_kind[j], (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
-            )
-            unc = (hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns
-            # The sentence left the receiver `latency` after the second it names began.
-            est = _Est(self._fix_utc[j] + d + (lo + hi) // 2, _ceil_ns(unc), ClockState.NMEA)
-            if best is None or est.unc_ns < best.unc_ns:
-                best = est
-        return best
+            lo, hi = self._lat_range.get(self._fix_kind[j], prior)
+            unc = _ceil_ns((hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns)
+            if best is None or unc < best_unc:
+                # The sentence left the receiver `latency` after the second it names began.
+                best, best_unc = self._fix_utc[j] + d + (lo + hi) // 2, unc
+        return None if best is None else _Est(best, best_unc, ClockState.NMEA)
 
     def _sys_estimate(self, m: int, now: int) -> _Est | None:
         known = bisect_right(self._sys_mono, now)
