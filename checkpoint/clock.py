@@ -1090,13 +1090,15 @@ class ClockModel:
         self.counters["leap"] += 1
 
     def _seg_estimate(
-        self, seg: _Segment, m: int, nk: int, now: int
+        self, seg: _Segment, m: int, nk: int, now: int, bound: bool = True
     ) -> tuple[int, float, float, _Fit | None] | None:
         """(continuous-scale estimate, bound, distance to nearest used sample s, fit).
 
         A tick inside a run is interpolated by that run's fit. A tick in a gap between
         runs gets each neighbouring run's extrapolation; each interval is a bound, so
-        their intersection is one too (the fit is None then).
+        their intersection is one too (the fit is None then). With `bound` False the
+        caller needs no bound: from a single run it comes back as 0.0 (the estimate does
+        not depend on it; between two runs it does, and is computed).
         """
         p = self.params
         mono = seg.mono
@@ -1119,8 +1121,7 @@ class ClockModel:
                     runs.append((rs, re))
                 break
             i = re
-        wander = self._wander(now)
-        found: list[tuple[int, float, float, _Fit]] = []
+        reach: list[tuple[int, int, float, float]] = []  # runs within holdover reach
         for rs, re in runs:
             if rs < j < re:  # inside: samples on both sides
                 d_b, d_a = (m - mono[j - 1]) / 1e9, (mono[j] - m) / 1e9
@@ -1128,8 +1129,15 @@ class ClockModel:
             else:
                 near = abs(m - (mono[re - 1] if j >= re else mono[rs])) / 1e9
                 spread = near * near
-            if near * 1e9 > p.holdover_max_ns:
-                continue
+            if near * 1e9 <= p.holdover_max_ns:
+                reach.append((rs, re, near, spread))
+        if not bound and len(reach) == 1:
+            rs, re, near, _ = reach[0]
+            fit, _ok = self._fit_for(seg, m, rs, re)
+            return fit.value(m), 0.0, near, fit
+        wander = self._wander(now)
+        found: list[tuple[int, float, float, _Fit]] = []
+        for rs, re, near, spread in reach:
             fit, ok = self._fit_for(seg, m, rs, re)
             if m > fit.last:  # the wander since the last sample the fit saw
                 spread = max(spread, ((m - fit.last) / 1e9) ** 2)
@@ -1148,8 +1156,12 @@ class ClockModel:
         mid = (lo + hi) / 2
         return round(mid), (hi - lo) / 2 + 1, min(n1, n2), None
 
-    def _pps_estimate(self, m: int, now: int) -> _Est | None:
-        """The segment owning m (the latest one starting at or before it) stamps it."""
+    def _pps_estimate(self, m: int, now: int, bound: bool = True) -> _Est | None:
+        """The segment owning m (the latest one starting at or before it) stamps it.
+
+        With `bound` False (the sentence cross-check) the time and state are the same,
+        the bound is not computed (0 unless between two runs).
+        """
         p = self.params
         segs = self._segs
         k = len(segs) - 1
@@ -1161,11 +1173,14 @@ class ClockModel:
         nk = bisect_right(seg.mono, now)
         if nk < p.min_lock_samples:
             return None
-        est = self._seg_estimate(seg, m, nk, now)
+        est = self._seg_estimate(seg, m, nk, now, bound)
         if est is None:
             return None
         cont, unc, near, _fit = est
         shift, amb = seg.shift_at(cont, now)
+        clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
+        if not bound:
+            return _Est(cont - shift, 0, clock)
         if m > seg.mono[nk - 1]:
             if k + 1 < len(segs) and segs[k + 1].mono[0] <= now:
                 amb += segs[k + 1].entry_ns  # between two segments split by a step
@@ -1173,9 +1188,7 @@ class ClockModel:
                 # Samples after this tick miss the fit grossly: outlier or step, not
                 # yet known; until then the tick could be on either side.
                 amb = _sat_add(amb, max(d for mm, _, d in self._pending if mm <= now))
-        unc_ns = _sat_add(_ceil_ns(unc), amb)
-        clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
-        return _Est(cont - shift, unc_ns, clock)
+        return _Est(cont - shift, _sat_add(_ceil_ns(unc), amb), clock)
 
     # ------------------------------------------------------------ NMEA model
 
@@ -1184,7 +1197,7 @@ class ClockModel:
         p = self.params
         self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
         try:
-            est = self._pps_estimate(m, m)
+            est = self._pps_estimate(m, m, bound=False)
         finally:
             self._reuse = False
         if est is None or est.clock is not ClockState.LOCKED:
