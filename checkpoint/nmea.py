@@ -197,7 +197,12 @@ class _TimeOfDay:
         return self.second == _DAY_S
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike `_TimeOfDay` (remembered and shared by `_time_of_day`): a frozen
+# dataclass pays an object.__setattr__ per field, and these two are made for every time
+# sentence. They are replaced, never changed.
+
+
+@dataclass(slots=True)
 class _Dated:
     """The last RMC/ZDA that gave a date, for GGA to borrow."""
 
@@ -207,7 +212,7 @@ class _Dated:
     rollover_fixed: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Status:
     """The last RMC/GGA fix status, for ZDA (which has none) to borrow."""
 
@@ -389,12 +394,9 @@ class NmeaParser:
         raw_date = data[_RMC_DATE]
         if not raw_date:
             raise NmeaError("no_date", "RMC date empty")
-        m = _DDMMYY.fullmatch(raw_date)
-        if m is None:
-            raise NmeaError("parse", f"RMC date {raw_date!r}")
-        day, month, yy = (int(g) for g in m.groups())
-        year = 2000 + yy if yy < 80 else 1900 + yy
-        date, fixed = self._calendar(year, month, day, tod)
+        date, fixed = _rmc_date(raw_date, self.not_before, self.not_after)
+        if tod.leap:
+            _check_leap(date)
         mode = _field(data, _RMC_MODE)  # absent before NMEA 2.3
         valid = data[_RMC_STATUS] == "A" and (not mode or mode in _RMC_GOOD_MODES)
         utc_s = _posix(date, tod)
@@ -457,21 +459,46 @@ class NmeaParser:
         self, year: int, month: int, day: int, tod: _TimeOfDay
     ) -> tuple[datetime.date, bool]:
         """Validate a receiver's date, applying the week-rollover rule."""
-        try:
-            date = datetime.date(year, month, day)
-        except ValueError:
-            raise NmeaError("absurd_date", f"{year:04d}-{month:02d}-{day:02d}") from None
-        if date < GPS_EPOCH:
-            raise NmeaError("absurd_date", f"{date} is before the GPS epoch")
-        fixed = False
-        while date < self.not_before:  # ends: the GPS epoch check bounds the rounds
-            date += datetime.timedelta(days=ROLLOVER_DAYS)
-            fixed = True
-        if date > self.not_after:
-            raise NmeaError("absurd_date", f"{date} is after {self.not_after}")
+        date, fixed = _believed_date(year, month, day, self.not_before, self.not_after)
         if tod.leap:
             _check_leap(date)
         return date, fixed
+
+
+# A receiver names the same date all day and the same time in each second's RMC and
+# GGA: the pure conversions below remember their last few answers (errors are raised
+# again each time, never remembered).
+
+
+@functools.lru_cache(maxsize=8)
+def _rmc_date(text: str, not_before: datetime.date, not_after: datetime.date) -> tuple:
+    """An RMC date field (ddmmyy) → (date, rollover_fixed); raises NmeaError."""
+    m = _DDMMYY.fullmatch(text)
+    if m is None:
+        raise NmeaError("parse", f"RMC date {text!r}")
+    day, month, yy = (int(g) for g in m.groups())
+    year = 2000 + yy if yy < 80 else 1900 + yy
+    return _believed_date(year, month, day, not_before, not_after)
+
+
+@functools.lru_cache(maxsize=8)
+def _believed_date(
+    year: int, month: int, day: int, not_before: datetime.date, not_after: datetime.date
+) -> tuple[datetime.date, bool]:
+    """A receiver's calendar date after the week-rollover rule, and whether it applied."""
+    try:
+        date = datetime.date(year, month, day)
+    except ValueError:
+        raise NmeaError("absurd_date", f"{year:04d}-{month:02d}-{day:02d}") from None
+    if date < GPS_EPOCH:
+        raise NmeaError("absurd_date", f"{date} is before the GPS epoch")
+    fixed = False
+    while date < not_before:  # ends: the GPS epoch check bounds the rounds
+        date += datetime.timedelta(days=ROLLOVER_DAYS)
+        fixed = True
+    if date > not_after:
+        raise NmeaError("absurd_date", f"{date} is after {not_after}")
+    return date, fixed
 
 
 def _field(data: list[str], i: int) -> str:
@@ -484,6 +511,7 @@ def _checksum(body: str) -> int:
     return functools.reduce(operator.xor, body.encode("ascii"), 0)
 
 
+@functools.lru_cache(maxsize=8)
 def _time_of_day(text: str) -> _TimeOfDay:
     if not text:
         raise NmeaError("no_time", "time field empty")
