@@ -470,11 +470,16 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
     return a + a1, b + b1, c
 
 
-def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams) -> _Fit:
+def _fit_window(
+    mono: list[int], cont: list[int], phase: list[int], s: int, e: int, p: ClockParams
+) -> _Fit:
+    """Fit samples [s, e) of a segment (`phase` is each sample's cont − mono)."""
     ri = (s + e - 1) // 2
     ref_m, ref_c = mono[ri], cont[ri]
     ms = mono[s:e]
-    ys = [float((c - ref_c) - (m - ref_m)) for m, c in zip(ms, cont[s:e], strict=True)]
+    # (cont − ref_c) − (mono − ref_m), in integers: the phase relative to the reference.
+    ref_p = phase[ri]
+    ys = [float(x - ref_p) for x in phase[s:e]]
     x0, x1 = (ms[0] - ref_m) / 1e9, (ms[-1] - ref_m) / 1e9
     xc = 0.5 * (x0 + x1)
     half = max(0.5 * (x1 - x0), 1e-3)
@@ -560,11 +565,14 @@ class _Segment:
         "entry_ns",
         "checked",
         "tail",
+        "phase",
     )
 
     def __init__(self, bridge_ns: int) -> None:
         self.mono: list[int] = []
         self.cont: list[int] = []
+        # cont − mono of each sample: what a fit fits (small numbers once referenced).
+        self.phase: list[int] = []
         self.shift = 0
         self.relabels: list[tuple[int, int, int, int]] = []
         # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
@@ -586,6 +594,7 @@ class _Segment:
             self.starts.append(len(self.mono))
         self.mono.append(mono)
         self.cont.append(cont)
+        self.phase.append(cont - mono)
 
     def run_of(self, i: int, nk: int) -> tuple[int, int]:
         """Index range [s, e) of the run holding sample i, cut at nk."""
@@ -612,6 +621,7 @@ class _Segment:
         if k > 0:
             del self.mono[:k]
             del self.cont[:k]
+            del self.phase[:k]
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
             self.checked = ((0, 0), 0, 0)  # its indices moved
@@ -949,7 +959,7 @@ class ClockModel:
             key = (s, s + length)
             fit = seg.fits.get(key)
             if fit is None:
-                fit = _fit_window(seg.mono, seg.cont, s, s + length, self.params)
+                fit = _fit_window(seg.mono, seg.cont, seg.phase, s, s + length, self.params)
                 if len(seg.fits) > 64:  # the window moves one sample a second
                     for old in list(seg.fits)[:32]:
                         del seg.fits[old]
