@@ -173,8 +173,8 @@ _GGA_GOOD_QUALITY = frozenset({1, 2, 3, 4, 5})
 
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _DAY_S = 86_400
-_TALKER_HEAD = re.compile(r"\$([A-Z]{2})([A-Z]{3}),")
-_PROPRIETARY_HEAD = re.compile(r"\$(P[A-Z0-9]*)")
+# A proprietary sentence ("$P" and its id), else a talker and a sentence type.
+_HEAD = re.compile(r"\$(?:(P[A-Z0-9]*)|([A-Z]{2})([A-Z]{3}),)")
 _CHECKSUM_TAIL = re.compile(r"\*[0-9A-Fa-f]{2}")
 _HHMMSS = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]+))?")
 _DDMMYY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})")
@@ -342,15 +342,14 @@ class NmeaParser:
         # ASCII and printable: nothing outside 0x20-0x7e.
         if not (s.isascii() and s.isprintable()):
             raise NmeaError("garbage", "non-printable bytes")
-        proprietary = _PROPRIETARY_HEAD.match(s)
-        if proprietary:
-            # Truncated so garbage after "$P" cannot grow the counter without bound.
-            self.ignored[proprietary.group(1)[:5]] += 1
-            return None
-        head = _TALKER_HEAD.match(s)
+        head = _HEAD.match(s)
         if head is None:
             raise NmeaError("garbage", "not a sentence header")
-        talker, kind = head.group(1), head.group(2)
+        proprietary, talker, kind = head.groups()
+        if proprietary is not None:
+            # Truncated so garbage after "$P" cannot grow the counter without bound.
+            self.ignored[proprietary[:5]] += 1
+            return None
         if kind not in TIME_KINDS:
             self.ignored[kind] += 1
             return None
