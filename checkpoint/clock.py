@@ -317,6 +317,7 @@ class _Fit:
         "inl",
         "start",
         "local",
+        "factor",
     )
 
     def value(self, mono: int) -> int:
@@ -392,7 +393,7 @@ def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tup
             s2 += u * u
             t0 += y
             t1 += u * y
-    n = sum(inl)
+    n = inl.count(True)
     s0 = float(n)
     if order == 2:
         # Symmetric 3×3 inverse by cofactors; u ∈ [−1, 1] keeps it well conditioned.
@@ -491,9 +492,10 @@ def _fit_window(
     # so a burst of late pulses cannot drag the first residuals.
     a0, b0, c0 = _robust_start(us, ys, order)
     resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
-    sig = 1.4826 * _median([abs(r) for r in resid])
+    dev = list(map(abs, resid))
+    sig = 1.4826 * _median(dev)
     thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
-    inl = [abs(r) <= thr for r in resid]
+    inl = [d <= thr for d in dev]
 
     converged = None  # the solution for the final inliers, when the loop found it
     for _ in range(6):
@@ -502,9 +504,10 @@ def _fit_window(
         resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
         kept = list(compress(resid, inl))
         med = _median(kept) if kept else 0.0
-        sig = 1.4826 * _median([abs(r - med) for r in kept]) if kept else 0.0
+        dev = [abs(r - med) for r in resid]  # every sample's; the inliers' give σ
+        sig = 1.4826 * _median(list(compress(dev, inl))) if kept else 0.0
         thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
-        new = [abs(r - med) <= thr for r in resid]
+        new = [d <= thr for d in dev]
         if new == inl:
             converged = sol, resid
             break
@@ -541,6 +544,8 @@ def _fit_window(
     f.first, f.last = mono[s], mono[e - 1]
     f.resid, f.inl, f.start = resid, inl, s
     f.local = {}
+    # σ is estimated from the fit's own residuals; a short fit may draw it low.
+    f.factor = _small_sample_factor(f.n - f.order - 1)
     return f
 
 
@@ -991,8 +996,7 @@ class ClockModel:
 
     def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
-        # σ is estimated from the fit's own residuals; a short fit may draw it low.
-        f = _small_sample_factor(fit.n - fit.order - 1)
+        f = fit.factor
         u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
         if not ok:
             u += p.misfit_sigmas * f * fit.sigma
@@ -1232,7 +1236,9 @@ class ClockModel:
         self._last_agree_mono = m
         if self._doubts and self._doubts[-1][1] is None:
             self._doubts[-1][1] = m
-        lat = self._lat.setdefault(kind, deque(maxlen=p.nmea_learn_window))
+        lat = self._lat.get(kind)
+        if lat is None:
+            lat = self._lat[kind] = deque(maxlen=p.nmea_learn_window)
         old = lat[0] if len(lat) == lat.maxlen else None
         lat.append(latency)
         if len(lat) >= p.nmea_learn_min:
