@@ -175,6 +175,10 @@ _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _DAY_S = 86_400
 # A proprietary sentence ("$P" and its id), else a talker and a sentence type.
 _HEAD = re.compile(r"\$(?:(P[A-Z0-9]*)|([A-Z]{2})([A-Z]{3}),)")
+# The usual line, in one match: a talker sentence (not "$P"), printable ASCII, no other
+# '$'. For these `_parse`'s first steps cannot fail or resync; used for the sentences
+# we ignore, most of a receiver's output.
+_PLAIN = re.compile(r"\$[A-OQ-Z][A-Z]([A-Z]{3}),[\x20-\x23\x25-\x7e]*")
 _CHECKSUM_TAIL = re.compile(r"\*[0-9A-Fa-f]{2}")
 _HHMMSS = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]+))?")
 _DDMMYY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})")
@@ -332,6 +336,10 @@ class NmeaParser:
     # -- framing -------------------------------------------------------------------
 
     def _parse(self, line: str, mono_ns: int) -> Fix | None:
+        plain = _PLAIN.fullmatch(line)
+        if plain is not None and plain[1] not in TIME_KINDS:
+            self.ignored[plain[1]] += 1
+            return None
         s = line.strip()
         start = s.rfind("$")
         if start < 0:
