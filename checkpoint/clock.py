@@ -285,9 +285,44 @@ def _small_sample_factor(dof: int) -> float:
 
 
 def _median(values: list[float]) -> float:
-    s = sorted(values)
+    return _middle(sorted(values))
+
+
+def _middle(s: list[float]) -> float:
+    """The median of an already sorted list."""
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _median_distance(s: list[float], med: float) -> float:
+    """`_median([abs(r - med) for r in s])` for a sorted `s`, without sorting again.
+
+    Left of `med` the distances med − r grow leftwards, right of it r − med grow
+    rightwards: two sorted sequences, whose k-th smallest value a bisection finds.
+    (abs(r − med) is med − r to the last bit: rounding is symmetric.) Not for NaN or
+    infinities, where sorting means nothing: those take the sort.
+    """
+    n = len(s)
+    if not math.isfinite(sum(s)):
+        return _median([abs(r - med) for r in s])
+    p = bisect_left(s, med)  # s[:p] < med <= s[p:]
+    nb = n - p
+
+    def kth(k: int) -> float:
+        # i distances from the left side, k + 1 − i from the right, make the k + 1 smallest.
+        lo, hi = max(0, k + 1 - nb), min(k + 1, p)
+        while lo < hi:
+            i = (lo + hi) // 2
+            if med - s[p - 1 - i] < s[p + k - i] - med:
+                lo = i + 1
+            else:
+                hi = i
+        j = k + 1 - lo
+        left = med - s[p - lo] if lo else -math.inf
+        right = s[p + j - 1] - med if j else -math.inf
+        return max(left, right)
+
+    return kth(n // 2) if n % 2 else 0.5 * (kth(n // 2 - 1) + kth(n // 2))
 
 
 class _Fit:
@@ -422,10 +457,11 @@ def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tup
     return a, b, 0.0, cov, n, 1
 
 
-def _runs_ok(resid: list[float], inl: list[bool], z_crit: float) -> bool:
-    """Wald–Wolfowitz runs test on residual signs: too few runs = systematic misfit."""
-    # Signs of the inliers' nonzero residuals (True: positive); a run starts at each change.
-    signs = [r > 0 for r, ok in zip(resid, inl, strict=True) if ok and r != 0.0]
+def _runs_ok(kept: list[float], z_crit: float) -> bool:
+    """Wald–Wolfowitz runs test on the signs of the inliers' residuals (in sample order):
+    too few runs = systematic misfit."""
+    # Signs of the nonzero residuals (True: positive); a run starts at each change.
+    signs = [r > 0 for r in kept if r != 0.0]
     n = len(signs)
     n1 = signs.count(True)
     n2 = n - n1
@@ -474,7 +510,7 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
 def _fit_window(
     mono: list[int], cont: list[int], phase: list[int], s: int, e: int, p: ClockParams
 ) -> _Fit:
-    """Fit samples [s, e) of a segment (`phase` is each sample's cont − mono)."""
+    """Fit samples [s, e) of a segment (`phase`: each sample's cont − mono, less a constant)."""
     ri = (s + e - 1) // 2
     ref_m, ref_c = mono[ri], cont[ri]
     ms = mono[s:e]
@@ -503,13 +539,15 @@ def _fit_window(
         a, b, c = sol[0], sol[1], sol[2]
         resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
         kept = list(compress(resid, inl))
-        med = _median(kept) if kept else 0.0
-        dev = [abs(r - med) for r in resid]  # every sample's; the inliers' give σ
-        sig = 1.4826 * _median(list(compress(dev, inl))) if kept else 0.0
+        med = sig = 0.0
+        if kept:
+            ordered = sorted(kept)
+            med = _middle(ordered)
+            sig = 1.4826 * _median_distance(ordered, med)
         thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
-        new = [d <= thr for d in dev]
+        new = [abs(r - med) <= thr for r in resid]
         if new == inl:
-            converged = sol, resid
+            converged = sol, resid, kept
             break
         inl = new
         if sum(inl) < 3:
@@ -519,10 +557,11 @@ def _fit_window(
         sol = _solve(order, us, ys, inl)
         a, b, c = sol[0], sol[1], sol[2]
         resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+        kept = list(compress(resid, inl))
     else:
-        sol, resid = converged
+        sol, resid, kept = converged
     a, b, c, cov, m, order_used = sol
-    ss = sum([r * r for r in compress(resid, inl)])
+    ss = sum([r * r for r in kept])
     dof = max(m - max(order_used, 0) - 1, 1)
     if order_used == 2:
         # Keep the drift term only where the data show it: an insignificant one
@@ -531,7 +570,8 @@ def _fit_window(
         if t < p.drift_t:
             a, b, c, cov, m, order_used = _solve(1, us, ys, inl)
             resid = [y - (a + u * b) for u, y in zip(us, ys, strict=True)]
-            ss = sum([r * r for r in compress(resid, inl)])
+            kept = list(compress(resid, inl))
+            ss = sum([r * r for r in kept])
             dof = max(m - 2, 1)
 
     f = _Fit()
@@ -540,7 +580,7 @@ def _fit_window(
     f.a, f.b, f.c, f.cov = a, b, c, cov
     f.sigma = max(math.sqrt(ss / dof), 1.0)
     f.n, f.n_out, f.order = m, n - m, order_used
-    f.runs_ok = _runs_ok(resid, inl, p.runs_z)
+    f.runs_ok = _runs_ok(kept, p.runs_z)
     f.first, f.last = mono[s], mono[e - 1]
     f.resid, f.inl, f.start = resid, inl, s
     f.local = {}
@@ -571,13 +611,16 @@ class _Segment:
         "checked",
         "tail",
         "phase",
+        "phase0",
     )
 
     def __init__(self, bridge_ns: int) -> None:
         self.mono: list[int] = []
         self.cont: list[int] = []
-        # cont − mono of each sample: what a fit fits (small numbers once referenced).
+        # cont − mono of each sample, less that of the first (so small integers, fast to
+        # subtract): what a fit fits, relative to its reference sample.
         self.phase: list[int] = []
+        self.phase0: int | None = None
         self.shift = 0
         self.relabels: list[tuple[int, int, int, int]] = []
         # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
@@ -599,7 +642,9 @@ class _Segment:
             self.starts.append(len(self.mono))
         self.mono.append(mono)
         self.cont.append(cont)
-        self.phase.append(cont - mono)
+        if self.phase0 is None:
+            self.phase0 = cont - mono
+        self.phase.append(cont - mono - self.phase0)
 
     def run_of(self, i: int, nk: int) -> tuple[int, int]:
         """Index range [s, e) of the run holding sample i, cut at nk."""
