@@ -318,8 +318,9 @@ def _median_distance(s: list[float], med: float) -> float:
             else:
                 hi = i
         j = k + 1 - lo
-        left = med - s[p - lo] if lo else -math.inf
-        right = s[p + j - 1] - med if j else -math.inf
+        # abs: a zero difference keeps abs's sign (+0.0), as the sorted distances do.
+        left = abs(med - s[p - lo]) if lo else -math.inf
+        right = abs(s[p + j - 1] - med) if j else -math.inf
         return max(left, right)
 
     return kth(n // 2) if n % 2 else 0.5 * (kth(n // 2 - 1) + kth(n // 2))
