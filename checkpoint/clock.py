@@ -736,7 +736,11 @@ class ClockModel:
         cont = lab + seg.shift
         self._reuse = True
         try:
-            pred, tol, fit = self._predict_new(seg, m)
+            # Within gross_ns it is the same segment whatever the bound: compute that
+            # only for a sample further off (tol is never below gross_ns).
+            pred, tol, fit = self._predict_new(seg, m, bound=False)
+            if not abs(cont - pred) <= tol:
+                pred, tol, fit = self._predict_new(seg, m)
         finally:
             self._reuse = False
         if abs(cont - pred) <= tol:
@@ -1048,15 +1052,18 @@ class ClockModel:
             u += p.misfit_sigmas * f * fit.sigma
         return u
 
-    def _predict_new(self, seg: _Segment, m: int) -> tuple[int, float, _Fit | None]:
+    def _predict_new(
+        self, seg: _Segment, m: int, bound: bool = True
+    ) -> tuple[int, float, _Fit | None]:
         """Where the segment expects a new sample at m, and how far off is still 'same'.
 
         The fit is returned only when the sample extends a locked run (for the
-        outlier count and the holdover self-test).
+        outlier count and the holdover self-test). With `bound` False the tolerance
+        may come back as its floor, gross_ns (see `_seg_estimate`).
         """
         p = self.params
         d = m - seg.mono[-1]
-        est = self._seg_estimate(seg, m, len(seg.mono), m)
+        est = self._seg_estimate(seg, m, len(seg.mono), m, bound)
         if est is None:
             return seg.cont[-1] + d, p.gross_ns + d * p.max_freq_ppm * 1e-6, None
         cont, unc, near, fit = est
@@ -1298,9 +1305,10 @@ class ClockModel:
                 lo, hi = min(lat), max(lat)
             else:
                 lo, hi = min(span[0], latency), max(span[1], latency)
-            self._lat_span[kind] = (lo, hi)
-            margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
-            self._lat_range[kind] = (round(lo - margin), round(hi + margin))
+            if span != (lo, hi):  # else the learnt range stands as it is
+                self._lat_span[kind] = (lo, hi)
+                margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
+                self._lat_range[kind] = (round(lo - margin), round(hi + margin))
         return True
 
     def _early_doubt_ns(self, m: int, now: int) -> int:
