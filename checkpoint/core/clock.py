@@ -125,6 +125,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import compress
+from operator import ne
 
 from checkpoint.core.nmea import Fix
 from checkpoint.core.pairing import Sample
@@ -283,9 +285,45 @@ def _small_sample_factor(dof: int) -> float:
 
 
 def _median(values: list[float]) -> float:
-    s = sorted(values)
+    return _middle(sorted(values))
+
+
+def _middle(s: list[float]) -> float:
+    """The median of an already sorted list."""
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _median_distance(s: list[float], med: float) -> float:
+    """`_median([abs(r - med) for r in s])` for a sorted `s`, without sorting again.
+
+    Left of `med` the distances med − r grow leftwards, right of it r − med grow
+    rightwards: two sorted sequences, whose k-th smallest value a bisection finds.
+    (abs(r − med) is med − r to the last bit: rounding is symmetric.) Not for NaN or
+    infinities, where sorting means nothing: those take the sort.
+    """
+    n = len(s)
+    if not math.isfinite(sum(s)):
+        return _median([abs(r - med) for r in s])
+    p = bisect_left(s, med)  # s[:p] < med <= s[p:]
+    nb = n - p
+
+    def kth(k: int) -> float:
+        # i distances from the left side, k + 1 − i from the right, make the k + 1 smallest.
+        lo, hi = max(0, k + 1 - nb), min(k + 1, p)
+        while lo < hi:
+            i = (lo + hi) // 2
+            if med - s[p - 1 - i] < s[p + k - i] - med:
+                lo = i + 1
+            else:
+                hi = i
+        j = k + 1 - lo
+        # abs: a zero difference keeps abs's sign (+0.0), as the sorted distances do.
+        left = abs(med - s[p - lo]) if lo else -math.inf
+        right = abs(s[p + j - 1] - med) if j else -math.inf
+        return max(left, right)
+
+    return kth(n // 2) if n % 2 else 0.5 * (kth(n // 2 - 1) + kth(n // 2))
 
 
 class _Fit:
@@ -315,7 +353,14 @@ class _Fit:
         "inl",
         "start",
         "local",
+        "factor",
     )
+
+    def value(self, mono: int) -> int:
+        """`predict` without the σ: the fit's continuous-scale time at mono."""
+        dm = mono - self.ref_mono
+        u = (dm / 1e9 - self.xc) / self.xs
+        return self.ref_cont + dm + round(self.a + u * (self.b + u * self.c))
 
     def predict(self, mono: int) -> tuple[int, float]:
         dm = mono - self.ref_mono
@@ -363,21 +408,29 @@ class _Fit:
 
 def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tuple:
     """Least squares of ys on (1, u[, u²]) over inliers: (a, b, c, cov, n)."""
-    s0 = s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
-    n = 0
-    for u, y, ok in zip(us, ys, inl, strict=True):
-        if ok:
+    if len(us) != len(inl):
+        raise ValueError("us and inl must have the same length")
+    # One plain loop per order: the sums are added term by term, left to right (not
+    # `sum()`, which compensates since Python 3.12), and this is the hot loop of a refit.
+    s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
+    if order == 2:
+        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
             u2 = u * u
-            s0 += 1.0
             s1 += u
             s2 += u2
             t0 += y
             t1 += u * y
-            if order == 2:
-                s3 += u2 * u
-                s4 += u2 * u2
-                t2 += u2 * y
-            n += 1
+            s3 += u2 * u
+            s4 += u2 * u2
+            t2 += u2 * y
+    else:
+        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
+            s1 += u
+            s2 += u * u
+            t0 += y
+            t1 += u * y
+    n = inl.count(True)
+    s0 = float(n)
     if order == 2:
         # Symmetric 3×3 inverse by cofactors; u ∈ [−1, 1] keeps it well conditioned.
         m00, m01, m02, m11, m12, m22 = s0, s1, s2, s2, s3, s4
@@ -405,22 +458,15 @@ def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tup
     return a, b, 0.0, cov, n, 1
 
 
-def _runs_ok(resid: list[float], inl: list[bool], z_crit: float) -> bool:
-    """Wald–Wolfowitz runs test on residual signs: too few runs = systematic misfit."""
-    runs = n1 = n2 = 0
-    prev = 0
-    for r, ok in zip(resid, inl, strict=True):
-        if not ok or r == 0.0:
-            continue
-        sign = 1 if r > 0 else -1
-        if sign > 0:
-            n1 += 1
-        else:
-            n2 += 1
-        if sign != prev:
-            runs += 1
-            prev = sign
-    n = n1 + n2
+def _runs_ok(kept: list[float], z_crit: float) -> bool:
+    """Wald–Wolfowitz runs test on the signs of the inliers' residuals (in sample order):
+    too few runs = systematic misfit."""
+    # Signs of the nonzero residuals (True: positive); a run starts at each change.
+    signs = [r > 0 for r in kept if r != 0.0]
+    n = len(signs)
+    n1 = signs.count(True)
+    n2 = n - n1
+    runs = 1 + sum(map(ne, signs, signs[1:])) if signs else 0
     if n < 20 or n1 == 0 or n2 == 0:
         return n < 20
     mu = 2.0 * n1 * n2 / n + 1.0
@@ -439,7 +485,8 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
     """
     n = len(us)
     h = max(n // 2, 1)
-    slopes = [(ys[i + h] - ys[i]) / (us[i + h] - us[i]) for i in range(n - h) if us[i + h] > us[i]]
+    pairs = zip(us, ys, us[h:], ys[h:], strict=False)  # i and i + h
+    slopes = [(y1 - y0) / (u1 - u0) for u0, y0, u1, y1 in pairs if u1 > u0]
     b = _median(slopes) if slopes else 0.0
     a = _median([y - b * u for u, y in zip(us, ys, strict=True)])
     if order < 2 or n < 9:
@@ -461,15 +508,20 @@ def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, 
     return a + a1, b + b1, c
 
 
-def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams) -> _Fit:
+def _fit_window(
+    mono: list[int], cont: list[int], phase: list[int], s: int, e: int, p: ClockParams
+) -> _Fit:
+    """Fit samples [s, e) of a segment (`phase`: each sample's cont − mono, less a constant)."""
     ri = (s + e - 1) // 2
     ref_m, ref_c = mono[ri], cont[ri]
-    xs = [(mono[i] - ref_m) / 1e9 for i in range(s, e)]
-    ys = [float((cont[i] - ref_c) - (mono[i] - ref_m)) for i in range(s, e)]
-    x0, x1 = xs[0], xs[-1]
+    ms = mono[s:e]
+    # (cont − ref_c) − (mono − ref_m), in integers: the phase relative to the reference.
+    ref_p = phase[ri]
+    ys = [float(x - ref_p) for x in phase[s:e]]
+    x0, x1 = (ms[0] - ref_m) / 1e9, (ms[-1] - ref_m) / 1e9
     xc = 0.5 * (x0 + x1)
     half = max(0.5 * (x1 - x0), 1e-3)
-    us = [(x - xc) / half for x in xs]
+    us = [((m - ref_m) / 1e9 - xc) / half for m in ms]
     n = len(us)
     order = 2 if n >= p.quadratic_min_samples else 1
 
@@ -477,27 +529,40 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
     # so a burst of late pulses cannot drag the first residuals.
     a0, b0, c0 = _robust_start(us, ys, order)
     resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
-    sig = 1.4826 * _median([abs(r) for r in resid])
+    dev = list(map(abs, resid))
+    sig = 1.4826 * _median(dev)
     thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
-    inl = [abs(r) <= thr for r in resid]
+    inl = [d <= thr for d in dev]
 
+    converged = None  # the solution for the final inliers, when the loop found it
     for _ in range(6):
-        a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
+        sol = _solve(order, us, ys, inl)
+        a, b, c = sol[0], sol[1], sol[2]
         resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = [r for r, ok in zip(resid, inl, strict=True) if ok]
-        med = _median(kept) if kept else 0.0
-        sig = 1.4826 * _median([abs(r - med) for r in kept]) if kept else 0.0
+        kept = list(compress(resid, inl))
+        med = sig = 0.0
+        if kept:
+            ordered = sorted(kept)
+            med = _middle(ordered)
+            sig = 1.4826 * _median_distance(ordered, med)
         thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
         new = [abs(r - med) <= thr for r in resid]
         if new == inl:
+            converged = sol, resid, kept
             break
         inl = new
         if sum(inl) < 3:
             inl = [True] * n
             break
-    a, b, c, cov, m, order_used = _solve(order, us, ys, inl)
-    resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-    ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+    if converged is None:
+        sol = _solve(order, us, ys, inl)
+        a, b, c = sol[0], sol[1], sol[2]
+        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+        kept = list(compress(resid, inl))
+    else:
+        sol, resid, kept = converged
+    a, b, c, cov, m, order_used = sol
+    ss = sum([r * r for r in kept])
     dof = max(m - max(order_used, 0) - 1, 1)
     if order_used == 2:
         # Keep the drift term only where the data show it: an insignificant one
@@ -506,7 +571,8 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
         if t < p.drift_t:
             a, b, c, cov, m, order_used = _solve(1, us, ys, inl)
             resid = [y - (a + u * b) for u, y in zip(us, ys, strict=True)]
-            ss = sum(r * r for r, ok in zip(resid, inl, strict=True) if ok)
+            kept = list(compress(resid, inl))
+            ss = sum([r * r for r in kept])
             dof = max(m - 2, 1)
 
     f = _Fit()
@@ -515,10 +581,12 @@ def _fit_window(mono: list[int], cont: list[int], s: int, e: int, p: ClockParams
     f.a, f.b, f.c, f.cov = a, b, c, cov
     f.sigma = max(math.sqrt(ss / dof), 1.0)
     f.n, f.n_out, f.order = m, n - m, order_used
-    f.runs_ok = _runs_ok(resid, inl, p.runs_z)
+    f.runs_ok = _runs_ok(kept, p.runs_z)
     f.first, f.last = mono[s], mono[e - 1]
     f.resid, f.inl, f.start = resid, inl, s
     f.local = {}
+    # σ is estimated from the fit's own residuals; a short fit may draw it low.
+    f.factor = _small_sample_factor(f.n - f.order - 1)
     return f
 
 
@@ -543,11 +611,17 @@ class _Segment:
         "entry_ns",
         "checked",
         "tail",
+        "phase",
+        "phase0",
     )
 
     def __init__(self, bridge_ns: int) -> None:
         self.mono: list[int] = []
         self.cont: list[int] = []
+        # cont − mono of each sample, less that of the first (so small integers, fast to
+        # subtract): what a fit fits, relative to its reference sample.
+        self.phase: list[int] = []
+        self.phase0: int | None = None
         self.shift = 0
         self.relabels: list[tuple[int, int, int, int]] = []
         # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
@@ -569,6 +643,9 @@ class _Segment:
             self.starts.append(len(self.mono))
         self.mono.append(mono)
         self.cont.append(cont)
+        if self.phase0 is None:
+            self.phase0 = cont - mono
+        self.phase.append(cont - mono - self.phase0)
 
     def run_of(self, i: int, nk: int) -> tuple[int, int]:
         """Index range [s, e) of the run holding sample i, cut at nk."""
@@ -595,6 +672,7 @@ class _Segment:
         if k > 0:
             del self.mono[:k]
             del self.cont[:k]
+            del self.phase[:k]
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
             self.checked = ((0, 0), 0, 0)  # its indices moved
@@ -658,7 +736,11 @@ class ClockModel:
         cont = lab + seg.shift
         self._reuse = True
         try:
-            pred, tol, fit = self._predict_new(seg, m)
+            # Within gross_ns it is the same segment whatever the bound: compute that
+            # only for a sample further off (tol is never below gross_ns).
+            pred, tol, fit = self._predict_new(seg, m, bound=False)
+            if not abs(cont - pred) <= tol:
+                pred, tol, fit = self._predict_new(seg, m)
         finally:
             self._reuse = False
         if abs(cont - pred) <= tol:
@@ -737,11 +819,10 @@ class ClockModel:
             m, now = int(mono_ns), int(now_mono_ns)
             best: _Est | None = None
             doubt = self._doubt_ns(m, now)
-            for est in (
-                self._pps_estimate(m, now),
-                self._nmea_estimate(m, now),
-                self._sys_estimate(m, now),
-            ):
+            for source in (self._pps_estimate, self._nmea_estimate, self._sys_estimate):
+                if best is not None and not self._may_beat(source, best.unc_ns, doubt):
+                    continue
+                est = source(m, now)
                 if est is None:
                     continue
                 if doubt and est.clock is not ClockState.UNSYNCED:
@@ -762,6 +843,24 @@ class ClockModel:
         except Exception:  # a passage must get a stamp even if the model is broken
             self.counters["stamp_error"] += 1
             return Stamp(0, UNKNOWN_UNCERTAINTY_NS, ClockState.UNSYNCED)
+
+    def _may_beat(self, source: object, best_ns: int, doubt: int) -> bool:
+        """Could `source` give a smaller bound than `best_ns` (after PPS)? False only if sure.
+
+        Once locked, PPS bounds are µs and NMEA's at least a millisecond: `state`, asked
+        every second, then needs no NMEA or system-clock candidate at all. Each floor is
+        what that source's bound cannot go below (a bound only grows with distance and
+        doubts); a lower-ranked source never wins a tie.
+        """
+        p = self.params
+        if source == self._sys_estimate:
+            return p.sysclock_uncertainty_ns < best_ns
+        if source != self._nmea_estimate or p.max_freq_ppm < 0 or p.learnt_freq_margin_ppm < 0:
+            return True
+        half = (p.nmea_latency_max_ns - p.nmea_latency_min_ns) / 2
+        for lo, hi in self._lat_range.values():
+            half = min(half, (hi - lo) / 2)
+        return _sat_add(_ceil_ns(half + p.nmea_floor_ns), doubt) < best_ns
 
     def status(self, now_mono_ns: int) -> dict:
         """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
@@ -915,7 +1014,7 @@ class ClockModel:
             key = (s, s + length)
             fit = seg.fits.get(key)
             if fit is None:
-                fit = _fit_window(seg.mono, seg.cont, s, s + length, self.params)
+                fit = _fit_window(seg.mono, seg.cont, seg.phase, s, s + length, self.params)
                 if len(seg.fits) > 64:  # the window moves one sample a second
                     for old in list(seg.fits)[:32]:
                         del seg.fits[old]
@@ -947,22 +1046,24 @@ class ClockModel:
 
     def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
-        # σ is estimated from the fit's own residuals; a short fit may draw it low.
-        f = _small_sample_factor(fit.n - fit.order - 1)
+        f = fit.factor
         u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
         if not ok:
             u += p.misfit_sigmas * f * fit.sigma
         return u
 
-    def _predict_new(self, seg: _Segment, m: int) -> tuple[int, float, _Fit | None]:
+    def _predict_new(
+        self, seg: _Segment, m: int, bound: bool = True
+    ) -> tuple[int, float, _Fit | None]:
         """Where the segment expects a new sample at m, and how far off is still 'same'.
 
         The fit is returned only when the sample extends a locked run (for the
-        outlier count and the holdover self-test).
+        outlier count and the holdover self-test). With `bound` False the tolerance
+        may come back as its floor, gross_ns (see `_seg_estimate`).
         """
         p = self.params
         d = m - seg.mono[-1]
-        est = self._seg_estimate(seg, m, len(seg.mono), m)
+        est = self._seg_estimate(seg, m, len(seg.mono), m, bound)
         if est is None:
             return seg.cont[-1] + d, p.gross_ns + d * p.max_freq_ppm * 1e-6, None
         cont, unc, near, fit = est
@@ -982,10 +1083,20 @@ class ClockModel:
         snaps = self._snapshots
         while snaps and m - snaps[0].last > p.self_test_max_ns:
             snaps.popleft()
+        # The snapshot's own statistical term only widens what it is allowed to miss by,
+        # so a miss within the rest of the allowance is no excess: that needs no σ.
+        skip, t_min, acc = p.k_sigma >= 0, p.self_test_min_ns, p.pps_accuracy_ns
         for snap in snaps:
             d = m - snap.last
-            if d < p.self_test_min_ns:
+            if d < t_min:
                 break
+            if skip:
+                # snap.value(m), inline: this loop runs for ~18 snapshots every pulse.
+                dm = m - snap.ref_mono
+                u = (dm / 1e9 - snap.xc) / snap.xs
+                v = snap.ref_cont + dm + round(snap.a + u * (snap.b + u * snap.c))
+                if abs(cont - v) <= 3 * snap.sigma + acc:
+                    continue
             spred, ssd = snap.predict(m)
             excess = abs(cont - spred) - (p.k_sigma * ssd + 3 * snap.sigma + p.pps_accuracy_ns)
             if excess > 0:
@@ -1051,13 +1162,15 @@ class ClockModel:
         self.counters["leap"] += 1
 
     def _seg_estimate(
-        self, seg: _Segment, m: int, nk: int, now: int
+        self, seg: _Segment, m: int, nk: int, now: int, bound: bool = True
     ) -> tuple[int, float, float, _Fit | None] | None:
         """(continuous-scale estimate, bound, distance to nearest used sample s, fit).
 
         A tick inside a run is interpolated by that run's fit. A tick in a gap between
         runs gets each neighbouring run's extrapolation; each interval is a bound, so
-        their intersection is one too (the fit is None then).
+        their intersection is one too (the fit is None then). With `bound` False the
+        caller needs no bound: from a single run it comes back as 0.0 (the estimate does
+        not depend on it; between two runs it does, and is computed).
         """
         p = self.params
         mono = seg.mono
@@ -1080,8 +1193,7 @@ class ClockModel:
                     runs.append((rs, re))
                 break
             i = re
-        wander = self._wander(now)
-        found: list[tuple[int, float, float, _Fit]] = []
+        reach: list[tuple[int, int, float, float]] = []  # runs within holdover reach
         for rs, re in runs:
             if rs < j < re:  # inside: samples on both sides
                 d_b, d_a = (m - mono[j - 1]) / 1e9, (mono[j] - m) / 1e9
@@ -1089,8 +1201,15 @@ class ClockModel:
             else:
                 near = abs(m - (mono[re - 1] if j >= re else mono[rs])) / 1e9
                 spread = near * near
-            if near * 1e9 > p.holdover_max_ns:
-                continue
+            if near * 1e9 <= p.holdover_max_ns:
+                reach.append((rs, re, near, spread))
+        if not bound and len(reach) == 1:
+            rs, re, near, _ = reach[0]
+            fit, _ok = self._fit_for(seg, m, rs, re)
+            return fit.value(m), 0.0, near, fit
+        wander = self._wander(now)
+        found: list[tuple[int, float, float, _Fit]] = []
+        for rs, re, near, spread in reach:
             fit, ok = self._fit_for(seg, m, rs, re)
             if m > fit.last:  # the wander since the last sample the fit saw
                 spread = max(spread, ((m - fit.last) / 1e9) ** 2)
@@ -1109,8 +1228,12 @@ class ClockModel:
         mid = (lo + hi) / 2
         return round(mid), (hi - lo) / 2 + 1, min(n1, n2), None
 
-    def _pps_estimate(self, m: int, now: int) -> _Est | None:
-        """The segment owning m (the latest one starting at or before it) stamps it."""
+    def _pps_estimate(self, m: int, now: int, bound: bool = True) -> _Est | None:
+        """The segment owning m (the latest one starting at or before it) stamps it.
+
+        With `bound` False (the sentence cross-check) the time and state are the same,
+        the bound is not computed (0 unless between two runs).
+        """
         p = self.params
         segs = self._segs
         k = len(segs) - 1
@@ -1122,11 +1245,14 @@ class ClockModel:
         nk = bisect_right(seg.mono, now)
         if nk < p.min_lock_samples:
             return None
-        est = self._seg_estimate(seg, m, nk, now)
+        est = self._seg_estimate(seg, m, nk, now, bound)
         if est is None:
             return None
         cont, unc, near, _fit = est
         shift, amb = seg.shift_at(cont, now)
+        clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
+        if not bound:
+            return _Est(cont - shift, 0, clock)
         if m > seg.mono[nk - 1]:
             if k + 1 < len(segs) and segs[k + 1].mono[0] <= now:
                 amb += segs[k + 1].entry_ns  # between two segments split by a step
@@ -1134,9 +1260,7 @@ class ClockModel:
                 # Samples after this tick miss the fit grossly: outlier or step, not
                 # yet known; until then the tick could be on either side.
                 amb = _sat_add(amb, max(d for mm, _, d in self._pending if mm <= now))
-        unc_ns = _sat_add(_ceil_ns(unc), amb)
-        clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
-        return _Est(cont - shift, unc_ns, clock)
+        return _Est(cont - shift, _sat_add(_ceil_ns(unc), amb), clock)
 
     # ------------------------------------------------------------ NMEA model
 
@@ -1145,7 +1269,7 @@ class ClockModel:
         p = self.params
         self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
         try:
-            est = self._pps_estimate(m, m)
+            est = self._pps_estimate(m, m, bound=False)
         finally:
             self._reuse = False
         if est is None or est.clock is not ClockState.LOCKED:
@@ -1170,7 +1294,9 @@ class ClockModel:
         self._last_agree_mono = m
         if self._doubts and self._doubts[-1][1] is None:
             self._doubts[-1][1] = m
-        lat = self._lat.setdefault(kind, deque(maxlen=p.nmea_learn_window))
+        lat = self._lat.get(kind)
+        if lat is None:
+            lat = self._lat[kind] = deque(maxlen=p.nmea_learn_window)
         old = lat[0] if len(lat) == lat.maxlen else None
         lat.append(latency)
         if len(lat) >= p.nmea_learn_min:
@@ -1179,9 +1305,10 @@ class ClockModel:
                 lo, hi = min(lat), max(lat)
             else:
                 lo, hi = min(span[0], latency), max(span[1], latency)
-            self._lat_span[kind] = (lo, hi)
-            margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
-            self._lat_range[kind] = (round(lo - margin), round(hi + margin))
+            if span != (lo, hi):  # else the learnt range stands as it is
+                self._lat_span[kind] = (lo, hi)
+                margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
+                self._lat_range[kind] = (round(lo - margin), round(hi + margin))
         return True
 
     def _early_doubt_ns(self, m: int, now: int) -> int:
@@ -1209,20 +1336,19 @@ class ClockModel:
             rate = p.max_freq_ppm * 1e-6
         else:
             rate = (abs(self._freq_ppm) + p.learnt_freq_margin_ppm) * 1e-6
-        best: _Est | None = None
+        best: int | None = None
+        best_unc = 0
+        prior = (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
         for j in range(max(0, i - 4), min(known, i + 4)):
             d = m - self._fix_mono[j]
             if abs(d) > p.nmea_timeout_ns:
                 continue
-            lo, hi = self._lat_range.get(
-                self._fix_kind[j], (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
-            )
-            unc = (hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns
-            # The sentence left the receiver `latency` after the second it names began.
-            est = _Est(self._fix_utc[j] + d + (lo + hi) // 2, _ceil_ns(unc), ClockState.NMEA)
-            if best is None or est.unc_ns < best.unc_ns:
-                best = est
-        return best
+            lo, hi = self._lat_range.get(self._fix_kind[j], prior)
+            unc = _ceil_ns((hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns)
+            if best is None or unc < best_unc:
+                # The sentence left the receiver `latency` after the second it names began.
+                best, best_unc = self._fix_utc[j] + d + (lo + hi) // 2, unc
+        return None if best is None else _Est(best, best_unc, ClockState.NMEA)
 
     def _sys_estimate(self, m: int, now: int) -> _Est | None:
         known = bisect_right(self._sys_mono, now)

@@ -9,19 +9,19 @@ with known-truth data, and the part that touches hardware is thin:
 * `SerialReader` (thread): opens the port (any pyserial URL or device path), stamps each
   chunk with CLOCK_MONOTONIC right after `read()` returns, hands lines to a callback.
 
-This is the only module that imports `serial` (pyserial) and `pynmea2`.
+This is the only module that imports `serial` (pyserial). NMEA sentences are parsed by
+hand: a box reads about a dozen lines a second for ever, and a replay millions.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from typing import Any
-
-import pynmea2
 
 from checkpoint.errors import NmeaError
 
@@ -166,14 +166,22 @@ _GGA_GOOD_QUALITY = frozenset({1, 2, 3, 4, 5})
 
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _DAY_S = 86_400
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
-_TALKER_HEAD = re.compile(r"\$([A-Z]{2})([A-Z]{3}),")
-_PROPRIETARY_HEAD = re.compile(r"\$(P[A-Z0-9]*)")
+# A proprietary sentence ("$P" and its id), else a talker and a sentence type.
+_HEAD = re.compile(r"\$(?:(P[A-Z0-9]*)|([A-Z]{2})([A-Z]{3}),)")
+# The usual line, in one match: a talker sentence (not "$P"), printable ASCII, no other
+# '$'. For these `_parse`'s first steps cannot fail or resync; used for the sentences
+# we ignore, most of a receiver's output.
+_PLAIN = re.compile(r"\$[A-OQ-Z][A-Z]([A-Z]{3}),[\x20-\x23\x25-\x7e]*")
 _CHECKSUM_TAIL = re.compile(r"\*[0-9A-Fa-f]{2}")
 _HHMMSS = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]+))?")
 _DDMMYY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})")
 _ONE_OR_TWO_DIGITS = re.compile(r"[0-9]{1,2}")
 _FOUR_DIGITS = re.compile(r"[0-9]{4}")
+# Where each field used is, counted from the first after the sentence id; a field past
+# the end of a short sentence reads as empty.
+_RMC_TIME, _RMC_STATUS, _RMC_DATE, _RMC_MODE = 0, 1, 8, 11
+_GGA_TIME, _GGA_QUALITY = 0, 5
+_ZDA_TIME, _ZDA_DAY, _ZDA_MONTH, _ZDA_YEAR = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +194,12 @@ class _TimeOfDay:
         return self.second == _DAY_S
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike `_TimeOfDay` (remembered and shared by `_time_of_day`): a frozen
+# dataclass pays an object.__setattr__ per field, and these two are made for every time
+# sentence. They are replaced, never changed.
+
+
+@dataclass(slots=True)
 class _Dated:
     """The last RMC/ZDA that gave a date, for GGA to borrow."""
 
@@ -196,7 +209,7 @@ class _Dated:
     rollover_fixed: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Status:
     """The last RMC/GGA fix status, for ZDA (which has none) to borrow."""
 
@@ -226,9 +239,10 @@ class NmeaParser:
 
     Decisions, documented because they shape what the clock sees:
 
-    * Times are parsed from the text by hand (pynmea2's `timestamp` goes through
-      float and silently returns the raw string on errors, e.g. for second 60);
-      pynmea2 does framing, checksum and sentence-type dispatch.
+    * Sentences are parsed by hand, fields as text (pynmea2's `timestamp` goes through
+      float and silently returns the raw string on errors, e.g. for second 60). Only
+      RMC, ZDA and GGA have their checksum computed; every other line costs a look at
+      its header.
     * Leap second: ``23:59:60`` gives ``leap=True`` and `utc_s` = POSIX(23:59:59) + 1,
       the same number as the next 00:00:00, since POSIX has no value for :60.
     * Week rollover (u-blox's rule): a date before `not_before` (default 2019-04-07,
@@ -289,6 +303,10 @@ class NmeaParser:
     def feed(self, line: str, mono_ns: int) -> Fix | None:
         """Parse one line that arrived at `mono_ns`; a `Fix`, or None (reason counted)."""
         self.last_mono_ns = mono_ns
+        plain = _PLAIN.fullmatch(line)
+        if plain is not None and plain[1] not in TIME_KINDS:
+            self.ignored[plain[1]] += 1  # a sentence we do not use, settled in one match
+            return None
         try:
             fix = self._parse(line, mono_ns)
         except NmeaError as e:
@@ -322,38 +340,38 @@ class NmeaParser:
         if start > 0:
             self.resynced += 1
             s = s[start:]
-        if _NOT_PRINTABLE.search(s):
+        # ASCII and printable: nothing outside 0x20-0x7e.
+        if not (s.isascii() and s.isprintable()):
             raise NmeaError("garbage", "non-printable bytes")
-        proprietary = _PROPRIETARY_HEAD.match(s)
-        if proprietary:
-            # Truncated so garbage after "$P" cannot grow the counter without bound.
-            self.ignored[proprietary.group(1)[:5]] += 1
-            return None
-        head = _TALKER_HEAD.match(s)
+        head = _HEAD.match(s)
         if head is None:
             raise NmeaError("garbage", "not a sentence header")
-        talker, kind = head.group(1), head.group(2)
+        proprietary, talker, kind = head.groups()
+        if proprietary is not None:
+            # Truncated so garbage after "$P" cannot grow the counter without bound.
+            self.ignored[proprietary[:5]] += 1
+            return None
         if kind not in TIME_KINDS:
             self.ignored[kind] += 1
             return None
-        self._check_frame(s, kind)
-        try:
-            msg = pynmea2.parse(s, check=True)
-        except pynmea2.ChecksumError as e:
-            raise NmeaError("checksum", str(e)) from None
-        except pynmea2.ParseError as e:
-            raise NmeaError("parse", str(e)) from None
-        if len(msg.data) < _MIN_FIELDS[kind]:
-            raise NmeaError("truncated", f"{kind} has {len(msg.data)} fields")
+        star = self._check_frame(s, kind)
+        # "$TTKKK," then the fields up to the '*'; the checksum covers what lies
+        # between '$' and '*'.
+        data = s[7:star].split(",")
+        want, got = int(s[star + 1 :], 16), _checksum(s[1:star])
+        if want != got:
+            raise NmeaError("checksum", f"checksum does not match: {want:02X} != {got:02X}")
+        if len(data) < _MIN_FIELDS[kind]:
+            raise NmeaError("truncated", f"{kind} has {len(data)} fields")
         if kind == "RMC":
-            return self._rmc(msg, talker, mono_ns)
+            return self._rmc(data, talker, mono_ns)
         if kind == "ZDA":
-            return self._zda(msg, talker, mono_ns)
-        return self._gga(msg, talker, mono_ns)
+            return self._zda(data, talker, mono_ns)
+        return self._gga(data, talker, mono_ns)
 
     @staticmethod
-    def _check_frame(s: str, kind: str) -> None:
-        """Tell a missing checksum from a cut-off or spliced one (pynmea2 cannot)."""
+    def _check_frame(s: str, kind: str) -> int:
+        """Where the '*' is; tells a missing checksum from a cut-off or spliced one."""
         stars = s.count("*")
         if stars == 0:
             if s.count(",") < _MIN_FIELDS[kind]:
@@ -361,35 +379,34 @@ class NmeaParser:
             raise NmeaError("no_checksum")
         if stars > 1:
             raise NmeaError("checksum", "several '*': spliced sentences")
-        tail = s[s.index("*") :]
+        star = s.index("*")
+        tail = s[star:]
         if len(tail) < 3:
             raise NmeaError("truncated", "cut off in checksum")
         if len(tail) > 3 or not _CHECKSUM_TAIL.fullmatch(tail):
             raise NmeaError("garbage", f"bad checksum field {tail!r}")
+        return star
 
     # -- sentences -----------------------------------------------------------------
 
-    def _rmc(self, msg: pynmea2.RMC, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw_date = _raw(msg, "datestamp")
+    def _rmc(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_RMC_TIME])
+        raw_date = data[_RMC_DATE]
         if not raw_date:
             raise NmeaError("no_date", "RMC date empty")
-        m = _DDMMYY.fullmatch(raw_date)
-        if m is None:
-            raise NmeaError("parse", f"RMC date {raw_date!r}")
-        day, month, yy = (int(g) for g in m.groups())
-        year = 2000 + yy if yy < 80 else 1900 + yy
-        date, fixed = self._calendar(year, month, day, tod)
-        mode = _raw(msg, "mode_indicator")  # absent before NMEA 2.3
-        valid = _raw(msg, "status") == "A" and (not mode or mode in _RMC_GOOD_MODES)
+        date, fixed = _rmc_date(raw_date, self.not_before, self.not_after)
+        if tod.leap:
+            _check_leap(date)
+        mode = _field(data, _RMC_MODE)  # absent before NMEA 2.3
+        valid = data[_RMC_STATUS] == "A" and (not mode or mode in _RMC_GOOD_MODES)
         utc_s = _posix(date, tod)
         self._status = _Status(tod.second, mono_ns, valid)
         self._dated = _Dated(utc_s, mono_ns, valid, fixed)
         return Fix(mono_ns, utc_s, tod.frac_ns, valid, "RMC", True, tod.leap, fixed, talker)
 
-    def _zda(self, msg: pynmea2.ZDA, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw = [_raw(msg, name) for name in ("day", "month", "year")]
+    def _zda(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_ZDA_TIME])
+        raw = [data[_ZDA_DAY], data[_ZDA_MONTH], data[_ZDA_YEAR]]
         if not all(raw):
             raise NmeaError("no_date", "ZDA date empty")
         day_s, month_s, year_s = raw
@@ -411,9 +428,9 @@ class NmeaParser:
         self._dated = _Dated(utc_s, mono_ns, valid, fixed)
         return Fix(mono_ns, utc_s, tod.frac_ns, valid, "ZDA", True, tod.leap, fixed, talker)
 
-    def _gga(self, msg: pynmea2.GGA, talker: str, mono_ns: int) -> Fix:
-        tod = _time_of_day(_raw(msg, "timestamp"))
-        raw_quality = _raw(msg, "gps_qual")
+    def _gga(self, data: list[str], talker: str, mono_ns: int) -> Fix:
+        tod = _time_of_day(data[_GGA_TIME])
+        raw_quality = data[_GGA_QUALITY]
         if raw_quality and not raw_quality.isdigit():
             raise NmeaError("parse", f"GGA quality {raw_quality!r}")
         quality_ok = bool(raw_quality) and int(raw_quality) in _GGA_GOOD_QUALITY
@@ -442,29 +459,69 @@ class NmeaParser:
         self, year: int, month: int, day: int, tod: _TimeOfDay
     ) -> tuple[datetime.date, bool]:
         """Validate a receiver's date, applying the week-rollover rule."""
-        try:
-            date = datetime.date(year, month, day)
-        except ValueError:
-            raise NmeaError("absurd_date", f"{year:04d}-{month:02d}-{day:02d}") from None
-        if date < GPS_EPOCH:
-            raise NmeaError("absurd_date", f"{date} is before the GPS epoch")
-        fixed = False
-        while date < self.not_before:  # ends: the GPS epoch check bounds the rounds
-            date += datetime.timedelta(days=ROLLOVER_DAYS)
-            fixed = True
-        if date > self.not_after:
-            raise NmeaError("absurd_date", f"{date} is after {self.not_after}")
+        date, fixed = _believed_date(year, month, day, self.not_before, self.not_after)
         if tod.leap:
             _check_leap(date)
         return date, fixed
 
 
-def _raw(msg: pynmea2.NMEASentence, name: str) -> str:
-    """A field's text (pynmea2 attributes convert, and fall back to text on errors)."""
-    i = msg.name_to_idx[name]
-    return msg.data[i] if i < len(msg.data) else ""
+# A receiver names the same date all day and the same time in each second's RMC and
+# GGA: the pure conversions below remember their last few answers (errors are raised
+# again each time, never remembered).
 
 
+@functools.lru_cache(maxsize=8)
+def _rmc_date(text: str, not_before: datetime.date, not_after: datetime.date) -> tuple:
+    """An RMC date field (ddmmyy) → (date, rollover_fixed); raises NmeaError."""
+    m = _DDMMYY.fullmatch(text)
+    if m is None:
+        raise NmeaError("parse", f"RMC date {text!r}")
+    day, month, yy = (int(g) for g in m.groups())
+    year = 2000 + yy if yy < 80 else 1900 + yy
+    return _believed_date(year, month, day, not_before, not_after)
+
+
+@functools.lru_cache(maxsize=8)
+def _believed_date(
+    year: int, month: int, day: int, not_before: datetime.date, not_after: datetime.date
+) -> tuple[datetime.date, bool]:
+    """A receiver's calendar date after the week-rollover rule, and whether it applied."""
+    try:
+        date = datetime.date(year, month, day)
+    except ValueError:
+        raise NmeaError("absurd_date", f"{year:04d}-{month:02d}-{day:02d}") from None
+    if date < GPS_EPOCH:
+        raise NmeaError("absurd_date", f"{date} is before the GPS epoch")
+    fixed = False
+    while date < not_before:  # ends: the GPS epoch check bounds the rounds
+        date += datetime.timedelta(days=ROLLOVER_DAYS)
+        fixed = True
+    if date > not_after:
+        raise NmeaError("absurd_date", f"{date} is after {not_after}")
+    return date, fixed
+
+
+def _field(data: list[str], i: int) -> str:
+    """Field i's text; empty when the sentence ends before it (an older NMEA version)."""
+    return data[i] if i < len(data) else ""
+
+
+def _checksum(body: str) -> int:
+    """XOR of the bytes between '$' and '*' (the caller checked they are ASCII).
+
+    The bytes as one integer, folded in halves down to one byte: the XOR of all of
+    them, in a few big-integer operations instead of a Python step per byte.
+    """
+    data = body.encode("ascii")
+    x = int.from_bytes(data, "little")
+    bits = 8 << max(len(data) - 1, 0).bit_length()  # a power-of-two number of bytes
+    while bits > 8:
+        bits >>= 1
+        x = (x >> bits) ^ (x & ((1 << bits) - 1))
+    return x
+
+
+@functools.lru_cache(maxsize=8)
 def _time_of_day(text: str) -> _TimeOfDay:
     if not text:
         raise NmeaError("no_time", "time field empty")

@@ -130,10 +130,10 @@ class Pipeline:
     def feed(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
         """Feed one capture-format record; unknown types are counted and skipped."""
         kind = rec.get("type")
+        if kind == "nmea":  # a dozen a second, the most common record
+            return self.nmea(rec["mono_ns"], rec["line"])
         if kind == "pps":
             return self.pps(rec["mono_ns"])
-        if kind == "nmea":
-            return self.nmea(rec["mono_ns"], rec["line"])
         if kind == "edge":
             return self.edge(rec["input"], rec["mono_ns"], rec["active"], rec.get("fault", False))
         if kind == "sysclock":
