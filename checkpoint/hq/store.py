@@ -45,13 +45,12 @@ from typing import Any
 
 import sqlite_utils
 
+from checkpoint.contracts import MAX_CAR, MAX_REASON, is_int
 from checkpoint.errors import CommandError, StoreError
 from checkpoint.hq import integrity
 
 MIGRATIONS = sqlite_utils.Migrations("checkpoint-hq")
 MAX_REJECT_PAYLOAD = 65_536
-MAX_CAR = 16
-MAX_REASON = 200
 
 # Fields of an export row, in order: the event's own names, then the corrections.
 EXPORT_FIELDS = (
@@ -407,8 +406,8 @@ class HQStore:
                 seq,
                 str(event.get("type")),
                 checkpoint if isinstance(checkpoint, str) else None,
-                utc_ns if _is_int(utc_ns) else None,
-                ref_seq if _is_int(ref_seq) else None,
+                utc_ns if is_int(utc_ns) else None,
+                ref_seq if is_int(ref_seq) else None,
                 quarantine,
                 topic,
                 received_at,
@@ -501,7 +500,7 @@ class HQStore:
             ),
         )
         unc = status.get("uncertainty_ns")
-        if status.get("state") == "ready" and _is_int(unc):
+        if status.get("state") == "ready" and is_int(unc):
             clock = status.get("clock")
             self.db.execute(
                 "INSERT INTO status_history (box, at, clock, uncertainty_ns) VALUES (?,?,?,?)",
@@ -965,12 +964,8 @@ def check_car(car: object) -> str:
     return text
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _int_or_none(v: object) -> int | None:
-    return v if _is_int(v) else None  # type: ignore[return-value]
+    return v if is_int(v) else None  # type: ignore[return-value]
 
 
 def ns_to_iso(utc_ns: int | None) -> str:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import Rejected, is_int, parse_event
 from checkpoint.core import chain
 from checkpoint.errors import CheckpointError
 from checkpoint.hq import integrity
@@ -236,9 +237,7 @@ def _hq_anchors(
 def _columns(conn: sqlite3.Connection) -> list[chain.Break]:
     """Columns of HQ's events that change results must say what the sealed payload
     says: the indexed copies (`type`, `checkpoint`, `utc_ns`, `ref_seq`, key) and
-    `quarantine`, which HQ derives from the payload alone (checkpoint.hq.collector.parse_event)."""
-    from checkpoint.hq.collector import Rejected, parse_event
-
+    `quarantine`, which HQ derives from the payload alone (checkpoint.contracts.parse_event)."""
     found: list[chain.Break] = []
     for row in conn.execute(
         "SELECT box, store, seq, type, checkpoint, utc_ns, ref_seq, quarantine, payload"
@@ -257,8 +256,8 @@ def _columns(conn: sqlite3.Connection) -> list[chain.Break]:
             "seq": ev.get("seq"),
             "type": str(ev.get("type")),
             "checkpoint": ev["checkpoint"] if isinstance(ev.get("checkpoint"), str) else None,
-            "utc_ns": ev["utc_ns"] if _is_int(ev.get("utc_ns")) else None,
-            "ref_seq": ev["ref_seq"] if _is_int(ev.get("ref_seq")) else None,
+            "utc_ns": ev["utc_ns"] if is_int(ev.get("utc_ns")) else None,
+            "ref_seq": ev["ref_seq"] if is_int(ev.get("ref_seq")) else None,
             "quarantine": p.quarantine,
         }
         have = dict(
@@ -287,8 +286,6 @@ def _conflict_columns(conn: sqlite3.Connection) -> list[chain.Break]:
     """A kept other version must say what its payload says: its key, its version id and
     its `quarantine` (a quarantined version disputes nothing, so flipping it would
     quietly end a dispute)."""
-    from checkpoint.hq.collector import Rejected, parse_event
-
     if not integrity.is_integrity_db(conn):
         return []
     found = []
@@ -378,10 +375,6 @@ def _disputes(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[ch
         if chosen is not None and (box, store, seq) in index:
             events[index[(box, store, seq)]] = json.loads(chosen["payload"])
     return found
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _verify_hq(conn: sqlite3.Connection, p: Path, keys: Path | None) -> Result:
