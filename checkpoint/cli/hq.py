@@ -25,7 +25,8 @@ from typing import Any
 from checkpoint.cli.common import _positive_float, _positive_int, _write_out
 from checkpoint.errors import CheckpointError, CommandError, ConfigError, LinkError
 from checkpoint.hq import results as resultsmod
-from checkpoint.hq.store import EXPORT_FIELDS, HQStore
+from checkpoint.hq.passages import EXPORT_FIELDS
+from checkpoint.hq.store import HQStore
 
 log = logging.getLogger("checkpoint.hq.collector")
 

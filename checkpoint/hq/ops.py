@@ -28,9 +28,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from checkpoint.contracts import MAX_REASON
 from checkpoint.errors import CommandError
+from checkpoint.hq.audit import check_car
 from checkpoint.hq.localtime import NS, local_dt, local_time
-from checkpoint.hq.store import MAX_REASON, HQStore, check_car
+from checkpoint.hq.store import HQStore
 
 _TOD = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?$")
 
