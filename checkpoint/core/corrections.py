@@ -75,19 +75,25 @@ def winners(corrections: Iterable[Correction]) -> dict[Hashable, Winners]:
 
 
 def apply(passage: Mapping[str, Any], won: Winners) -> dict[str, Any]:
-    """A copy of `passage` with the winning corrections applied.
+    """A copy of `passage` with the corrections in `won` applied, slot by slot.
 
-    Always sets `car` (None without an assignment; an uncorrected passage keeps its own),
-    `void` and `void_reason`; a winning restamp replaces the stamp fields it carries.
+    A slot not in `won` keeps what the passage has, so a feed may apply corrections one
+    at a time in rank order (the marshal page's rolling list) and get the same row as
+    one fold. `car`, `void` and `void_reason` are always present in the result (None,
+    False, None for an uncorrected passage); a restamp replaces the stamp fields it
+    carries.
     """
     row = dict(passage)
     row.setdefault("car", None)
+    row.setdefault("void", False)
+    row.setdefault("void_reason", None)
     car = won.get("car")
     if car is not None:
         row["car"] = car.fields.get("car")
     v = won.get("void")
-    row["void"] = v is not None and v.action == "void"
-    row["void_reason"] = v.fields.get("reason") if row["void"] and v is not None else None
+    if v is not None:
+        row["void"] = v.action == "void"
+        row["void_reason"] = v.fields.get("reason") if row["void"] else None
     stamp = won.get("stamp")
     if stamp is not None:
         row.update({f: stamp.fields[f] for f in STAMP_FIELDS if f in stamp.fields})
