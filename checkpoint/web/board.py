@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -117,13 +116,6 @@ class BoardServer(Site):
         app.router.add_post("/api/correct", self._post_correct)
         add_office_routes(app, self.db, self._in_worker)
         return app
-
-    async def _on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.hub.close()
 
     async def _in_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)

@@ -21,7 +21,6 @@ Routes (all but the login and static files need the session cookie):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -112,13 +111,6 @@ class MarshalServer(Site):
         app.router.add_post("/api/correct", self._post_correct)
         self._task = asyncio.get_running_loop().create_task(self._watch())
         return app
-
-    async def _on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.hub.close()
 
     # -- watching the daemon ------------------------------------------------------------
 

@@ -558,6 +558,18 @@ class Site:
     """Lifecycle shared by the marshal page and the HQ board: one `ServerThread`."""
 
     _thread: ServerThread
+    hub: SseHub
+    #: The site's background task on the server's loop (the board's poller, the marshal
+    #: page's watcher), cancelled by `_on_stop`.
+    _task: asyncio.Task[None] | None = None
+
+    async def _on_stop(self) -> None:
+        """On the loop, before it stops: end the background task, close every stream."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.hub.close()
 
     @property
     def port(self) -> int:
