@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from checkpoint.cli.common import positive_int, run, seconds
 from checkpoint.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/checkpoint/box.toml"
@@ -177,26 +178,6 @@ def _set_config_baudrate(path: str, baudrate: int, exists: bool) -> None:
     print(f"{path}: gps.baudrate = {baudrate} (restart the checkpoint service)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 s, got {value}")
-    return value
-
-
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"box config ({DEFAULT_CONFIG})")
 
@@ -215,7 +196,7 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--walk-test",
         nargs="?",
-        type=_seconds,
+        type=seconds,
         const=60.0,
         default=None,
         metavar="S",
@@ -225,13 +206,13 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("assign", help=cmd_assign.__doc__)
-    r.add_argument("seq", type=_positive_int, help="the passage's seq (checkpoint passages)")
+    r.add_argument("seq", type=positive_int, help="the passage's seq (checkpoint passages)")
     r.add_argument("car", help="car number, 1-16 characters")
     _config_arg(r)
     r.set_defaults(func=cmd_assign)
 
     r = sub.add_parser("void", help=cmd_void.__doc__)
-    r.add_argument("seq", type=_positive_int, help="the passage's seq (checkpoint passages)")
+    r.add_argument("seq", type=positive_int, help="the passage's seq (checkpoint passages)")
     r.add_argument("--reason", required=True, help="why, 1-200 characters (e.g. 'photographer')")
     _config_arg(r)
     r.set_defaults(func=cmd_void)
@@ -240,10 +221,10 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     gsub = g.add_subparsers(dest="gps_command", required=True, metavar="SUBCOMMAND")
     r = gsub.add_parser("configure", help=cmd_gps_configure.__doc__)
     r.add_argument("--port", help="serial port or pyserial URL (default: the config's gps.port)")
-    r.add_argument("--baudrate", type=_positive_int, help="default: the config's gps.baudrate")
+    r.add_argument("--baudrate", type=positive_int, help="default: the config's gps.baudrate")
     r.add_argument(
         "--baud",
-        type=_positive_int,
+        type=positive_int,
         metavar="RATE",
         help="keep every NMEA sentence and move the receiver to RATE baud instead "
         "(writes gps.baudrate to the config)",
@@ -256,19 +237,10 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the field commands on their own: `python -m checkpoint.cli.field doctor ...`."""
-    from checkpoint.errors import CheckpointError
-
     parser = argparse.ArgumentParser(prog="checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_field_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except CheckpointError as e:
-        print(f"checkpoint: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

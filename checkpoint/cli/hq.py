@@ -19,14 +19,21 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from checkpoint.cli.common import _positive_float, _positive_int, _write_out
-from checkpoint.errors import CheckpointError, CommandError, ConfigError, LinkError
+from checkpoint.cli.common import load_stages, positive_float, positive_int, run, write_out
+from checkpoint.cli.conflict import add_conflict_command
+from checkpoint.cli.hq_ops import add_ops_commands
+from checkpoint.cli.office import add_office_commands, cmd_classify, export_rows
+from checkpoint.cli.serve import add_serve_command
+from checkpoint.errors import CommandError, LinkError
+from checkpoint.hq import ops as hq_ops
 from checkpoint.hq import results as resultsmod
+from checkpoint.hq import results_sheets, status_text
+from checkpoint.hq.localtime import local_date, local_time
 from checkpoint.hq.passages import EXPORT_FIELDS
 from checkpoint.hq.store import HQStore
+from checkpoint.support import check_private, read_secret, setup_logging
 
 log = logging.getLogger("checkpoint.hq.collector")
 
@@ -48,22 +55,6 @@ def _usage_errors(fn: _Handler) -> _Handler:
     return wrapper
 
 
-def _secret(path: str | None) -> str | None:
-    # The box's CLI already refuses password files others can read; share it.
-    from checkpoint.support import read_secret
-
-    return read_secret(path, "--password-file")
-
-
-def _setup_logging(verbose: bool) -> None:
-    try:
-        from checkpoint.support import setup_logging
-    except ImportError:  # pragma: no cover - cli.py is always there in a full build
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    else:
-        setup_logging(verbose)
-
-
 # -- commands -----------------------------------------------------------------------
 
 
@@ -72,20 +63,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the HQ collector until SIGTERM/SIGINT: store, ack and repair box events."""
     from checkpoint.hq.collector import Collector
 
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.password_file and not args.user:
         raise CommandError("--password-file needs --user")
     if args.key and not args.cert:
         raise CommandError("--key needs --cert")
-    from checkpoint.support import check_private
-
     check_private(args.key or args.cert, "--key" if args.key else "--cert (holds the private key)")
     collector = Collector(
         args.broker,
         args.db,
         prefix=args.prefix,
         username=args.user,
-        password=_secret(args.password_file),
+        password=read_secret(args.password_file, "--password-file"),
         ca_file=args.ca,
         cert_file=args.cert,
         key_file=args.key,
@@ -105,9 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def render_status(store: HQStore, *, colour: bool = False, now: float | None = None) -> str:
     """The status table `hq status` prints and `hq watch` refreshes."""
-    from checkpoint.hq.status_text import render
-
-    return render(store, colour=colour, now=now)
+    return status_text.render(store, colour=colour, now=now)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -115,9 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = HQStore(args.db, create=False)
     try:
         if args.json:
-            from checkpoint.hq.status_text import status_json
-
-            doc = status_json(store)
+            doc = status_text.status_json(store)
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             sys.stdout.write(render_status(store, colour=sys.stdout.isatty()))
@@ -169,8 +154,6 @@ def export_text(rows: list[dict[str, Any]], fmt: str) -> str:
     """Export rows as CSV (booleans true/false, None empty) or JSON Lines."""
     if fmt == "jsonl":
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
-    from checkpoint.hq.localtime import local_date, local_time
-
     buf = io.StringIO()
     # Extension columns after the contract's: the local date and time of day a
     # spreadsheet shows as a time (utc_ns has 19 digits, a spreadsheet keeps 15).
@@ -199,12 +182,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if args.checkpoint is None or r["checkpoint"] == args.checkpoint
             )
         else:
-            from checkpoint.cli.office import export_rows
-
             text = export_text(export_rows(store, args.checkpoint), args.format)
     finally:
         store.close()
-    _write_out(text, args.out)
+    write_out(text, args.out)
     return 0
 
 
@@ -214,20 +195,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.stages is None:
         if args.format in ("wide", "long"):
             raise CommandError(f"--format {args.format} needs --stages STAGES.toml")
-        from checkpoint.cli.office import cmd_classify
-
         return cmd_classify(args)
     if args.format == "html":
         raise CommandError("--format html needs the event file, not --stages")
-    path = Path(args.stages)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"stages file {path}: cannot read: {err.strerror}") from None
-    stages = resultsmod.parse_stages(text, str(path))
-    from checkpoint.hq import ops as hq_ops
-    from checkpoint.hq import results_sheets
-
+    path = args.stages
+    stages = load_stages(path)
     store = HQStore(args.db, create=False)
     try:
         rows = store.passages()
@@ -253,7 +225,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         "wide": results_sheets.render_wide,
         "long": results_sheets.render_long,
     }[args.format]
-    _write_out(render(res), args.out)
+    write_out(render(res), args.out)
     return 0
 
 
@@ -298,7 +270,7 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--client-id", help="MQTT client id (default: derived from --db path)")
     r.add_argument(
         "--gap-wait",
-        type=_positive_float,
+        type=positive_float,
         default=3.0,
         metavar="S",
         help="seconds a gap stays open before HQ asks the box to resend (default: 3)",
@@ -313,8 +285,8 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("watch", help=cmd_watch.__doc__)
     _db(r)
-    r.add_argument("--interval", type=_positive_float, default=1.0, help=argparse.SUPPRESS)
-    r.add_argument("--count", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    r.add_argument("--interval", type=positive_float, default=1.0, help=argparse.SUPPRESS)
+    r.add_argument("--count", type=positive_int, default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_watch)
 
     r = sub.add_parser("export", help=cmd_export.__doc__)
@@ -341,7 +313,7 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
         "with --stages also wide (spreadsheet: a row per car, a column per trial) and long "
         "(a row per car and trial, local times)",
     )
-    r.add_argument("--top", type=_positive_int, metavar="N", help="table: only the first N")
+    r.add_argument("--top", type=positive_int, metavar="N", help="table: only the first N")
     r.add_argument("--live", action="store_true", help="no DNF for cars not yet finished")
     r.add_argument(
         "--allow-unseen",
@@ -351,27 +323,19 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     r.set_defaults(func=_usage_errors(cmd_results))
 
-    from checkpoint.cli.office import add_office_commands
-
     add_office_commands(sub, _db, _usage_errors)
 
     # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
-    from checkpoint.cli.hq_ops import add_ops_commands
-
     add_ops_commands(sub, _db)
 
     r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
     _db(r)
-    r.add_argument("--limit", type=_positive_int, default=50)
+    r.add_argument("--limit", type=positive_int, default=50)
     r.set_defaults(func=cmd_rejects)
-
-    from checkpoint.cli.conflict import add_conflict_command
 
     add_conflict_command(sub)
 
     # The live board (checkpoint/web); aiohttp is only imported when it runs.
-    from checkpoint.cli.serve import add_serve_command
-
     add_serve_command(sub)
 
 
@@ -387,16 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="checkpoint", description="checkpoint HQ commands")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_hq_commands(sub)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except CheckpointError as err:
-        print(f"checkpoint: error: {err}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
+    return run(p, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checkpoint.cli.common import positive_int
 from checkpoint.errors import CommandError, ConfigError
 from checkpoint.hq import ops as hq_ops
 from checkpoint.hq.store import HQStore
@@ -221,13 +222,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def add_ops_commands(sub: argparse._SubParsersAction, db: Any) -> None:
     """Register the correction, bulk, to-do and audit commands under `hq`."""
-    from checkpoint.cli.common import _positive_int
-
     for name, fn in (("assign", cmd_assign), ("void", cmd_void), ("unvoid", cmd_unvoid)):
         r = sub.add_parser(name, help=fn.__doc__)
         db(r)
         r.add_argument("box", nargs="?", help="box id (or use --control)")
-        r.add_argument("seq", nargs="?", type=_positive_int, help="the passage's seq on that box")
+        r.add_argument("seq", nargs="?", type=positive_int, help="the passage's seq on that box")
         if name == "assign":
             r.add_argument("newcar", nargs="?", metavar="car", help="the car number to assign")
             r.add_argument("--was", metavar="CAR", help="choose the passage carrying this car")

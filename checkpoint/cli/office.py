@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checkpoint.cli.common import write_out
 from checkpoint.errors import CheckpointError, CommandError, ConfigError
 from checkpoint.hq import office, officestore, posting
 from checkpoint.hq.entries import STATUSES, parse_entries, render_entries
@@ -31,12 +32,6 @@ def _read(path: str, what: str) -> str:
 
 def _open(args: argparse.Namespace) -> HQStore:
     return HQStore(args.db, create=False)
-
-
-def _out(text: str, out: str | None) -> None:
-    from checkpoint.cli.common import _write_out
-
-    _write_out(text, out)
 
 
 def cmd_entries_import(args: argparse.Namespace) -> int:
@@ -62,9 +57,9 @@ def cmd_entries_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.format == "json":
-        _out(json.dumps([e.as_dict() for e in entries], indent=2) + "\n", None)
+        write_out(json.dumps([e.as_dict() for e in entries], indent=2) + "\n", None)
     elif args.format == "csv":
-        _out(render_entries(entries), None)
+        write_out(render_entries(entries), None)
     else:
         for e in entries:
             coef = f" coef {e.coefficient}" if e.coefficient is not None else ""
@@ -161,7 +156,7 @@ def _office(args: argparse.Namespace) -> office.Office:
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Passages HQ could not identify with confidence, with the likely car."""
     off = _office(args)
-    _out(posting.render_confirm(off.identification.to_confirm()), args.out)
+    write_out(posting.render_confirm(off.identification.to_confirm()), args.out)
     return 0
 
 
@@ -172,9 +167,9 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     if car is None:
         raise CommandError(f"car {args.car} is not on the entry list")
     if args.format == "json":
-        _out(json.dumps(posting.car_doc(car), indent=2) + "\n", args.out)
+        write_out(json.dumps(posting.car_doc(car), indent=2) + "\n", args.out)
     else:
-        _out(posting.render_sheet(car), args.out)
+        write_out(posting.render_sheet(car), args.out)
     return 0
 
 
@@ -194,7 +189,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """`hq results` without --stages: the full classification from the event and entries."""
     off = _office(args)
     issued = iso_now()[:19].replace("T", " ") + " UTC"
-    _out(render(off, args.format, issued, args.top), args.out)
+    write_out(render(off, args.format, issued, args.top), args.out)
     return 0
 
 

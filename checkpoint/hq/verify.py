@@ -270,15 +270,8 @@ def _columns(conn: sqlite3.Connection) -> list[chain.Break]:
         diff = [k for k in want if want[k] != have[k]]
         if diff:
             k = diff[0]
-            found.append(
-                chain.Break(
-                    box,
-                    store,
-                    seq,
-                    "edited",
-                    f"column {k} is {have[k]!r} but the sealed payload makes it {want[k]!r}",
-                )
-            )
+            why = f"column {k} is {have[k]!r} but the sealed payload makes it {want[k]!r}"
+            found.append(chain.Break(box, store, seq, "edited", why))
     return found
 
 
@@ -298,15 +291,8 @@ def _conflict_columns(conn: sqlite3.Connection) -> list[chain.Break]:
         except (Rejected, AttributeError):
             ok = False
         if not ok or integrity.version_id(payload) != vid:
-            found.append(
-                chain.Break(
-                    box,
-                    store,
-                    seq,
-                    "edited",
-                    "a kept conflicting version's columns do not match its payload",
-                )
-            )
+            why = "a kept conflicting version's columns do not match its payload"
+            found.append(chain.Break(box, store, seq, "edited", why))
     return found
 
 
