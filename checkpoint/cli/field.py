@@ -74,19 +74,10 @@ def cmd_void(args: argparse.Namespace) -> int:
 def cmd_gps_configure(args: argparse.Namespace) -> int:
     """Set a u-blox receiver up for timing: stationary, PPS only when locked, ZDA on, unused
     sentences off (or --baud to keep them at a rate that carries them), saved."""
-    from checkpoint.box import gps_serial
     from checkpoint.field import doctor, gpsconf
 
-    port, baud = args.port, args.baudrate
     have_config = Path(args.config).exists()
-    if port is None or baud is None:
-        cfg_port, cfg_baud = "/dev/gps0", 9600
-        if have_config:
-            from checkpoint import config as configmod
-
-            cfg = configmod.load(args.config)
-            cfg_port, cfg_baud = cfg.gps.port, cfg.gps.baudrate
-        port, baud = port or cfg_port, baud or cfg_baud
+    port, baud = _port_and_baud(args, have_config)
     new_baud = args.baud
     if new_baud is not None and new_baud not in gpsconf.BAUD_RATES:
         raise ConfigError(f"--baud must be one of {', '.join(map(str, gpsconf.BAUD_RATES))}")
@@ -109,6 +100,37 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
             "the checkpoint daemon is running and owns the GPS port: "
             "sudo systemctl stop checkpoint first (or --force)"
         )
+    results = _send(port, baud, settings, new_baud)
+    for r in results:
+        print(f"  {r.name:<9} {r.outcome}")
+    if all(r.ok or r.outcome == "sent" for r in results):
+        print(f"{port}: receiver configured for timing and settings saved")
+        if new_baud is not None:
+            _set_config_baudrate(args.config, new_baud, have_config)
+        return 0
+    _say_why(port, baud, new_baud, results)
+    return 1
+
+
+def _port_and_baud(args: argparse.Namespace, have_config: bool) -> tuple[str, int]:
+    """--port and --baudrate, else the config's, else /dev/gps0 at 9600."""
+    port, baud = args.port, args.baudrate
+    if port is None or baud is None:
+        cfg_port, cfg_baud = "/dev/gps0", 9600
+        if have_config:
+            from checkpoint import config as configmod
+
+            cfg = configmod.load(args.config)
+            cfg_port, cfg_baud = cfg.gps.port, cfg.gps.baudrate
+        port, baud = port or cfg_port, baud or cfg_baud
+    return port, baud
+
+
+def _send(port: str, baud: int, settings: list, new_baud: int | None) -> list:
+    """Send the settings (with --baud: the rate change, then the save at the new rate)."""
+    from checkpoint.box import gps_serial
+    from checkpoint.field import gpsconf
+
     handle = gps_serial.open_port(port, baud)
     try:
         if new_baud is None:
@@ -132,13 +154,11 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
             results += gpsconf.configure(handle, [gpsconf.save_setting()])
         finally:
             handle.close()
-    for r in results:
-        print(f"  {r.name:<9} {r.outcome}")
-    if all(r.ok or r.outcome == "sent" for r in results):
-        print(f"{port}: receiver configured for timing and settings saved")
-        if new_baud is not None:
-            _set_config_baudrate(args.config, new_baud, have_config)
-        return 0
+    return results
+
+
+def _say_why(port: str, baud: int, new_baud: int | None, results: list) -> None:
+    """What went wrong, in words a marshal can act on."""
     if (
         new_baud is not None
         and results[-1].outcome == "no answer"
@@ -158,7 +178,6 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{port}: the receiver refused some settings (see above)", file=sys.stderr)
-    return 1
 
 
 def _set_config_baudrate(path: str, baudrate: int, exists: bool) -> None:

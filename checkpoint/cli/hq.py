@@ -26,6 +26,7 @@ from checkpoint.cli.conflict import add_conflict_command
 from checkpoint.cli.hq_ops import add_ops_commands
 from checkpoint.cli.office import add_office_commands, cmd_classify, export_rows
 from checkpoint.cli.serve import add_serve_command
+from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import CommandError, LinkError
 from checkpoint.hq import ops as hq_ops
 from checkpoint.hq import results as resultsmod
@@ -257,11 +258,32 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `hq` and its subcommands on the main parser's subparsers."""
     hq = subparsers.add_parser("hq", help="timing HQ: collector, status, export, results")
     sub = hq.add_subparsers(dest="hq_command", required=True, metavar="SUBCOMMAND")
+    _add_collector_commands(sub)
+    _add_output_commands(sub)
+    add_office_commands(sub, _db, _usage_errors)
 
+    # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
+    add_ops_commands(sub, _db)
+
+    r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
+    _db(r)
+    r.add_argument("--limit", type=positive_int, default=50)
+    r.set_defaults(func=cmd_rejects)
+
+    add_conflict_command(sub)
+
+    # The live board (checkpoint/web); aiohttp is only imported when it runs.
+    add_serve_command(sub)
+
+
+def _add_collector_commands(sub: argparse._SubParsersAction) -> None:
+    """run, status, watch."""
     r = sub.add_parser("run", help=cmd_run.__doc__)
     r.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://")
     _db(r)
-    r.add_argument("--prefix", default="rally", help="topic prefix (default: rally)")
+    r.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default: {DEFAULT_PREFIX})"
+    )
     r.add_argument("--user", help="MQTT user name")
     r.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
     r.add_argument("--ca", metavar="CA", help="CA certificate file for mqtts://")
@@ -289,6 +311,9 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--count", type=positive_int, default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_watch)
 
+
+def _add_output_commands(sub: argparse._SubParsersAction) -> None:
+    """export and results."""
     r = sub.add_parser("export", help=cmd_export.__doc__)
     _db(r)
     r.add_argument(
@@ -322,21 +347,6 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     r.set_defaults(func=_usage_errors(cmd_results))
-
-    add_office_commands(sub, _db, _usage_errors)
-
-    # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
-    add_ops_commands(sub, _db)
-
-    r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
-    _db(r)
-    r.add_argument("--limit", type=positive_int, default=50)
-    r.set_defaults(func=cmd_rejects)
-
-    add_conflict_command(sub)
-
-    # The live board (checkpoint/web); aiohttp is only imported when it runs.
-    add_serve_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ from checkpoint.contracts import (
     split_topic,
 )
 from checkpoint.core import chain
+from checkpoint.core.corrections import STAMP_FIELDS
 from checkpoint.errors import StoreError
 from checkpoint.hq import integrity
 from checkpoint.hq.chainwatch import ChainChecks
@@ -218,7 +219,22 @@ class Ingest(ChainChecks):
         if p.quarantine:
             self.stats.quarantined += 1
             self._reject(topic, payload, p.quarantine, f"{p.detail} (kept for seq {seq})", box)
-        elif ev["type"] in ("assign", "void"):
+        else:
+            self._box_correction(box, store, seq, ev, at)
+        own = ev.get(chain.HASH)
+        if not p.quarantine and integrity.anchor_heads(self.store.db, box, store, seq) - {own}:
+            # The box published another chain head for this seq before it arrived.
+            self._check_anchor(box, store, {"seq": seq, "head": own}, at)
+        # Memory last: if anything above raised, the savepoint undid the rows
+        # and memory must not claim them.
+        if new_store:
+            self._new_store(box, store)
+        self.trackers.setdefault(key, SeqTracker()).add(seq)
+        self._dirty.add(key)
+
+    def _box_correction(self, box: str, store: str, seq: int, ev: dict[str, Any], at: str) -> None:
+        """A box's assign, void or restamp event, also written to the audit trail."""
+        if ev["type"] in ("assign", "void"):
             self.store.add_correction(
                 box=box,
                 store=store,
@@ -232,7 +248,7 @@ class Ingest(ChainChecks):
                 at=at,
             )
         elif ev["type"] == "restamp":
-            detail = {k: ev[k] for k in ("utc_ns", "utc", "clock", "uncertainty_ns")}
+            detail = {k: ev[k] for k in STAMP_FIELDS}
             self.store.add_correction(
                 box=box,
                 store=store,
@@ -244,16 +260,6 @@ class Ingest(ChainChecks):
                 detail=json.dumps(detail),
                 at=at,
             )
-        own = ev.get(chain.HASH)
-        if not p.quarantine and integrity.anchor_heads(self.store.db, box, store, seq) - {own}:
-            # The box published another chain head for this seq before it arrived.
-            self._check_anchor(box, store, {"seq": seq, "head": own}, at)
-        # Memory last: if anything above raised, the savepoint undid the rows
-        # and memory must not claim them.
-        if new_store:
-            self._new_store(box, store)
-        self.trackers.setdefault(key, SeqTracker()).add(seq)
-        self._dirty.add(key)
 
     def _new_store(self, box: str, store: str) -> None:
         self.stats.new_stores.append((box, store))
