@@ -168,6 +168,69 @@ def _margin(
     return alt - best
 
 
+def _cumulative_variance(event: Event) -> list[int]:
+    """Per control, the variance (ns²) of a car's time accumulated from the first control:
+    each leg its own sigma, else the trial's or the transfer's."""
+    idp, ctls = event.identify, event.controls
+    cum_var = [0] * len(ctls)
+    for k in range(1, len(ctls)):
+        s = ctls[k].sigma_ns
+        if s is None:
+            in_trial = event.trial_of_leg(ctls[k - 1].id, ctls[k].id) is not None
+            s = idp.sigma_ns if in_trial else idp.transfer_sigma_ns
+        cum_var[k] = cum_var[k - 1] + s * s
+    return cum_var
+
+
+Edges = dict[tuple[int, int], float]  # (passage, car) → cost (or z)
+
+
+def _edges(
+    times: list[int], preds: list[tuple[int, float]], width: int, gate: float, base: float
+) -> tuple[Edges, Edges]:
+    """Costs (and z-scores) of every (passage, car) pair inside the gate.
+
+    Passages and predictions sorted by time: only neighbours inside the gate are paired.
+    """
+    edges: Edges = {}
+    zs: Edges = {}
+    order = sorted(range(len(preds)), key=lambda j: preds[j][0])
+    ptimes = [preds[j][0] for j in order]
+    max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0) + width
+    for pi, t in enumerate(times):
+        lo = bisect.bisect_left(ptimes, t - max_reach)
+        hi = bisect.bisect_right(ptimes, t + max_reach)
+        for oj in order[lo:hi]:
+            pred, sig = preds[oj]
+            off = t - pred if t < pred else max(0, t - pred - width)
+            z = off / NS_PER_S / sig
+            if abs(z) <= gate:
+                edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
+                zs[(pi, oj)] = z
+    return edges, zs
+
+
+def _match(
+    n_passages: int, n_cars: int, edges: Edges, unmatched: float
+) -> tuple[dict[int, tuple[int, float]], dict[int, tuple[int, float]]]:
+    """(matched, nobody): passage → (car, margin) of the best assignment, and for a
+    passage left as nobody although some car was in its gate, how sure that is: forced
+    to be a car, which would it be, at what extra cost."""
+    matched: dict[int, tuple[int, float]] = {}
+    nobody: dict[int, tuple[int, float]] = {}
+    for ps, cs in _components(n_passages, n_cars, edges):
+        sub = {e: v for e, v in edges.items() if e[0] in ps}
+        pairs, best, _ = _solve_block(ps, cs, sub, unmatched)
+        for p, c in pairs.items():
+            matched[p] = (c, _margin(ps, cs, sub, unmatched, p, c, best))
+        for p in ps:
+            if p not in pairs:
+                forced, alt, _ = _solve_block(ps, cs, sub, unmatched, must=p)
+                if p in forced:
+                    nobody[p] = (forced[p], alt - best)
+    return matched, nobody
+
+
 def identify(
     event: Event,
     timed: Mapping[str, list[Timed]],
@@ -187,16 +250,7 @@ def identify(
     anchor: dict[str, tuple[int, int, int]] = {}  # car → (control index, utc_ns, var)
     gone: set[str] = set()
     ctls = event.controls
-    leg_var: list[int] = [0]
-    for k in range(1, len(ctls)):
-        s = ctls[k].sigma_ns
-        if s is None:
-            in_trial = event.trial_of_leg(ctls[k - 1].id, ctls[k].id) is not None
-            s = idp.sigma_ns if in_trial else idp.transfer_sigma_ns
-        leg_var.append(s * s)
-    cum_var = [0] * len(ctls)
-    for k in range(1, len(ctls)):
-        cum_var[k] = cum_var[k - 1] + leg_var[k]
+    cum_var = _cumulative_variance(event)
     start_var = idp.sigma_ns**2
     base = idp.sigma_ns / NS_PER_S
     unit = int(event.rules.time_unit_s * NS_PER_S)
@@ -231,37 +285,9 @@ def identify(
             ((c, p) for c, (p, _) in zip(cars, preds, strict=True)), key=lambda x: x[1]
         )
         free = [i for i, cl in enumerate(calls) if cl is None]
-        edges: dict[tuple[int, int], float] = {}
-        zs: dict[tuple[int, int], float] = {}
-        # Passages and predictions sorted by time: only neighbours inside the gate.
-        order = sorted(range(len(cars)), key=lambda j: preds[j][0])
-        ptimes = [preds[j][0] for j in order]
-        max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0) + width
-        for pi, i in enumerate(free):
-            t = passages[i].utc_ns
-            lo = bisect.bisect_left(ptimes, t - max_reach)
-            hi = bisect.bisect_right(ptimes, t + max_reach)
-            for oj in order[lo:hi]:
-                pred, sig = preds[oj]
-                off = t - pred if t < pred else max(0, t - pred - width)
-                z = off / NS_PER_S / sig
-                if abs(z) <= gate:
-                    edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
-                    zs[(pi, oj)] = z
-        matched: dict[int, tuple[int, float]] = {}
-        # A passage left as nobody although some car was in its gate: how sure is
-        # that? Forced to be a car, which would it be, at what extra cost?
-        nobody: dict[int, tuple[int, float]] = {}
-        for ps, cs in _components(len(free), len(cars), edges):
-            sub = {e: v for e, v in edges.items() if e[0] in ps}
-            pairs, best, _ = _solve_block(ps, cs, sub, unmatched)
-            for p, c in pairs.items():
-                matched[p] = (c, _margin(ps, cs, sub, unmatched, p, c, best))
-            for p in ps:
-                if p not in pairs:
-                    forced, alt, _ = _solve_block(ps, cs, sub, unmatched, must=p)
-                    if p in forced:
-                        nobody[p] = (forced[p], alt - best)
+        times = [passages[i].utc_ns for i in free]
+        edges, zs = _edges(times, preds, width, gate, base)
+        matched, nobody = _match(len(free), len(cars), edges, unmatched)
         seen_cars = set()
         for pi, i in enumerate(free):
             t = passages[i]
