@@ -231,6 +231,54 @@ def _match(
     return matched, nobody
 
 
+def _predict(
+    event: Event,
+    k: int,
+    start_ns: int,
+    anchor: tuple[int, int, int] | None,
+    cum_var: list[int],
+) -> tuple[int, float]:
+    """(predicted UTC ns, sigma in s) of a car at control `k`: from its schedule at a time
+    control, else from its last identified passage (`anchor`), else from its start."""
+    ctl, idp = event.controls[k], event.identify
+    due = ctl.due_ns or 0
+    if ctl.kind == "time":
+        pred, var = start_ns + due, (ctl.sigma_ns or idp.sigma_ns) ** 2
+    elif anchor is not None:
+        j, t0, var0 = anchor
+        pred = t0 + due - (event.controls[j].due_ns or 0)
+        var = var0 + cum_var[k] - cum_var[j]
+    else:
+        pred = start_ns + due
+        var = idp.sigma_ns**2 + cum_var[k]
+    return pred, math.sqrt(var) / NS_PER_S
+
+
+def _call(
+    t: Timed,
+    pi: int,
+    matched: dict[int, tuple[int, float]],
+    nobody: dict[int, tuple[int, float]],
+    cars: list[str],
+    preds: list[tuple[int, float]],
+    zs: Edges,
+    min_margin: float,
+) -> Call:
+    """What HQ says of free passage `pi`: the car (`auto`) when the match leads by at
+    least `min_margin`, `confirm` (with the likely car) when it does not, or `unknown`."""
+    if pi not in matched:
+        if pi in nobody and nobody[pi][1] < min_margin:
+            oj, margin = nobody[pi]
+            pred, z = preds[oj][0], round(zs[(pi, oj)], 3)
+            return Call(t, "confirm", None, cars[oj], pred, round(margin, 3), z)
+        return Call(t, "unknown", None)
+    oj, margin = matched[pi]
+    car, pred, z = cars[oj], preds[oj][0], round(zs[(pi, oj)], 3)
+    if margin >= min_margin:
+        return Call(t, "auto", car, car, pred, round(margin, 3), z)
+    return Call(t, "confirm", None, car, pred, round(margin, 3), z)
+
+
 def identify(
     event: Event,
     timed: Mapping[str, list[Timed]],
@@ -251,12 +299,10 @@ def identify(
     gone: set[str] = set()
     ctls = event.controls
     cum_var = _cumulative_variance(event)
-    start_var = idp.sigma_ns**2
     base = idp.sigma_ns / NS_PER_S
     unit = int(event.rules.time_unit_s * NS_PER_S)
 
     for k, ctl in enumerate(ctls):
-        due = ctl.due_ns or 0
         passages = timed.get(ctl.id, [])
         calls: list[Call | None] = [None] * len(passages)
         human_cars = set()
@@ -265,22 +311,10 @@ def identify(
                 calls[i] = Call(t, t.car_source or "marshal", t.car)
                 human_cars.add(t.car)
         cars = sorted(c for c in starts if c not in human_cars and c not in gone)
+        preds = [_predict(event, k, starts[c], anchor.get(c), cum_var) for c in cars]
         # A prediction is a window [lo, lo + width] (width 0 but at a time control,
         # where a car on time arrives anywhere in its own unit) and a sigma (s).
-        width = 0
-        preds: list[tuple[int, float]] = []
-        for c in cars:
-            if ctl.kind == "time":
-                pred, var = starts[c] + due, (ctl.sigma_ns or idp.sigma_ns) ** 2
-                width = unit
-            elif c in anchor:
-                j, t0, var0 = anchor[c]
-                pred = t0 + due - (ctls[j].due_ns or 0)
-                var = var0 + cum_var[k] - cum_var[j]
-            else:
-                pred = starts[c] + due
-                var = start_var + cum_var[k]
-            preds.append((pred, math.sqrt(var) / NS_PER_S))
+        width = unit if ctl.kind == "time" and cars else 0
         result.expected[ctl.id] = sorted(
             ((c, p) for c, (p, _) in zip(cars, preds, strict=True)), key=lambda x: x[1]
         )
@@ -290,24 +324,10 @@ def identify(
         matched, nobody = _match(len(free), len(cars), edges, unmatched)
         seen_cars = set()
         for pi, i in enumerate(free):
-            t = passages[i]
-            if pi not in matched:
-                if pi in nobody and nobody[pi][1] < idp.min_margin:
-                    oj, margin = nobody[pi]
-                    pred, z = preds[oj][0], round(zs[(pi, oj)], 3)
-                    calls[i] = Call(t, "confirm", None, cars[oj], pred, round(margin, 3), z)
-                else:
-                    calls[i] = Call(t, "unknown", None)
-                continue
-            oj, margin = matched[pi]
-            car = cars[oj]
-            pred = preds[oj][0]
-            z = round(zs[(pi, oj)], 3)
-            if margin >= idp.min_margin:
-                calls[i] = Call(t, "auto", car, car, pred, round(margin, 3), z)
-                seen_cars.add(car)
-            else:
-                calls[i] = Call(t, "confirm", None, car, pred, round(margin, 3), z)
+            call = _call(passages[i], pi, matched, nobody, cars, preds, zs, idp.min_margin)
+            calls[i] = call
+            if call.status == "auto":
+                seen_cars.add(call.car)
         done = [c for c in calls if c is not None]
         for cl in done:
             if cl.car is not None and (cl.car not in anchor or anchor[cl.car][0] < k):
