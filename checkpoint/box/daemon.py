@@ -46,6 +46,7 @@ from checkpoint.box.fieldkit import FieldKit
 from checkpoint.box.gps_serial import SerialReader
 from checkpoint.box.store import Store
 from checkpoint.config import Config
+from checkpoint.contracts import LOST, Topics, event_bytes, is_int, message_bytes
 from checkpoint.core import chain
 from checkpoint.core.outbox import Outbox
 from checkpoint.core.timing import Pipeline, params_for
@@ -108,15 +109,6 @@ def _late(tick: int) -> int:
     return time.monotonic_ns() - tick
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def payload_bytes(event: dict[str, Any]) -> bytes:
-    """The one serialisation of an event, as published and as stored."""
-    return json.dumps(event, separators=(",", ":")).encode()
-
-
 def _signing_key(path: str | None) -> Any:
     """The box's Ed25519 key for signing its chain head, or None when not configured."""
     if not path:
@@ -127,17 +119,6 @@ def _signing_key(path: str | None) -> Any:
         raise ConfigError(f"integrity.sign_key {path}: cannot read: {e.strerror}") from None
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"integrity.sign_key {path}: {e}") from None
-
-
-class Topics:
-    def __init__(self, prefix: str, box: str) -> None:
-        base = f"{prefix}/{box}"
-        self.event, self.status = f"{base}/event", f"{base}/status"
-        self.ack, self.cmd = f"{base}/ack", f"{base}/cmd"
-        # The box's own retained high-water mark: the highest seq it ever published.
-        self.hwm = f"{base}/hwm"
-        # HQ's corrections of this box's passages, for the marshal page (checkpoint.hqfix).
-        self.hqfix = f"{base}/hqfix"
 
 
 class BoxDaemon:
@@ -238,17 +219,12 @@ class BoxDaemon:
             cfg.mqtt.broker,
             f"checkpoint-{cfg.box}",
             lambda ev: self.q.put(("link", ev)),
-            will=(self.topics.status, b'{"state":"lost"}', True),
+            will=(self.topics.status, LOST, True),
             username=cfg.mqtt.username,
             password=password,
             ca_file=cfg.mqtt.ca_file,
             keepalive=cfg.mqtt.keepalive_s,
-            subscriptions=[
-                (self.topics.ack, 1),
-                (self.topics.cmd, 1),
-                (self.topics.hwm, 1),
-                (self.topics.hqfix, 1),
-            ],
+            subscriptions=self.topics.box_subscriptions(),
         )
         threads_before = set(threading.enumerate())
         self.edges = EdgeSource(
@@ -586,7 +562,7 @@ class BoxDaemon:
             # This turn's events are the newest, none published yet: seal them again.
             self.pipeline.reseal(events[changed:])
         for ev in events:
-            self._cache[ev["seq"]] = payload_bytes(ev)
+            self._cache[ev["seq"]] = event_bytes(ev)
             if ev["type"] == "passage":
                 log.info(
                     "passage seq %d %s %s (%s ±%d ns)",
@@ -675,7 +651,7 @@ class BoxDaemon:
                 if ev is None:
                     return None
                 body = self._placeholder_body(seq)
-                return payload_bytes(chain.seal(body, ev[chain.PREV]) if chain.PREV in ev else body)
+                return event_bytes(chain.seal(body, ev[chain.PREV]) if chain.PREV in ev else body)
         data = self._cache.get(seq)
         if data is not None:
             return data
@@ -712,7 +688,7 @@ class BoxDaemon:
             hwm = self.pipeline.next_seq - 1
             # The chain head lets a restarted box chain its next event to the real one.
             body = {"store": self.store.store_id, "last_seq": hwm, "head": self.pipeline.head}
-            if self.link.publish(self.topics.hwm, payload_bytes(body), qos=1, retain=True) is None:
+            if self.link.publish(self.topics.hwm, message_bytes(body), qos=1, retain=True) is None:
                 return
             self._hwm_sent = hwm
         for seq in seqs:
@@ -896,7 +872,7 @@ class BoxDaemon:
             return
         if msg.topic == self.topics.ack:
             store, upto = data.get("store"), data.get("upto")
-            if not isinstance(store, str) or not _is_int(upto) or upto < 0:
+            if not isinstance(store, str) or not is_int(upto) or upto < 0:
                 self._bad_command(msg.topic, "ack needs store (string) and upto (integer >= 0)")
                 return
             if store != self.store.store_id:
@@ -915,7 +891,7 @@ class BoxDaemon:
             self._ack(upto, head)
         elif msg.topic == self.topics.hwm:
             store, last = data.get("store"), data.get("last_seq")
-            if not isinstance(store, str) or not _is_int(last) or last < 0:
+            if not isinstance(store, str) or not is_int(last) or last < 0:
                 self._bad_command(msg.topic, "hwm needs store (string) and last_seq (integer)")
                 return
             if store != self.store.store_id or not self._plausible(msg.topic, last):
@@ -959,7 +935,7 @@ class BoxDaemon:
             )
             return
         top = self.pipeline.next_seq - 1
-        if not (_is_int(lo) and _is_int(hi)) or not 1 <= lo <= hi <= top:
+        if not (is_int(lo) and is_int(hi)) or not 1 <= lo <= hi <= top:
             # HQ only asks for seqs it saw or the status named: never beyond our last.
             self._bad_command(self.topics.cmd, f"resend needs integers 1 <= from <= to <= {top}")
             return
@@ -1081,7 +1057,7 @@ class BoxDaemon:
         }
         if key != self._last_status or now >= self._next_status_ns:
             st = self.status(now)
-            self.link.publish(self.topics.status, payload_bytes(st), qos=1, retain=True)
+            self.link.publish(self.topics.status, message_bytes(st), qos=1, retain=True)
             self._last_status = key
             self._next_status_ns = now + self.cfg.status_interval_s * 10**9
 
@@ -1128,7 +1104,7 @@ class BoxDaemon:
                 "acked_upto": self.outbox.acked_upto,
                 **self._chain_anchor(),
             }
-            self.link.publish(self.topics.status, payload_bytes(offline), qos=1, retain=True)
+            self.link.publish(self.topics.status, message_bytes(offline), qos=1, retain=True)
         self.link.stop()
         if self.recorder is not None:
             try:
