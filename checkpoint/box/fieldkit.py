@@ -133,18 +133,13 @@ class FieldKit:
                 unless=lambda: not serial.connected or serial.bytes_read == 0,
             ),
         )
-        wd.register("mqtt", notify.Watchdog.thread_alive(self._paho_thread, "MQTT network"))
+        wd.register(
+            "mqtt", notify.Watchdog.thread_alive(lambda: self.d.link.thread, "MQTT network")
+        )
         wd.register("gpio", self._gpio_alive)
         if self.control is not None:
             ctl = self.control
             wd.register("control", lambda: None if ctl.alive else "control socket thread died")
-
-    def _paho_thread(self) -> threading.Thread | None:
-        # mqtt.Link keeps paho's client private; see the report's proposed Link.alive.
-        alive = getattr(self.d.link, "alive", None)
-        if isinstance(alive, bool):
-            return threading.current_thread() if alive else None
-        return getattr(getattr(self.d.link, "_client", None), "_thread", None)
 
     def _gpio_alive(self) -> str | None:
         dead = [t.name for t in self._gpio_threads if not t.is_alive()]

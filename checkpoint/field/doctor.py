@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import Topics
 from checkpoint.field import doctor_web
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -671,8 +672,8 @@ def _broker_facts(
     from checkpoint.mqtt import Link
     from checkpoint.support import read_secret
 
-    base = f"{cfg.mqtt.prefix}/{cfg.box}"
-    status_topic, event_topic = f"{base}/status", f"{base}/event"
+    topics = Topics(cfg.mqtt.prefix, cfg.box)
+    status_topic, event_topic = topics.status, topics.event
     events: queue.Queue[Any] = queue.Queue()
     try:
         password = read_secret(cfg.mqtt.password_file, "mqtt.password_file")
