@@ -37,19 +37,18 @@ from checkpoint.hq import results as resultsmod
 from checkpoint.hq.store import HQStore
 from checkpoint.web import forms
 from checkpoint.web.board_data import BoardReader
+from checkpoint.web.login import Auth
 from checkpoint.web.office_web import add_office_routes
 from checkpoint.web.server import (
     Assets,
-    Auth,
     ServerThread,
     Site,
-    SseHub,
     json_error,
     json_response,
     new_app,
     read_json,
-    sse_frame,
 )
+from checkpoint.web.sse import SseHub, sse_frame
 
 log = logging.getLogger("checkpoint.web.board")
 

@@ -31,19 +31,18 @@ from aiohttp import web
 
 from checkpoint.errors import CommandError
 from checkpoint.web import forms
+from checkpoint.web.login import Auth
 from checkpoint.web.marshal_view import passage_rows, readiness
 from checkpoint.web.server import (
     Assets,
-    Auth,
     ServerThread,
     Site,
-    SseHub,
     json_error,
     json_response,
     new_app,
     read_json,
-    sse_frame,
 )
+from checkpoint.web.sse import SseHub, sse_frame
 
 log = logging.getLogger("checkpoint.web.marshal")
 
