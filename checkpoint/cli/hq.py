@@ -100,15 +100,12 @@ def render_status(store: HQStore, *, colour: bool = False, now: float | None = N
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every box HQ knows: online/lost, clock, last passage, backlog, gaps, counts."""
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         if args.json:
             doc = status_text.status_json(store)
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             sys.stdout.write(render_status(store, colour=sys.stdout.isatty()))
-    finally:
-        store.close()
     return 0
 
 
@@ -174,8 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     `--format events` instead writes every stored event exactly as the box sent it
     (JSON Lines, by box, store, seq): the evidence `checkpoint verify` checks.
     """
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         if args.format == "events":
             text = "".join(
                 r["payload"] + "\n"
@@ -184,8 +180,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
         else:
             text = export_text(export_rows(store, args.checkpoint), args.format)
-    finally:
-        store.close()
     write_out(text, args.out)
     return 0
 
@@ -201,15 +195,12 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise CommandError("--format html needs the event file, not --stages")
     path = args.stages
     stages = load_stages(path)
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         rows = store.passages()
         # A mistyped control id would rank every car MISSING and still exit 0.
         unseen = hq_ops.unseen_controls(
             [c for s in stages.stages for c in (s.start, s.finish)], hq_ops.controls_known(store)
         )
-    finally:
-        store.close()
     for line in unseen:
         print(
             f"checkpoint hq: {'warning' if args.allow_unseen else 'error'}: {path}: {line}",
@@ -232,11 +223,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_rejects(args: argparse.Namespace) -> int:
     """List rejected input, newest first: when, topic, reason, detail, payload."""
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         rows = store.rejects(limit=args.limit)
-    finally:
-        store.close()
     for r in rows:
         p = r["payload"]
         text = p.decode("utf-8", "replace") if isinstance(p, bytes) else (p or "")

@@ -84,11 +84,8 @@ def cmd_passages(args: argparse.Namespace) -> int:
         path, box, cp = cfg.store, cfg.box, cfg.checkpoint
     if not Path(path).exists():
         raise ConfigError(f"{path}: no store there")
-    store = Store(path, box=box, checkpoint=cp, readonly=True)
-    try:
+    with Store(path, box=box, checkpoint=cp, readonly=True) as store:
         rows = store.passages(limit=args.limit)
-    finally:
-        store.close()
     if args.json:
         for r in rows:
             print(json.dumps(r, separators=(",", ":")))

@@ -110,6 +110,12 @@ class HQStore:
         """Close the connection."""
         self.db.close()
 
+    def __enter__(self) -> HQStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction (a savepoint when nested); committed with synchronous=FULL."""

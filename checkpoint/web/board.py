@@ -219,8 +219,7 @@ class BoardServer(Site):
         # the board's own connection stays read-only.
         from checkpoint.hq import ops as hq_ops
 
-        store = HQStore(self.db, create=False)
-        try:
+        with HQStore(self.db, create=False) as store:
             # The same checks as `hq assign`: a car with a space, not in the field, or
             # twice at one control is refused unless the operator ticked "override".
             req = hq_ops.Request(
@@ -242,5 +241,3 @@ class BoardServer(Site):
                 by="hq-board",
                 store=kw["store"],
             )
-        finally:
-            store.close()
