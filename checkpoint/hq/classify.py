@@ -366,6 +366,22 @@ def _ranked(cars: list[CarResult], ties: tuple[str, ...]) -> list[tuple[int, Car
     return out
 
 
+def _trial_ranks(cars: list[CarResult], i: int) -> tuple[tuple[int, str, Decimal], ...]:
+    """(rank, car, score) on trial `i` of every car that missed none of its controls;
+    equal scores share a rank."""
+    done = sorted(
+        ((c.trials[i].score, c.number) for c in cars if c.trials[i].missed == 0),
+        key=lambda x: (x[0], _num_key(x[1])),
+    )
+    rows: list[tuple[int, str, Decimal]] = []
+    prev_s, rank = None, 0
+    for pos, (s, n) in enumerate(done, 1):
+        if s != prev_s:
+            rank, prev_s = pos, s
+        rows.append((rank, n, s))
+    return tuple(rows)
+
+
 def classify(
     event: Event,
     entries: list[Entry],
@@ -408,19 +424,7 @@ def classify(
             _num_key(c.number),
         )
     )
-    trial_ranks: dict[str, tuple[tuple[int, str, Decimal], ...]] = {}
-    for i, tr in enumerate(event.trials):
-        done = sorted(
-            ((c.trials[i].score, c.number) for c in cars if c.trials[i].missed == 0),
-            key=lambda x: (x[0], _num_key(x[1])),
-        )
-        rows: list[tuple[int, str, Decimal]] = []
-        prev_s, rank = None, 0
-        for pos, (s, n) in enumerate(done, 1):
-            if s != prev_s:
-                rank, prev_s = pos, s
-            rows.append((rank, n, s))
-        trial_ranks[tr.name] = tuple(rows)
+    trial_ranks = {tr.name: _trial_ranks(cars, i) for i, tr in enumerate(event.trials)}
     return Classification(
         event=event.name,
         trials=tuple(t.name for t in event.trials),

@@ -158,6 +158,30 @@ def describe(row: dict[str, Any], tz: dt.tzinfo | None = None) -> str:
     )
 
 
+def _by_seq(rows: Sequence[dict[str, Any]], pick: Pick) -> dict[str, Any]:
+    """The passage BOX SEQ (`--store` a prefix when the seq is in several stores)."""
+    cands = [r for r in rows if r["box"] == pick.box and r["seq"] == pick.seq]
+    if pick.store:
+        cands = [r for r in cands if r["store"].startswith(pick.store)]
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise CommandError(f"box {pick.box!r} has no passage with seq {pick.seq} at HQ")
+    raise CommandError(f"box {pick.box!r} seq {pick.seq} is in several stores; add --store")
+
+
+def _meant(cands: list[dict[str, Any]], action: str, pick: Pick) -> list[dict[str, Any]]:
+    """Of several candidates, the ones the action can mean (if any; else all of them)."""
+    if action == "unvoid":
+        return [r for r in cands if r["void"]] or cands
+    if len(cands) > 1 and action == "assign" and pick.car is None:
+        # "The passage at 10:32 with no car" is what the operator means.
+        return [r for r in cands if not r["car"] and not r["void"]] or cands
+    if len(cands) > 1 and action == "void":
+        return [r for r in cands if not r["void"]] or cands
+    return cands
+
+
 def choose(
     rows: Sequence[dict[str, Any]],
     pick: Pick,
@@ -168,14 +192,7 @@ def choose(
 ) -> dict[str, Any]:
     """The one passage `pick` names, or a CommandError listing the candidates."""
     if pick.box is not None:
-        cands = [r for r in rows if r["box"] == pick.box and r["seq"] == pick.seq]
-        if pick.store:
-            cands = [r for r in cands if r["store"].startswith(pick.store)]
-        if len(cands) == 1:
-            return cands[0]
-        if not cands:
-            raise CommandError(f"box {pick.box!r} has no passage with seq {pick.seq} at HQ")
-        raise CommandError(f"box {pick.box!r} seq {pick.seq} is in several stores; add --store")
+        return _by_seq(rows, pick)
     if not pick.control:
         raise CommandError("say which passage: --control and --at/--car, or BOX SEQ")
     here = [r for r in rows if r["checkpoint"] == pick.control]
@@ -196,13 +213,7 @@ def choose(
         cands = [r for r in cands if start <= _time_of_day_ns(r["utc_ns"], tz) < start + res]
     if pick.car is not None:
         cands = [r for r in cands if r["car"] == pick.car]
-    if action == "unvoid":
-        cands = [r for r in cands if r["void"]] or cands
-    elif len(cands) > 1 and action == "assign" and pick.car is None:
-        # "The passage at 10:32 with no car" is what the operator means.
-        cands = [r for r in cands if not r["car"] and not r["void"]] or cands
-    elif len(cands) > 1 and action == "void":
-        cands = [r for r in cands if not r["void"]] or cands
+    cands = _meant(cands, action, pick)
     what = " ".join(
         x
         for x in (
