@@ -219,6 +219,11 @@ class BoxDaemon:
     def status(self, now: int | None = None) -> dict[str, Any]:
         return self.status_builder.status(now)
 
+    def utc_if_locked(self, mono_ns: int) -> int | None:
+        """UTC ns of a monotonic instant while the clock is locked (the chrony feed)."""
+        stamp = self.pipeline.clock.stamp(mono_ns, mono_ns)
+        return stamp.utc_ns if str(stamp.clock) == "locked" else None
+
     # -- control from other threads ----------------------------------------
     def stop(self) -> None:
         self._stop.set()
