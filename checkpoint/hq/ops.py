@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpoint.contracts import MAX_REASON
+from checkpoint.core import corrections
 from checkpoint.errors import CommandError
 from checkpoint.hq.audit import check_car
 from checkpoint.hq.localtime import NS, local_dt, local_time
@@ -298,11 +299,10 @@ def check(
 
 
 def _apply_in_memory(row: dict[str, Any], action: str, fields: dict[str, Any]) -> None:
-    if action == "assign":
-        row["car"] = fields["car"]
-    else:
-        row["void"] = action == "void"
-        row["void_reason"] = fields.get("reason") if action == "void" else None
+    """What the export will show once this correction is written (the same fold): later
+    rows of a bulk file are checked against it. An HQ correction made now outranks all."""
+    c = corrections.Correction(_key(row), action, (1, 0), fields)
+    row.update(corrections.apply(row, {c.slot: c}))
 
 
 def apply_rows(
