@@ -130,51 +130,51 @@ class _NaiveStamp:
     clock: str
 
 
-class NmeaArrival:
+class _LatestPoint:
+    """UTC = the latest (mono_ns, utc_s) point's second + ticks since it (1 s = 1e9
+    ticks): the naive models differ only in which points they keep."""
+
+    label = "none"
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, int]] = []
+
+    def add_sample(self, s: object) -> None:
+        pass
+
+    def add_fix(self, fix: object) -> None:
+        pass
+
+    def add_sysclock(self, mono: int, rt: int) -> None:
+        pass
+
+    def stamp(self, m: int, now: int) -> _NaiveStamp:
+        for mono, utc_s in reversed(self.points):
+            if mono <= m and mono <= now:
+                return _NaiveStamp(utc_s * NS + (m - mono), None, self.label)
+        return _NaiveStamp(0, None, "none")
+
+
+class NmeaArrival(_LatestPoint):
     """UTC = latest valid sentence's second + time since its arrival (nominal rate)."""
 
-    def __init__(self) -> None:
-        self.fixes: list[tuple[int, int]] = []
-
-    def add_sample(self, s: object) -> None:
-        pass
+    label = "nmea"
 
     def add_fix(self, fix: object) -> None:
-        if fix.valid and fix.frac_ns == 0 and (not self.fixes or fix.mono_ns > self.fixes[-1][0]):
+        pts = self.points
+        if fix.valid and fix.frac_ns == 0 and (not pts or fix.mono_ns > pts[-1][0]):
             # The first sentence of a burst is the one a naive reader would use.
-            if not self.fixes or fix.utc_s != self.fixes[-1][1]:
-                self.fixes.append((fix.mono_ns, fix.utc_s))
-
-    def add_sysclock(self, mono: int, rt: int) -> None:
-        pass
-
-    def stamp(self, m: int, now: int) -> _NaiveStamp:
-        for mono, utc_s in reversed(self.fixes):
-            if mono <= m and mono <= now:
-                return _NaiveStamp(utc_s * NS + (m - mono), None, "nmea")
-        return _NaiveStamp(0, None, "none")
+            if not pts or fix.utc_s != pts[-1][1]:
+                pts.append((fix.mono_ns, fix.utc_s))
 
 
-class LastPps:
+class LastPps(_LatestPoint):
     """UTC = latest paired pulse's second + ticks since it (1 s = 1e9 ticks)."""
 
-    def __init__(self) -> None:
-        self.samples: list[tuple[int, int]] = []
+    label = "pps"
 
     def add_sample(self, s: object) -> None:
-        self.samples.append((s.mono_ns, s.utc_s))
-
-    def add_fix(self, fix: object) -> None:
-        pass
-
-    def add_sysclock(self, mono: int, rt: int) -> None:
-        pass
-
-    def stamp(self, m: int, now: int) -> _NaiveStamp:
-        for mono, utc_s in reversed(self.samples):
-            if mono <= m and mono <= now:
-                return _NaiveStamp(utc_s * NS + (m - mono), None, "pps")
-        return _NaiveStamp(0, None, "none")
+        self.points.append((s.mono_ns, s.utc_s))
 
 
 class _Tee:
@@ -240,10 +240,10 @@ def run_profile(p: Profile) -> dict:
         if first["checkpoint"] is None and step[0] % 5 == 0:
             if est.state(mono) is ClockState.LOCKED:
                 first["checkpoint"] = (mono - t_start) / 1e9
-        if first["nmea-arrival"] is None and nmea.fixes:
-            first["nmea-arrival"] = max(0.0, (nmea.fixes[0][0] - t_start) / 1e9)
-        if first["last-pps"] is None and pps.samples:
-            first["last-pps"] = max(0.0, (pps.samples[0][0] - t_start) / 1e9)
+        if first["nmea-arrival"] is None and nmea.points:
+            first["nmea-arrival"] = max(0.0, (nmea.points[0][0] - t_start) / 1e9)
+        if first["last-pps"] is None and pps.points:
+            first["last-pps"] = max(0.0, (pps.points[0][0] - t_start) / 1e9)
 
     tee = _Tee([est, nmea, pps])
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import pct
 from bench.rig import passage_event
+from checkpoint.contracts import ACK, CMD, LOST, Topics, event_bytes, message_bytes
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
 from sim import secure
 
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             args.broker,
             f"bench-{b}",
             acks.on_event,
-            will=(f"{args.prefix}/{b}/status", b'{"state":"lost"}', True),
-            subscriptions=[(f"{args.prefix}/{b}/ack", 1), (f"{args.prefix}/{b}/cmd", 1)],
+            will=(Topics(args.prefix, b).status, LOST, True),
+            subscriptions=[(Topics(args.prefix, b).ack, 1), (Topics(args.prefix, b).cmd, 1)],
             **(creds.box_link(b) if creds else {}),
         )
         for b in names
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.05)
     for b, link in links.items():
         status = {"state": "ready", "box": b, "checkpoint": "PC9", "store": stores[b]}
-        link.publish(f"{args.prefix}/{b}/status", json.dumps(status).encode(), qos=1, retain=True)
+        link.publish(Topics(args.prefix, b).status, message_bytes(status), qos=1, retain=True)
     print("READY", flush=True)
     if sys.stdin.readline().strip() != "GO":
         return 1
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     published: dict[str, list[int]] = {b: [] for b in names}
     late: list[int] = []
     refused = 0
-    topics = {b: f"{args.prefix}/{b}/event" for b in names}
+    topics = {b: Topics(args.prefix, b).event for b in names}
     for s in range(per_box):
         for i, b in enumerate(names):
             due = t0 + int(s * period + i * period / len(names))
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 box=b, store=stores[b], seq=seq, mono_ns=mono, utc_ns=utc0 + mono % (10**6 * NS)
             )
             ev["checkpoint"] = "PC9"
-            data = json.dumps(ev, separators=(",", ":")).encode()
+            data = event_bytes(ev)
             t_pub = time.monotonic_ns()
             if links[b].publish(topics[b], data, qos=1) is None:
                 refused += 1
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         up: dict[str, int] = {}
         for _t, topic, payload in list(acks.raw):
             box = topic.split("/")[-2]
-            if box in mine and topic.endswith("/ack"):
+            if box in mine and topic.endswith(f"/{ACK}"):
                 up[box] = max(up.get(box, 0), int(json.loads(payload).get("upto", 0)))
         return up
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         box = topic.split("/")[-2]
         if box not in mine:
             continue
-        if topic.endswith("/cmd"):
+        if topic.endswith(f"/{CMD}"):
             cmds += 1
             continue
         per_box_acks[box].append((t, int(json.loads(payload).get("upto", 0))))

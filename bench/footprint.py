@@ -39,6 +39,7 @@ from bench.latency import wait_locked
 from bench.rig import BenchBox, GpsFeeder, Truth, passage_event, play, schedule
 from checkpoint import capture
 from checkpoint.box.store import Store
+from checkpoint.contracts import ACK, STATUS, all_boxes
 from sim.broker import Mosquitto
 
 SD_CARD_BYTES = 16 * 10**9
@@ -160,7 +161,9 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Mosquitto(workdir=work / "broker") as broker:
         hq = HQProc(work / "hq", broker.url).start()
-        watcher = Watcher(broker.url, ["rally/+/status", "rally/+/ack"], "footprint").start()
+        watcher = Watcher(
+            broker.url, [all_boxes("rally", STATUS), all_boxes("rally", ACK)], "footprint"
+        ).start()
         box = BenchBox(work / "box", broker.url, box="bench03", status_interval_s=10)
         gps: GpsFeeder | None = None
         try:

@@ -50,6 +50,7 @@ from bench.common import (
     wall_offset_ns,
 )
 from bench.rig import BenchBox, FeedServer, GpsFeeder, Truth, play, schedule
+from checkpoint.contracts import ACK, EVENT, STATUS, all_boxes
 from sim.broker import Mosquitto
 
 BOX = "bench01"
@@ -154,7 +155,9 @@ def naive_run(
 ) -> dict[str, dict[str, Any]]:
     """The naive box through the same phases, measured to a bare subscriber."""
     feed = FeedServer(work / "naive.sock")
-    watcher = Watcher(broker.url, ["naive/+/event", "naive/+/status"], "naive").start()
+    watcher = Watcher(
+        broker.url, [all_boxes("naive", EVENT), all_boxes("naive", STATUS)], "naive"
+    ).start()
     log = (work / "naive.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.naive", "--broker", broker.url],
@@ -227,7 +230,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
     phases: dict[str, dict[str, Any]] = {}
     with Mosquitto(workdir=work / "broker", extra_conf=BROKER_PROFILES[plan[0][3]]) as broker:
         hq = HQProc(work / "hq", broker.url).start()
-        watcher = Watcher(broker.url, ["rally/+/event", "rally/+/ack", "rally/+/status"]).start()
+        watcher = Watcher(broker.url, [all_boxes("rally", k) for k in (EVENT, ACK, STATUS)]).start()
         box = BenchBox(work / "box", broker.url, box=BOX)
         gps: GpsFeeder | None = None
         try:

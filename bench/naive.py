@@ -22,6 +22,7 @@ import time
 from bench.rig import BEAM_PINS
 from checkpoint.box.edges import EdgeSource
 from checkpoint.config import InputConfig
+from checkpoint.contracts import Topics
 from checkpoint.mqtt import Connected, Link, LinkEvent
 
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    topic = f"{args.prefix}/{args.box}/event"
-    status = f"{args.prefix}/{args.box}/status"
+    topics = Topics(args.prefix, args.box)
+    topic, status = topics.event, topics.status
 
     def on_link(ev: LinkEvent) -> None:
         if isinstance(ev, Connected):  # (re)connected: say so, as a box would

@@ -39,6 +39,7 @@ from bench.common import (
     wait_until,
 )
 from bench.rig import BEAM_PINS_8, BenchBox, play, prefill, schedule
+from checkpoint.contracts import ACK, STATUS, all_boxes
 from sim.broker import Mosquitto
 
 FULL_STEPS = [100, 200, 400, 800, 1600, 3200]
@@ -121,7 +122,9 @@ def steps(work: Path, smoke: bool) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     with Mosquitto(workdir=work / "broker") as broker:
         hq = HQProc(work / "hq", broker.url).start()
-        watcher = Watcher(broker.url, ["rally/+/ack", "rally/+/status"], "steps").start()
+        watcher = Watcher(
+            broker.url, [all_boxes("rally", ACK), all_boxes("rally", STATUS)], "steps"
+        ).start()
         box = BenchBox(
             work / "box", broker.url, box="bench02", pins=BEAM_PINS_8, status_interval_s=10
         )
@@ -156,7 +159,9 @@ def drain(work: Path, n: int, profile: str, timeout_s: float) -> dict[str, Any]:
     name = f"drain{n}"
     box_dir = work / f"{name}-{profile}"
     with Mosquitto(workdir=box_dir / "broker", extra_conf=BROKER_PROFILES[profile]) as broker:
-        watcher = Watcher(broker.url, ["rally/+/ack", "rally/+/status"], name).start()
+        watcher = Watcher(
+            broker.url, [all_boxes("rally", ACK), all_boxes("rally", STATUS)], name
+        ).start()
         box = BenchBox(box_dir / "box", broker.url, box=name, status_interval_s=10)
         t0 = time.monotonic()
         prefill(box.db_path, box=name, n=n)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint import pins
+from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import ConfigError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -47,7 +48,7 @@ class GpsConfig:
 @dataclass(frozen=True)
 class MqttConfig:
     broker: str = "mqtt://127.0.0.1:1883"
-    prefix: str = "rally"
+    prefix: str = DEFAULT_PREFIX
     keepalive_s: int = 15
     max_inflight: int = 32
     # Never-acked seqs sent ahead of HQ's ack (0: no limit): under a broker's queue.

@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-TOPIC = "hqfix"  # {prefix}/{box}/hqfix
+from checkpoint.contracts import HQFIX, MAX_CAR, MAX_REASON, Topics, is_int
+
+TOPIC = HQFIX  # {prefix}/{box}/hqfix
 MAX_FIXES = 2000  # per box; a document stays far below any broker's message limit
 
 
 def topic(prefix: str, box: str) -> str:
     """The topic HQ publishes `box`'s corrections on."""
-    return f"{prefix}/{box}/{TOPIC}"
+    return Topics(prefix, box).hqfix
 
 
 def parse(payload: bytes, store_id: str) -> dict[int, dict[str, Any]]:
@@ -41,13 +43,13 @@ def parse(payload: bytes, store_id: str) -> dict[int, dict[str, Any]]:
         if not isinstance(f, dict) or f.get("store") != store_id:
             continue
         seq = f.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        if not is_int(seq) or seq < 1:
             continue
         have = out.setdefault(seq, {})
-        if isinstance(f.get("car"), str) and 0 < len(f["car"]) <= 16:
+        if isinstance(f.get("car"), str) and 0 < len(f["car"]) <= MAX_CAR:
             have["car"] = f["car"]
         if isinstance(f.get("void"), str):
-            have["void"] = f["void"][:200]
+            have["void"] = f["void"][:MAX_REASON]
         elif f.get("unvoid") is True:
             have.pop("void", None)
             have["unvoid"] = True

@@ -309,6 +309,7 @@ class Link:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
+        self._thread: threading.Thread | None = None
 
     # -- control (any thread) ------------------------------------------------------
 
@@ -334,7 +335,15 @@ class Link:
             clean_start=self._session_expiry_s == 0,
             properties=properties,
         )
+        before = set(threading.enumerate())
         self._client.loop_start()
+        # paho keeps its loop thread private; the one thread loop_start just started is
+        # it (named after the client, which tells it from any other starting meanwhile).
+        started = [t for t in threading.enumerate() if t not in before]
+        self._thread = next(
+            (t for t in started if t.name.startswith("paho-mqtt-client")),
+            started[0] if len(started) == 1 else None,
+        )
 
     def stop(self) -> None:
         """Disconnect cleanly (the broker does not publish the will) and end paho's thread."""
@@ -348,6 +357,17 @@ class Link:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = False
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """paho's network thread since `start()` (None before it), for a watchdog."""
+        return self._thread
+
+    @property
+    def alive(self) -> bool:
+        """True while paho's network thread runs: false before `start()`, after `stop()`,
+        and if the thread died (no message would ever be sent or received again)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def connected(self) -> bool:

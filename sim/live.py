@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from checkpoint.errors import CheckpointError
 from checkpoint.mqtt import parse_broker_url
@@ -355,19 +355,9 @@ class LiveRun:
         # Boxes whose last status said locked: none of their passages may end coarse.
         status, _ = self.monitor.snapshot() if self.monitor is not None else ({}, {})
         locked = {b for b, st in status.items() if st.get("clock") == "locked"}
-        v = verdict.judge(
-            truth,
-            rows,
-            blind=blind,
-            sent_wall_ns=delivery.lead_sent_wall_ns,
-            received_wall_ns=received,
-            locked=locked,
-        )
-        if self.sc.marshal_assign and v.matches:
-            n = hqclient.assign(db, [(b, s, q, car) for (b, s, q), car in v.matches.items()])
-            self.say(f"marshal assigned {n} car numbers at HQ")
-            rows = hqclient.export(db)
-            v = verdict.judge(
+
+        def judge(rows: list[dict[str, Any]]) -> verdict.Verdict:
+            return verdict.judge(
                 truth,
                 rows,
                 blind=blind,
@@ -375,6 +365,13 @@ class LiveRun:
                 received_wall_ns=received,
                 locked=locked,
             )
+
+        v = judge(rows)
+        if self.sc.marshal_assign and v.matches:
+            n = hqclient.assign(db, [(b, s, q, car) for (b, s, q), car in v.matches.items()])
+            self.say(f"marshal assigned {n} car numbers at HQ")
+            rows = hqclient.export(db)
+            v = judge(rows)
             v.unassigned = sum(1 for r in rows if r.get("car") is None and not r.get("void"))
         office_files = rallyoffice.read(self.workdir)
         if self.sc.regularity is not None and office_files is not None:

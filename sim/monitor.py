@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from checkpoint.contracts import hq_subscriptions
 from checkpoint.mqtt import Link, LinkEvent, Message
 
 
@@ -29,7 +30,7 @@ class Monitor:
             url,
             f"checkpoint-sim-monitor-{time.monotonic_ns()}",
             self._on_event,
-            subscriptions=[(f"{prefix}/+/status", 1), (f"{prefix}/+/event", 1)],
+            subscriptions=hq_subscriptions(prefix),
             **link,  # username, password, ca_file on a secured broker
         )
 

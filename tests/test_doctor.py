@@ -153,7 +153,8 @@ def test_no_gps_data():
     first = status()
     report = diagnose(facts(first, later(first, lines=0, pps=0, clock="holdover")))
     assert not report.ready
-    assert report.verdict.startswith("NOT READY: no GPS data; no PPS; clock holdover")
+    # Holdover within the bound is a warning (core.readiness): the lost PPS is the failure.
+    assert report.verdict.startswith("NOT READY: no GPS data; no PPS")
     assert "port /dev/gps0 is open but silent" in render(report)
 
 
@@ -201,6 +202,8 @@ def test_noisy_pps_is_a_warning():
 
 def test_clock_holdover_and_large_uncertainty_and_convention_mismatch():
     first = status(clock="holdover")
+    assert levels(diagnose(facts(first, later(first))))["clock"] == WARN
+    first = status(clock="holdover", uncertainty_ns=250_000)
     assert "clock holdover" in diagnose(facts(first, later(first, pps=0))).verdict
     first = status(uncertainty_ns=250_000)
     assert "clock uncertainty too large" in diagnose(facts(first, later(first))).verdict

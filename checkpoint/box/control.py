@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import MAX_CAR, MAX_REASON, MAX_SEQ, is_int
 from checkpoint.errors import CheckpointError, CommandError
 
 log = logging.getLogger("checkpoint.box.control")
@@ -41,9 +42,6 @@ log = logging.getLogger("checkpoint.box.control")
 Handler = Callable[[str, int, str], None]
 
 MAX_REQUEST = 4096
-MAX_CAR = 16  # as timing.Pipeline.assign
-MAX_REASON = 200  # as timing.Pipeline.void
-MAX_SEQ = 2**53  # JSON-safe integers
 _CONN_TIMEOUT_S = 2.0
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the NUL
 
@@ -70,7 +68,7 @@ def validate(request: Any) -> tuple[str, int, str]:
     if unknown:
         raise CommandError(f"unknown field {', '.join(sorted(unknown))} for {cmd}")
     seq = request.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+    if not is_int(seq) or not 1 <= seq <= MAX_SEQ:
         raise CommandError(f"seq must be a positive integer, got {seq!r}")
     value = request.get(value_key)
     if not isinstance(value, str):

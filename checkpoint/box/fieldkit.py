@@ -23,11 +23,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from checkpoint.box import chronysock, control, notify
+from checkpoint.box.edges import EdgeSource
+from checkpoint.box.gps_serial import SerialReader
 from checkpoint.box.indicator import Chooser, Indicator, LedState
+from checkpoint.config import Config
 from checkpoint.errors import CheckpointError
+from checkpoint.mqtt import Link
 
 log = logging.getLogger("checkpoint.box.fieldkit")
 
@@ -38,10 +42,33 @@ _CHRONY_EVERY_NS = 1_000_000_000
 SERIAL_SILENT_S = 120.0
 
 
+class Box(Protocol):
+    """What the field kit needs of the daemon it serves (BoxDaemon implements it).
+
+    Attributes are read on the core thread (`turn`) and at `start`; `correction` is
+    called from the control socket's thread.
+    """
+
+    cfg: Config
+    edges: EdgeSource  # must: its `factory` drives the LED and buzzer pins
+    serial: SerialReader  # must: its thread and byte count feed the watchdog
+    link: Link  # must: `connected` for the LED, `thread` for the watchdog
+    alarms: dict[str, str]  # may be written: the field kit's own failures go here
+
+    def status(self, now: int | None = None) -> dict[str, Any]:
+        """Must return the status message the box publishes (README "Status")."""
+
+    def correction(self, kind: str, ref_seq: int, value: str) -> None:
+        """Must queue a marshal's assign/void, raising CommandError for a bad seq."""
+
+    def utc_if_locked(self, mono_ns: int) -> int | None:
+        """Must return UTC ns for a monotonic instant while the clock is locked, else None."""
+
+
 class FieldKit:
     """Watchdog, control socket, LED/buzzer and chrony feed for one daemon."""
 
-    def __init__(self, daemon: Any, *, gpio_threads: Sequence[threading.Thread] = ()) -> None:
+    def __init__(self, daemon: Box, *, gpio_threads: Sequence[threading.Thread] = ()) -> None:
         self.d = daemon
         cfg = daemon.cfg
         self.watchdog = notify.Watchdog.from_env()
@@ -83,7 +110,7 @@ class FieldKit:
             self._show(now)
         if self.chrony is not None and now >= self._next_chrony_ns:
             self._next_chrony_ns = now + _CHRONY_EVERY_NS
-            sample = chronysock.measure(self._utc_if_locked)
+            sample = chronysock.measure(self.d.utc_if_locked)
             if sample is not None:
                 self.chrony.send(sample)
         self.watchdog.tick()
@@ -115,10 +142,6 @@ class FieldKit:
             self._shown = line
             notify.status(line)
 
-    def _utc_if_locked(self, mono_ns: int) -> int | None:
-        stamp = self.d.pipeline.clock.stamp(mono_ns, mono_ns)
-        return stamp.utc_ns if str(stamp.clock) == "locked" else None
-
     def _register_checks(self) -> None:
         wd = self.watchdog
         serial = self.d.serial
@@ -133,18 +156,13 @@ class FieldKit:
                 unless=lambda: not serial.connected or serial.bytes_read == 0,
             ),
         )
-        wd.register("mqtt", notify.Watchdog.thread_alive(self._paho_thread, "MQTT network"))
+        wd.register(
+            "mqtt", notify.Watchdog.thread_alive(lambda: self.d.link.thread, "MQTT network")
+        )
         wd.register("gpio", self._gpio_alive)
         if self.control is not None:
             ctl = self.control
             wd.register("control", lambda: None if ctl.alive else "control socket thread died")
-
-    def _paho_thread(self) -> threading.Thread | None:
-        # mqtt.Link keeps paho's client private; see the report's proposed Link.alive.
-        alive = getattr(self.d.link, "alive", None)
-        if isinstance(alive, bool):
-            return threading.current_thread() if alive else None
-        return getattr(getattr(self.d.link, "_client", None), "_thread", None)
 
     def _gpio_alive(self) -> str | None:
         dead = [t.name for t in self._gpio_threads if not t.is_alive()]

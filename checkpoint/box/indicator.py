@@ -6,7 +6,7 @@ One LED says at a glance, from across the road, whether the box is ready:
 state              meaning                                   pattern
 =================  ========================================  ==========================
 ``ready``          locked to GPS, broker connected, sensors  steady on
-``no_gps``         clock not locked (no fix, no PPS yet)     slow blink (1 s on, 1 s off)
+``no_gps``         clock not locked within its bound         slow blink (1 s on, 1 s off)
 ``no_broker``      locked, but HQ's broker not connected     fast blink (4 Hz)
 ``fault``          a sensor chatters or a beam is blocked    double blink every 1.5 s
 ``off``            daemon not running / shutting down        off
@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from checkpoint.core import readiness
 
 log = logging.getLogger("checkpoint.box.indicator")
 
@@ -99,35 +101,34 @@ def schedule(state: LedState, until_ms: int) -> list[tuple[int, bool]]:
 
 
 class Chooser:
-    """The daemon's status message → the LED state, with a hold for blocked beams.
+    """The daemon's status message → the LED state, by the one readiness verdict
+    (checkpoint.core.readiness), which doctor and the marshal page use too.
 
     A beam input reading "broken" is a car for a moment but a blocked or misaligned
     beam when it lasts: it counts as a fault after `blocked_after_s`. Push-button
     inputs (source "manual") held down count the same way.
     """
 
-    def __init__(self, blocked_after_s: float = 2.0) -> None:
+    def __init__(self, blocked_after_s: float = readiness.BEAM_BLOCKED_S) -> None:
         self.blocked_after_s = blocked_after_s
-        self._broken_since: dict[str, float] = {}
+        self._broken = readiness.BrokenFor()
 
     def choose(self, now_s: float, status: Mapping[str, Any], broker_connected: bool) -> LedState:
         """The LED state for this status at time `now_s` (monotonic seconds)."""
-        inputs = status.get("inputs") or {}
-        fault = False
-        for name, info in inputs.items():
-            if info.get("fault"):
-                fault = True
-            if info.get("broken"):
-                since = self._broken_since.setdefault(name, now_s)
-                if now_s - since >= self.blocked_after_s:
-                    fault = True
-            else:
-                self._broken_since.pop(name, None)
-        if fault:
+        v = readiness.verdict(
+            status,
+            link=broker_connected,
+            broken_for_s=self._broken.update(now_s, status),
+            blocked_after_s=self.blocked_after_s,
+        )
+        # The most urgent wins (module docstring): a sensor fault loses passages, a
+        # clock that is not locked within its bound makes their times poor (a warning
+        # such as holdover blinks too), a missing broker only delays delivery.
+        if readiness.BAD in v.inputs.values():
             return LedState.FAULT
-        if status.get("clock") != "locked":
+        if v.clock != readiness.OK:
             return LedState.NO_GPS
-        if not broker_connected:
+        if v.broker != readiness.OK:
             return LedState.NO_BROKER
         return LedState.READY
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from checkpoint import capture
 from checkpoint.config import Config, InputConfig
+from checkpoint.contracts import is_int
 from checkpoint.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def replay_events(
     head, records = capture.read(path)
     # Recorded with a coarse pin factory: the daemon widened every bound by this.
     extra = head.get("tick_uncertainty_ns", 0)
-    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
+    if not is_int(extra) or extra < 0:
         raise ConfigError(f"{path}: header tick_uncertainty_ns must be an integer >= 0")
     if cfg is not None:
         box, cp, inputs = cfg.box, cfg.checkpoint, cfg.inputs

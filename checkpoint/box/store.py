@@ -44,6 +44,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
+from checkpoint.contracts import event_text, is_int
 from checkpoint.core.chain import is_hash
 from checkpoint.errors import StoreError
 
@@ -191,11 +192,6 @@ def _describe(err: sqlite3.Error, path: Path, doing: str) -> StoreError:
     return StoreError(f"SQLite error: {path} ({err}, while {doing})")
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass; a True where a tick belongs is a bug, not a 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _event_row(
     event: Mapping[str, Any], boot: str
 ) -> tuple[int, str, int | None, int | None, str, str]:
@@ -203,17 +199,15 @@ def _event_row(
     kind = event.get("type")
     ref_seq = event.get("ref_seq")
     mono_ns = event.get("mono_ns")
-    if not _is_int(seq) or seq < 1:
+    if not is_int(seq) or seq < 1:
         raise ValueError(f"event seq must be an int >= 1, got {seq!r}")
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"event {seq} has no type")
-    if ref_seq is not None and not _is_int(ref_seq):
+    if ref_seq is not None and not is_int(ref_seq):
         raise ValueError(f"event {seq}: ref_seq must be an int or absent, got {ref_seq!r}")
-    if mono_ns is not None and not _is_int(mono_ns):
+    if mono_ns is not None and not is_int(mono_ns):
         raise ValueError(f"event {seq}: mono_ns must be an int or absent, got {mono_ns!r}")
-    # The published bytes: keys in the order the producer built them, no spaces, ASCII
-    # only, and no NaN (not JSON; HQ would reject it).
-    payload = json.dumps(event, sort_keys=False, separators=(",", ":"), allow_nan=False)
+    payload = event_text(event)  # the published bytes (checkpoint.contracts)
     return seq, kind, ref_seq, mono_ns, boot, payload
 
 
@@ -475,21 +469,21 @@ class Store:
         edge_rows = []
         for item in edges:
             name, mono_ns, active = item
-            if not isinstance(name, str) or not _is_int(mono_ns) or not isinstance(active, bool):
+            if not isinstance(name, str) or not is_int(mono_ns) or not isinstance(active, bool):
                 raise ValueError(f"edge must be (str, int, bool), got {item!r}")
             edge_rows.append((boot, name, mono_ns, int(active)))
         pps_rows = []
         for mono_ns in pps:
-            if not _is_int(mono_ns):
+            if not is_int(mono_ns):
                 raise ValueError(f"pps tick must be int ns, got {mono_ns!r}")
             pps_rows.append((boot, mono_ns))
         sample_rows = []
         for item in samples:
             mono_ns, utc_s = item
-            if not _is_int(mono_ns) or not _is_int(utc_s):
+            if not is_int(mono_ns) or not is_int(utc_s):
                 raise ValueError(f"sample must be (int mono_ns, int utc_s), got {item!r}")
             sample_rows.append((boot, mono_ns, utc_s))
-        if acked is not None and not _is_int(acked):
+        if acked is not None and not is_int(acked):
             raise ValueError(f"acked must be an int, got {acked!r}")
         event_rows = [_event_row(event, boot) for event in events]
         first = event_rows[0][0] if event_rows else 0
@@ -545,7 +539,7 @@ class Store:
         order). Clamped to `last_seq()`: an ack for seqs this file never committed says
         nothing about them (the Outbox raises the alarm for that case).
         """
-        if not _is_int(upto):
+        if not is_int(upto):
             raise ValueError(f"upto must be an int, got {upto!r}")
         with self._sqlite("recording an HQ ack") as db, db.atomic():
             self._set_acked(db, upto)
@@ -598,7 +592,7 @@ class Store:
         for seq, mono_ns, payload in rows:
             stamp = json.loads(payload)
             clock, unc = stamp.get("clock"), stamp.get("uncertainty_ns")
-            if clock != "locked" and _is_int(mono_ns) and _is_int(unc) and isinstance(clock, str):
+            if clock != "locked" and is_int(mono_ns) and is_int(unc) and isinstance(clock, str):
                 out.append((int(seq), int(mono_ns), int(unc), clock))
         return out
 

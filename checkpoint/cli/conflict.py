@@ -18,8 +18,7 @@ from checkpoint.hq.store import HQStore
 
 def cmd_conflict(args: argparse.Namespace) -> int:
     """List conflicts (two versions of one seq), or decide one: BOX SEQ --keep ID."""
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         if args.box is None:
             return _list(store, args.json)
         if args.seq is None or not args.keep:
@@ -40,8 +39,6 @@ def cmd_conflict(args: argparse.Namespace) -> int:
             f"on (correction {done['id']})"
         )
         return 0
-    finally:
-        store.close()
 
 
 def _list(store: HQStore, as_json: bool) -> int:

@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from checkpoint.cli.common import positive_int, run, seconds
 from checkpoint.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/checkpoint/box.toml"
@@ -73,19 +74,10 @@ def cmd_void(args: argparse.Namespace) -> int:
 def cmd_gps_configure(args: argparse.Namespace) -> int:
     """Set a u-blox receiver up for timing: stationary, PPS only when locked, ZDA on, unused
     sentences off (or --baud to keep them at a rate that carries them), saved."""
-    from checkpoint.box import gps_serial
     from checkpoint.field import doctor, gpsconf
 
-    port, baud = args.port, args.baudrate
     have_config = Path(args.config).exists()
-    if port is None or baud is None:
-        cfg_port, cfg_baud = "/dev/gps0", 9600
-        if have_config:
-            from checkpoint import config as configmod
-
-            cfg = configmod.load(args.config)
-            cfg_port, cfg_baud = cfg.gps.port, cfg.gps.baudrate
-        port, baud = port or cfg_port, baud or cfg_baud
+    port, baud = _port_and_baud(args, have_config)
     new_baud = args.baud
     if new_baud is not None and new_baud not in gpsconf.BAUD_RATES:
         raise ConfigError(f"--baud must be one of {', '.join(map(str, gpsconf.BAUD_RATES))}")
@@ -108,6 +100,37 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
             "the checkpoint daemon is running and owns the GPS port: "
             "sudo systemctl stop checkpoint first (or --force)"
         )
+    results = _send(port, baud, settings, new_baud)
+    for r in results:
+        print(f"  {r.name:<9} {r.outcome}")
+    if all(r.ok or r.outcome == "sent" for r in results):
+        print(f"{port}: receiver configured for timing and settings saved")
+        if new_baud is not None:
+            _set_config_baudrate(args.config, new_baud, have_config)
+        return 0
+    _say_why(port, baud, new_baud, results)
+    return 1
+
+
+def _port_and_baud(args: argparse.Namespace, have_config: bool) -> tuple[str, int]:
+    """--port and --baudrate, else the config's, else /dev/gps0 at 9600."""
+    port, baud = args.port, args.baudrate
+    if port is None or baud is None:
+        cfg_port, cfg_baud = "/dev/gps0", 9600
+        if have_config:
+            from checkpoint import config as configmod
+
+            cfg = configmod.load(args.config)
+            cfg_port, cfg_baud = cfg.gps.port, cfg.gps.baudrate
+        port, baud = port or cfg_port, baud or cfg_baud
+    return port, baud
+
+
+def _send(port: str, baud: int, settings: list, new_baud: int | None) -> list:
+    """Send the settings (with --baud: the rate change, then the save at the new rate)."""
+    from checkpoint.box import gps_serial
+    from checkpoint.field import gpsconf
+
     handle = gps_serial.open_port(port, baud)
     try:
         if new_baud is None:
@@ -131,13 +154,11 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
             results += gpsconf.configure(handle, [gpsconf.save_setting()])
         finally:
             handle.close()
-    for r in results:
-        print(f"  {r.name:<9} {r.outcome}")
-    if all(r.ok or r.outcome == "sent" for r in results):
-        print(f"{port}: receiver configured for timing and settings saved")
-        if new_baud is not None:
-            _set_config_baudrate(args.config, new_baud, have_config)
-        return 0
+    return results
+
+
+def _say_why(port: str, baud: int, new_baud: int | None, results: list) -> None:
+    """What went wrong, in words a marshal can act on."""
     if (
         new_baud is not None
         and results[-1].outcome == "no answer"
@@ -157,7 +178,6 @@ def cmd_gps_configure(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{port}: the receiver refused some settings (see above)", file=sys.stderr)
-    return 1
 
 
 def _set_config_baudrate(path: str, baudrate: int, exists: bool) -> None:
@@ -175,26 +195,6 @@ def _set_config_baudrate(path: str, baudrate: int, exists: bool) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
     print(f"{path}: gps.baudrate = {baudrate} (restart the checkpoint service)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 s, got {value}")
-    return value
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -215,7 +215,7 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--walk-test",
         nargs="?",
-        type=_seconds,
+        type=seconds,
         const=60.0,
         default=None,
         metavar="S",
@@ -225,13 +225,13 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("assign", help=cmd_assign.__doc__)
-    r.add_argument("seq", type=_positive_int, help="the passage's seq (checkpoint passages)")
+    r.add_argument("seq", type=positive_int, help="the passage's seq (checkpoint passages)")
     r.add_argument("car", help="car number, 1-16 characters")
     _config_arg(r)
     r.set_defaults(func=cmd_assign)
 
     r = sub.add_parser("void", help=cmd_void.__doc__)
-    r.add_argument("seq", type=_positive_int, help="the passage's seq (checkpoint passages)")
+    r.add_argument("seq", type=positive_int, help="the passage's seq (checkpoint passages)")
     r.add_argument("--reason", required=True, help="why, 1-200 characters (e.g. 'photographer')")
     _config_arg(r)
     r.set_defaults(func=cmd_void)
@@ -240,10 +240,10 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
     gsub = g.add_subparsers(dest="gps_command", required=True, metavar="SUBCOMMAND")
     r = gsub.add_parser("configure", help=cmd_gps_configure.__doc__)
     r.add_argument("--port", help="serial port or pyserial URL (default: the config's gps.port)")
-    r.add_argument("--baudrate", type=_positive_int, help="default: the config's gps.baudrate")
+    r.add_argument("--baudrate", type=positive_int, help="default: the config's gps.baudrate")
     r.add_argument(
         "--baud",
-        type=_positive_int,
+        type=positive_int,
         metavar="RATE",
         help="keep every NMEA sentence and move the receiver to RATE baud instead "
         "(writes gps.baudrate to the config)",
@@ -256,19 +256,10 @@ def add_field_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the field commands on their own: `python -m checkpoint.cli.field doctor ...`."""
-    from checkpoint.errors import CheckpointError
-
     parser = argparse.ArgumentParser(prog="checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_field_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except CheckpointError as e:
-        print(f"checkpoint: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,22 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from checkpoint.cli.common import _positive_float, _positive_int, _write_out
-from checkpoint.errors import CheckpointError, CommandError, ConfigError, LinkError
+from checkpoint.cli.common import load_stages, positive_float, positive_int, run, write_out
+from checkpoint.cli.conflict import add_conflict_command
+from checkpoint.cli.hq_ops import add_ops_commands
+from checkpoint.cli.office import add_office_commands, cmd_classify, export_rows
+from checkpoint.cli.serve import add_serve_command
+from checkpoint.contracts import DEFAULT_PREFIX
+from checkpoint.errors import CommandError, LinkError
+from checkpoint.hq import ops as hq_ops
 from checkpoint.hq import results as resultsmod
-from checkpoint.hq.store import EXPORT_FIELDS, HQStore
+from checkpoint.hq import results_sheets, status_text
+from checkpoint.hq.localtime import local_date, local_time
+from checkpoint.hq.passages import EXPORT_FIELDS
+from checkpoint.hq.store import HQStore
+from checkpoint.support import check_private, read_secret, setup_logging
 
 log = logging.getLogger("checkpoint.hq.collector")
 
@@ -47,22 +56,6 @@ def _usage_errors(fn: _Handler) -> _Handler:
     return wrapper
 
 
-def _secret(path: str | None) -> str | None:
-    # The box's CLI already refuses password files others can read; share it.
-    from checkpoint.support import read_secret
-
-    return read_secret(path, "--password-file")
-
-
-def _setup_logging(verbose: bool) -> None:
-    try:
-        from checkpoint.support import setup_logging
-    except ImportError:  # pragma: no cover - cli.py is always there in a full build
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    else:
-        setup_logging(verbose)
-
-
 # -- commands -----------------------------------------------------------------------
 
 
@@ -71,20 +64,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the HQ collector until SIGTERM/SIGINT: store, ack and repair box events."""
     from checkpoint.hq.collector import Collector
 
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.password_file and not args.user:
         raise CommandError("--password-file needs --user")
     if args.key and not args.cert:
         raise CommandError("--key needs --cert")
-    from checkpoint.support import check_private
-
     check_private(args.key or args.cert, "--key" if args.key else "--cert (holds the private key)")
     collector = Collector(
         args.broker,
         args.db,
         prefix=args.prefix,
         username=args.user,
-        password=_secret(args.password_file),
+        password=read_secret(args.password_file, "--password-file"),
         ca_file=args.ca,
         cert_file=args.cert,
         key_file=args.key,
@@ -104,24 +95,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def render_status(store: HQStore, *, colour: bool = False, now: float | None = None) -> str:
     """The status table `hq status` prints and `hq watch` refreshes."""
-    from checkpoint.hq.status_text import render
-
-    return render(store, colour=colour, now=now)
+    return status_text.render(store, colour=colour, now=now)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every box HQ knows: online/lost, clock, last passage, backlog, gaps, counts."""
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         if args.json:
-            from checkpoint.hq.status_text import status_json
-
-            doc = status_json(store)
+            doc = status_text.status_json(store)
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             sys.stdout.write(render_status(store, colour=sys.stdout.isatty()))
-    finally:
-        store.close()
     return 0
 
 
@@ -168,8 +152,6 @@ def export_text(rows: list[dict[str, Any]], fmt: str) -> str:
     """Export rows as CSV (booleans true/false, None empty) or JSON Lines."""
     if fmt == "jsonl":
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
-    from checkpoint.hq.localtime import local_date, local_time
-
     buf = io.StringIO()
     # Extension columns after the contract's: the local date and time of day a
     # spreadsheet shows as a time (utc_ns has 19 digits, a spreadsheet keeps 15).
@@ -189,8 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     `--format events` instead writes every stored event exactly as the box sent it
     (JSON Lines, by box, store, seq): the evidence `checkpoint verify` checks.
     """
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         if args.format == "events":
             text = "".join(
                 r["payload"] + "\n"
@@ -198,12 +179,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if args.checkpoint is None or r["checkpoint"] == args.checkpoint
             )
         else:
-            from checkpoint.cli.office import export_rows
-
             text = export_text(export_rows(store, args.checkpoint), args.format)
-    finally:
-        store.close()
-    _write_out(text, args.out)
+    write_out(text, args.out)
     return 0
 
 
@@ -213,29 +190,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.stages is None:
         if args.format in ("wide", "long"):
             raise CommandError(f"--format {args.format} needs --stages STAGES.toml")
-        from checkpoint.cli.office import cmd_classify
-
         return cmd_classify(args)
     if args.format == "html":
         raise CommandError("--format html needs the event file, not --stages")
-    path = Path(args.stages)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"stages file {path}: cannot read: {err.strerror}") from None
-    stages = resultsmod.parse_stages(text, str(path))
-    from checkpoint.hq import ops as hq_ops
-    from checkpoint.hq import results_sheets
-
-    store = HQStore(args.db, create=False)
-    try:
+    path = args.stages
+    stages = load_stages(path)
+    with HQStore(args.db, create=False) as store:
         rows = store.passages()
         # A mistyped control id would rank every car MISSING and still exit 0.
         unseen = hq_ops.unseen_controls(
             [c for s in stages.stages for c in (s.start, s.finish)], hq_ops.controls_known(store)
         )
-    finally:
-        store.close()
     for line in unseen:
         print(
             f"checkpoint hq: {'warning' if args.allow_unseen else 'error'}: {path}: {line}",
@@ -252,17 +217,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         "wide": results_sheets.render_wide,
         "long": results_sheets.render_long,
     }[args.format]
-    _write_out(render(res), args.out)
+    write_out(render(res), args.out)
     return 0
 
 
 def cmd_rejects(args: argparse.Namespace) -> int:
     """List rejected input, newest first: when, topic, reason, detail, payload."""
-    store = HQStore(args.db, create=False)
-    try:
+    with HQStore(args.db, create=False) as store:
         rows = store.rejects(limit=args.limit)
-    finally:
-        store.close()
     for r in rows:
         p = r["payload"]
         text = p.decode("utf-8", "replace") if isinstance(p, bytes) else (p or "")
@@ -284,11 +246,32 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `hq` and its subcommands on the main parser's subparsers."""
     hq = subparsers.add_parser("hq", help="timing HQ: collector, status, export, results")
     sub = hq.add_subparsers(dest="hq_command", required=True, metavar="SUBCOMMAND")
+    _add_collector_commands(sub)
+    _add_output_commands(sub)
+    add_office_commands(sub, _db, _usage_errors)
 
+    # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
+    add_ops_commands(sub, _db)
+
+    r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
+    _db(r)
+    r.add_argument("--limit", type=positive_int, default=50)
+    r.set_defaults(func=cmd_rejects)
+
+    add_conflict_command(sub)
+
+    # The live board (checkpoint/web); aiohttp is only imported when it runs.
+    add_serve_command(sub)
+
+
+def _add_collector_commands(sub: argparse._SubParsersAction) -> None:
+    """run, status, watch."""
     r = sub.add_parser("run", help=cmd_run.__doc__)
     r.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://")
     _db(r)
-    r.add_argument("--prefix", default="rally", help="topic prefix (default: rally)")
+    r.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default: {DEFAULT_PREFIX})"
+    )
     r.add_argument("--user", help="MQTT user name")
     r.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
     r.add_argument("--ca", metavar="CA", help="CA certificate file for mqtts://")
@@ -297,7 +280,7 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--client-id", help="MQTT client id (default: derived from --db path)")
     r.add_argument(
         "--gap-wait",
-        type=_positive_float,
+        type=positive_float,
         default=3.0,
         metavar="S",
         help="seconds a gap stays open before HQ asks the box to resend (default: 3)",
@@ -312,10 +295,13 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("watch", help=cmd_watch.__doc__)
     _db(r)
-    r.add_argument("--interval", type=_positive_float, default=1.0, help=argparse.SUPPRESS)
-    r.add_argument("--count", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    r.add_argument("--interval", type=positive_float, default=1.0, help=argparse.SUPPRESS)
+    r.add_argument("--count", type=positive_int, default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_watch)
 
+
+def _add_output_commands(sub: argparse._SubParsersAction) -> None:
+    """export and results."""
     r = sub.add_parser("export", help=cmd_export.__doc__)
     _db(r)
     r.add_argument(
@@ -340,7 +326,7 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
         "with --stages also wide (spreadsheet: a row per car, a column per trial) and long "
         "(a row per car and trial, local times)",
     )
-    r.add_argument("--top", type=_positive_int, metavar="N", help="table: only the first N")
+    r.add_argument("--top", type=positive_int, metavar="N", help="table: only the first N")
     r.add_argument("--live", action="store_true", help="no DNF for cars not yet finished")
     r.add_argument(
         "--allow-unseen",
@@ -349,29 +335,6 @@ def add_hq_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     r.set_defaults(func=_usage_errors(cmd_results))
-
-    from checkpoint.cli.office import add_office_commands
-
-    add_office_commands(sub, _db, _usage_errors)
-
-    # assign / void / unvoid by control and time or car, bulk apply, todo, audit.
-    from checkpoint.cli.hq_ops import add_ops_commands
-
-    add_ops_commands(sub, _db)
-
-    r = sub.add_parser("rejects", help=cmd_rejects.__doc__)
-    _db(r)
-    r.add_argument("--limit", type=_positive_int, default=50)
-    r.set_defaults(func=cmd_rejects)
-
-    from checkpoint.cli.conflict import add_conflict_command
-
-    add_conflict_command(sub)
-
-    # The live board (checkpoint/web); aiohttp is only imported when it runs.
-    from checkpoint.cli.serve import add_serve_command
-
-    add_serve_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,16 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="checkpoint", description="checkpoint HQ commands")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_hq_commands(sub)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except CheckpointError as err:
-        print(f"checkpoint: error: {err}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
+    return run(p, argv)
 
 
 if __name__ == "__main__":

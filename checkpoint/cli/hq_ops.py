@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checkpoint.cli.common import positive_int
 from checkpoint.errors import CommandError, ConfigError
 from checkpoint.hq import ops as hq_ops
 from checkpoint.hq.store import HQStore
@@ -72,11 +73,8 @@ def _request(args: argparse.Namespace, action: str) -> hq_ops.Request:
 def _correct(args: argparse.Namespace, action: str) -> int:
     try:
         req = _request(args, action)
-        store = _store(args.db)
-        try:
+        with _store(args.db) as store:
             ((_, done),) = hq_ops.apply_rows(store, [("", req)])
-        finally:
-            store.close()
     except CommandError as err:
         return _fail(err)
     what = {
@@ -114,11 +112,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         reqs = hq_ops.parse_csv(text, str(path))
         if args.by:
             reqs = [(lbl, _with_by(r, args.by)) for lbl, r in reqs]
-        store = _store(args.db)
-        try:
+        with _store(args.db) as store:
             done = hq_ops.apply_rows(store, reqs)
-        finally:
-            store.close()
     except CommandError as err:
         print(f"{path}: nothing applied", file=sys.stderr)
         return _fail(err)
@@ -162,11 +157,8 @@ def todo_lines(store: HQStore, db: str) -> list[str]:
 
 def cmd_todo(args: argparse.Namespace) -> int:
     """What needs a person: passages with no car (with the command to fix each), gaps."""
-    store = _store(args.db)
-    try:
+    with _store(args.db) as store:
         lines = todo_lines(store, args.db)
-    finally:
-        store.close()
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -206,11 +198,8 @@ def render_audit(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Every correction, oldest first: who, when, what, which passage (control, time)."""
-    store = _store(args.db)
-    try:
+    with _store(args.db) as store:
         rows = hq_ops.audit_rows(store)
-    finally:
-        store.close()
     if args.car:
         rows = [r for r in rows if r["car"] == args.car]
     if args.control:
@@ -221,13 +210,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def add_ops_commands(sub: argparse._SubParsersAction, db: Any) -> None:
     """Register the correction, bulk, to-do and audit commands under `hq`."""
-    from checkpoint.cli.common import _positive_int
-
     for name, fn in (("assign", cmd_assign), ("void", cmd_void), ("unvoid", cmd_unvoid)):
         r = sub.add_parser(name, help=fn.__doc__)
         db(r)
         r.add_argument("box", nargs="?", help="box id (or use --control)")
-        r.add_argument("seq", nargs="?", type=_positive_int, help="the passage's seq on that box")
+        r.add_argument("seq", nargs="?", type=positive_int, help="the passage's seq on that box")
         if name == "assign":
             r.add_argument("newcar", nargs="?", metavar="car", help="the car number to assign")
             r.add_argument("--was", metavar="CAR", help="choose the passage carrying this car")

@@ -17,7 +17,8 @@ from typing import Any
 from checkpoint import __version__
 from checkpoint import config as configmod
 from checkpoint.box.replay import replay_events
-from checkpoint.errors import CheckpointError, ConfigError
+from checkpoint.cli.common import run
+from checkpoint.errors import ConfigError
 from checkpoint.support import check_private, check_sign_key, read_secret, setup_logging
 
 log = logging.getLogger("checkpoint")
@@ -83,11 +84,8 @@ def cmd_passages(args: argparse.Namespace) -> int:
         path, box, cp = cfg.store, cfg.box, cfg.checkpoint
     if not Path(path).exists():
         raise ConfigError(f"{path}: no store there")
-    store = Store(path, box=box, checkpoint=cp, readonly=True)
-    try:
+    with Store(path, box=box, checkpoint=cp, readonly=True) as store:
         rows = store.passages(limit=args.limit)
-    finally:
-        store.close()
     if args.json:
         for r in rows:
             print(json.dumps(r, separators=(",", ":")))
@@ -190,13 +188,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except CheckpointError as e:
-        print(f"checkpoint: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from checkpoint.cli.common import write_out
 from checkpoint.errors import CheckpointError, CommandError, ConfigError
 from checkpoint.hq import office, officestore, posting
 from checkpoint.hq.entries import STATUSES, parse_entries, render_entries
@@ -33,20 +34,11 @@ def _open(args: argparse.Namespace) -> HQStore:
     return HQStore(args.db, create=False)
 
 
-def _out(text: str, out: str | None) -> None:
-    from checkpoint.cli.common import _write_out
-
-    _write_out(text, out)
-
-
 def cmd_entries_import(args: argparse.Namespace) -> int:
     """Import entries.csv (validated first: nothing is stored if any row is wrong)."""
     entries = parse_entries(_read(args.file, "entry list"), args.file)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         n = officestore.import_entries(store, entries, by=args.by or "hq")
-    finally:
-        store.close()
     print(
         f"{len(entries)} cars in {args.file}: {n['added']} added, {n['changed']} changed, "
         f"{n['unchanged']} unchanged"
@@ -56,15 +48,12 @@ def cmd_entries_import(args: argparse.Namespace) -> int:
 
 def cmd_entries_list(args: argparse.Namespace) -> int:
     """Print the entry list in force (status included)."""
-    store = _open(args)
-    try:
+    with _open(args) as store:
         entries = officestore.entries_of(store)
-    finally:
-        store.close()
     if args.format == "json":
-        _out(json.dumps([e.as_dict() for e in entries], indent=2) + "\n", None)
+        write_out(json.dumps([e.as_dict() for e in entries], indent=2) + "\n", None)
     elif args.format == "csv":
-        _out(render_entries(entries), None)
+        write_out(render_entries(entries), None)
     else:
         for e in entries:
             coef = f" coef {e.coefficient}" if e.coefficient is not None else ""
@@ -96,11 +85,8 @@ def cmd_entries_set(args: argparse.Namespace) -> int:
 
 def cmd_entries_log(args: argparse.Namespace) -> int:
     """The entry list's audit trail: every import and edit, who, when, old → new."""
-    store = _open(args)
-    try:
+    with _open(args) as store:
         rows = officestore.entry_changes(store)
-    finally:
-        store.close()
     for r in rows:
         what = f" {r['field']}: {r['old']} -> {r['new']}" if r["field"] else f" {r['new'] or ''}"
         print(f"{r['at']}  car {r['number']}  {r['action']} by {r['by']}{what}")
@@ -112,11 +98,8 @@ def cmd_entries_log(args: argparse.Namespace) -> int:
 def cmd_event_load(args: argparse.Namespace) -> int:
     """Validate an event file and put it in force at HQ (kept with every earlier one)."""
     text = _read(args.file, "event file")
-    store = _open(args)
-    try:
+    with _open(args) as store:
         ev = officestore.load_event(store, text, args.file, by=args.by or "hq")
-    finally:
-        store.close()
     print(
         f"event {ev.name or '(unnamed)'}: {len(ev.controls)} controls, {len(ev.trials)} trials"
         + ("" if ev.scheduled else " (no schedule: cars cannot be identified automatically)")
@@ -126,11 +109,8 @@ def cmd_event_load(args: argparse.Namespace) -> int:
 
 def cmd_event_show(args: argparse.Namespace) -> int:
     """The event in force: controls with their due offsets, trials with their targets."""
-    store = _open(args)
-    try:
+    with _open(args) as store:
         ev = officestore.event_of(store)
-    finally:
-        store.close()
     if ev is None:
         print("(no event file: checkpoint hq event load EVENT.toml)")
         return 1
@@ -151,17 +131,14 @@ def _office(args: argparse.Namespace) -> office.Office:
     event = None
     if getattr(args, "event", None):
         event = parse_event(_read(args.event, "event file"), args.event)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         return office.load(store, final=not getattr(args, "live", False), event=event)
-    finally:
-        store.close()
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Passages HQ could not identify with confidence, with the likely car."""
     off = _office(args)
-    _out(posting.render_confirm(off.identification.to_confirm()), args.out)
+    write_out(posting.render_confirm(off.identification.to_confirm()), args.out)
     return 0
 
 
@@ -172,9 +149,9 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     if car is None:
         raise CommandError(f"car {args.car} is not on the entry list")
     if args.format == "json":
-        _out(json.dumps(posting.car_doc(car), indent=2) + "\n", args.out)
+        write_out(json.dumps(posting.car_doc(car), indent=2) + "\n", args.out)
     else:
-        _out(posting.render_sheet(car), args.out)
+        write_out(posting.render_sheet(car), args.out)
     return 0
 
 
@@ -194,7 +171,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """`hq results` without --stages: the full classification from the event and entries."""
     off = _office(args)
     issued = iso_now()[:19].replace("T", " ") + " UTC"
-    _out(render(off, args.format, issued, args.top), args.out)
+    write_out(render(off, args.format, issued, args.top), args.out)
     return 0
 
 

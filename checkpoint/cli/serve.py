@@ -14,25 +14,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from checkpoint.errors import CheckpointError, ConfigError
+from checkpoint.cli.common import load_stages, port, run
+from checkpoint.errors import ConfigError
 
 log = logging.getLogger("checkpoint.web")
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {v}")
-    return v
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve HQ's live board: boxes, passages, results, per-car view (read-only; corrections
     need --password-file)."""
-    from checkpoint.hq import results as resultsmod
     from checkpoint.support import setup_logging
     from checkpoint.web.auth import load_secret
     from checkpoint.web.board import BoardServer
@@ -43,14 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"HQ database {args.db} does not exist: give the --db of `checkpoint hq run`"
         )
-    stages = None
-    if args.stages:
-        path = Path(args.stages)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"stages file {path}: cannot read: {err.strerror}") from None
-        stages = resultsmod.parse_stages(text, str(path))
+    stages = load_stages(args.stages) if args.stages else None
     password = load_secret(args.password_file, "--password-file") if args.password_file else None
     server = BoardServer(
         args.db, host=args.host, port=args.port, stages=stages, password=password
@@ -78,7 +61,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("serve", help=(cmd_serve.__doc__ or "").split("\n")[0])
     r.add_argument("--db", required=True, metavar="PATH", help="HQ database file (SQLite)")
     r.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    r.add_argument("--port", type=_port, default=8090, help="port (default: 8090)")
+    r.add_argument("--port", type=port, default=8090, help="port (default: 8090)")
     r.add_argument("--stages", metavar="FILE", help="stages file (TOML) for the results table")
     r.add_argument(
         "--password-file",
@@ -97,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "serve":
         argv.insert(0, "serve")
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except CheckpointError as err:
-        print(f"checkpoint: error: {err}", file=sys.stderr)
-        return 1
+    return run(p, argv)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ def seal_problem(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
+    """An integer and not a bool (checkpoint.contracts.is_int: defined here, below the
+    contracts, which build on the chain)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -189,7 +191,7 @@ class ChainState:
         reordered chain from a deleted event. The caller checks seq order.
         """
         seq = event.get("seq")
-        self.upto = seq if _is_int(seq) else self.upto + 1
+        self.upto = seq if is_int(seq) else self.upto + 1
         if not is_sealed(event):
             self.unsealed += 1
             self.head = None
@@ -266,13 +268,13 @@ class Report:
 def _verify_store(rep: StoreReport, items: list[tuple[int, Mapping[str, Any]]]) -> None:
     """Verify one store's events (`(position, event)` in input order) into `rep`."""
     seqs = [ev.get("seq") for _, ev in items]
-    present = {s for s in seqs if _is_int(s)}
+    present = {s for s in seqs if is_int(s)}
     known = {
-        ev[HASH]: ev["seq"] for _, ev in items if is_hash(ev.get(HASH)) and _is_int(ev.get("seq"))
+        ev[HASH]: ev["seq"] for _, ev in items if is_hash(ev.get(HASH)) and is_int(ev.get("seq"))
     }
     state = ChainState(rep.store)
     rep.events = len(items)
-    ints = [s for s in seqs if _is_int(s)]
+    ints = [s for s in seqs if is_int(s)]
     rep.first_seq = min(ints) if ints else None
     rep.last_seq = max(ints) if ints else None
 
@@ -282,7 +284,7 @@ def _verify_store(rep: StoreReport, items: list[tuple[int, Mapping[str, Any]]]) 
     last: int | None = None
     for pos, ev in items:
         seq = ev.get("seq")
-        if not _is_int(seq) or seq < 1:
+        if not is_int(seq) or seq < 1:
             brk(None, "malformed", f"seq {seq!r} is not a positive integer", pos)
             break
         own = seal_problem(ev) if is_sealed(ev) else None
@@ -420,7 +422,7 @@ def check_signed_head(key: Any, box: str, store: str, signed: Mapping[str, Any])
     from cryptography.exceptions import InvalidSignature
 
     seq, head, sig = signed.get("seq"), signed.get("head"), signed.get("sig")
-    if not _is_int(seq) or not is_hash(head) or not isinstance(sig, str):
+    if not is_int(seq) or not is_hash(head) or not isinstance(sig, str):
         return "no seq/head/sig"
     try:
         raw = base64.b64decode(sig, validate=True)

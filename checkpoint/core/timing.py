@@ -25,6 +25,7 @@ from typing import Any
 
 from checkpoint import EVENT_SCHEMA
 from checkpoint.config import InputConfig
+from checkpoint.contracts import MAX_CAR, MAX_REASON, is_int
 from checkpoint.core import chain
 from checkpoint.core.burst import BurstMeter
 from checkpoint.core.clock import ClockModel, ClockParams, ClockState, Stamp
@@ -41,7 +42,6 @@ _STATE_EVERY_NS = 1_000_000_000
 _RESTAMP_FINAL_NS = 10_000
 # ...but not for ever: a restamped passage deep inside an outage never gets that tight.
 _RESTAMP_FOR_NS = 600 * 10**9
-_CAR = 16
 
 
 def params_for(convention: str, overrides: dict[str, Any] | None = None) -> ClockParams:
@@ -234,22 +234,22 @@ class Pipeline:
     def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
         """An `assign` event: passage `ref_seq` was car `car`."""
         car = str(car).strip()
-        if not (1 <= len(car) <= _CAR) or not car.isprintable():
-            raise CommandError(f"car number must be 1-{_CAR} printable characters, got {car!r}")
+        if not (1 <= len(car) <= MAX_CAR) or not car.isprintable():
+            raise CommandError(f"car number must be 1-{MAX_CAR} printable characters, got {car!r}")
         self._check_ref(ref_seq)
         return [self._event("assign", ref_seq=ref_seq, car=car, by=by)]
 
     def void(self, ref_seq: int, reason: str, by: str = "marshal") -> list[dict[str, Any]]:
         """A `void` event: passage `ref_seq` was a false trigger."""
         reason = str(reason).strip()
-        if not reason or len(reason) > 200:
-            raise CommandError("void needs a reason of 1-200 characters")
+        if not reason or len(reason) > MAX_REASON:
+            raise CommandError(f"void needs a reason of 1-{MAX_REASON} characters")
         self._check_ref(ref_seq)
         return [self._event("void", ref_seq=ref_seq, reason=reason, by=by)]
 
     def _check_ref(self, ref_seq: int) -> None:
         # bool is an int to Python; `true` from a command must not become seq 1.
-        if isinstance(ref_seq, bool) or not isinstance(ref_seq, int):
+        if not is_int(ref_seq):
             raise CommandError(f"seq must be an integer, got {ref_seq!r}")
         if not 1 <= ref_seq < self.next_seq:
             raise CommandError(f"no event with seq {ref_seq} in this store")

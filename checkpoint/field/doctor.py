@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import Topics
+from checkpoint.core import readiness
 from checkpoint.field import doctor_web
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -391,8 +393,10 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
     alarms = latest.get("alarms") or {}
     if "gps" in alarms:
         add(Check("clock", FAIL, f"{alarms['gps']}", "GPS convention mismatch"))
+    # The one readiness verdict (core.readiness), as the marshal page and the LED judge.
+    level = readiness.clock_level(latest, lim.max_uncertainty_ns)
     if clock == "locked":
-        if isinstance(unc, int | float) and unc > lim.max_uncertainty_ns:
+        if level == readiness.BAD:
             add(
                 Check(
                     "clock",
@@ -410,7 +414,9 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
             "nmea": "NMEA only (millisecond grade): waiting for PPS lock",
             "unsynced": "unsynced: no GPS time at all, system clock only",
         }.get(str(clock), f"clock state {clock!r}")
-        add(Check("clock", FAIL, f"{why} ({unc_text})", f"clock {clock}"))
+        # Holdover within the bound still times as promised: a warning, not a failure.
+        worst = WARN if level == readiness.WARN else FAIL
+        add(Check("clock", worst, f"{why} ({unc_text})", f"clock {clock}"))
 
 
 def _burst(f: Facts, st: dict[str, Any], lim: Limits, add: Callable[[Check], None]) -> None:
@@ -671,8 +677,8 @@ def _broker_facts(
     from checkpoint.mqtt import Link
     from checkpoint.support import read_secret
 
-    base = f"{cfg.mqtt.prefix}/{cfg.box}"
-    status_topic, event_topic = f"{base}/status", f"{base}/event"
+    topics = Topics(cfg.mqtt.prefix, cfg.box)
+    status_topic, event_topic = topics.status, topics.event
     events: queue.Queue[Any] = queue.Queue()
     try:
         password = read_secret(cfg.mqtt.password_file, "mqtt.password_file")

@@ -183,8 +183,39 @@ def _score_car(
     rules = event.rules
     coef = coefficient(entry, rules)
     lines: list[Line] = []
+    reasons: list[str] = []  # why the result is provisional
+    trials, timed_in_trials = _score_trials(event, start_ns, got, coef, lines, reasons)
+    time_pts, passage_pts, otl = _score_controls(
+        event, start_ns, got, timed_in_trials, lines, reasons
+    )
+    trials = _jokers(trials, rules.jokers)
+    total = sum((t.score for t in trials if not t.joker), Decimal(0)) + time_pts + passage_pts
+    status = _status(event, entry, got, final, otl)
+    return CarResult(
+        entry=entry,
+        coefficient=coef,
+        status=status,
+        total=total if status == "classified" else None,
+        trials=tuple(trials),
+        lines=tuple(lines),
+        time_points=time_pts,
+        passage_points=passage_pts,
+        provisional=tuple(reasons),
+    )
+
+
+def _score_trials(
+    event: Event,
+    start_ns: int | None,
+    got: Mapping[str, Call],
+    coef: Decimal,
+    lines: list[Line],
+    reasons: list[str],
+) -> tuple[list[TrialScore], set[str]]:
+    """Each regularity trial's points (lines and provisional reasons appended); also the
+    controls the trials timed."""
+    rules = event.rules
     trials: list[TrialScore] = []
-    reasons: list[str] = []
     timed_in_trials: set[str] = set()
     for tr in event.trials:
         timed_in_trials.add(tr.start)
@@ -225,43 +256,34 @@ def _score_car(
                 _line(ctl, "trial", tr.name, ideal, c, points=p, status="ok", provisional=prov)
             )
         trials.append(TrialScore(tr.name, pts, pts * coef, missed))
+    return trials, timed_in_trials
 
+
+def _score_controls(
+    event: Event,
+    start_ns: int | None,
+    got: Mapping[str, Call],
+    timed_in_trials: set[str],
+    lines: list[Line],
+    reasons: list[str],
+) -> tuple[int, int, bool]:
+    """Time controls and passage controls outside the trials: (time points, passage
+    points, out of time limit)."""
+    rules = event.rules
     time_pts = passage_pts = 0
     otl = False
-    unit = int(rules.time_unit_s * NS_PER_S)
     for ctl in event.controls:
         if ctl.id in timed_in_trials and ctl.kind != "time":
             continue
         c = got.get(ctl.id)
         ideal = None if start_ns is None or ctl.due_ns is None else start_ns + ctl.due_ns
         if ctl.kind == "time":
-            if c is None:
-                time_pts += rules.missed_control
-                lines.append(
-                    _line(ctl.id, "time", None, ideal, None, points=rules.missed_control,
-                          status="missed")
-                )  # fmt: skip
-                continue
-            if ideal is None:
-                lines.append(_line(ctl.id, "time", None, None, c, points=0, status="untimed"))
-                continue
-            diff = c.timed.utc_ns // unit - ideal // unit
-            u = c.timed.uncertainty_ns
-            prov = None
-            if (c.timed.utc_ns - u) // unit != (c.timed.utc_ns + u) // unit:
-                prov = f"{ctl.id}: arrival ± {u / 1e6:.3f} ms straddles a time unit"
-                reasons.append(prov)
-            if diff < 0:
-                p, status = -diff * rules.early_per_unit, "early"
-            elif diff > 0:
-                p, status = diff * rules.late_per_unit, "late"
-                if diff > rules.max_late_units:
-                    otl, status = True, "otl"
-            else:
-                p, status = 0, "ok"
-            time_pts += p
-            lines.append(_line(ctl.id, "time", None, ideal, c, points=p, status=status,
-                               provisional=prov))  # fmt: skip
+            line = _time_control(ctl.id, ideal, c, rules)
+            time_pts += line.points
+            otl = otl or line.status == "otl"
+            if line.provisional:
+                reasons.append(line.provisional)
+            lines.append(line)
         else:
             p = 0 if c is not None else rules.missed_control
             passage_pts += p
@@ -269,36 +291,50 @@ def _score_car(
                 _line(ctl.id, "passage", None, ideal, c, points=p,
                       status="ok" if c is not None else "missed")
             )  # fmt: skip
+    return time_pts, passage_pts, otl
 
-    # Jokers: drop the N worst trial scores (ties: the later trial goes first).
+
+def _time_control(cid: str, ideal: int | None, c: Call | None, rules: Rules) -> Line:
+    """A time control's line: to the minute (the time unit), early/late per unit, OTL."""
+    if c is None:
+        return _line(cid, "time", None, ideal, None, points=rules.missed_control,
+                     status="missed")  # fmt: skip
+    if ideal is None:
+        return _line(cid, "time", None, None, c, points=0, status="untimed")
+    unit = int(rules.time_unit_s * NS_PER_S)
+    diff = c.timed.utc_ns // unit - ideal // unit
+    u = c.timed.uncertainty_ns
+    prov = None
+    if (c.timed.utc_ns - u) // unit != (c.timed.utc_ns + u) // unit:
+        prov = f"{cid}: arrival ± {u / 1e6:.3f} ms straddles a time unit"
+    if diff < 0:
+        p, status = -diff * rules.early_per_unit, "early"
+    elif diff > 0:
+        p, status = diff * rules.late_per_unit, "late"
+        if diff > rules.max_late_units:
+            status = "otl"
+    else:
+        p, status = 0, "ok"
+    return _line(cid, "time", None, ideal, c, points=p, status=status, provisional=prov)
+
+
+def _jokers(trials: list[TrialScore], jokers: int) -> list[TrialScore]:
+    """Drop the N worst trial scores (ties: the later trial goes first)."""
     order = sorted(range(len(trials)), key=lambda i: (trials[i].score, i), reverse=True)
-    dropped = set(order[: rules.jokers])
-    trials = [
+    dropped = set(order[:jokers])
+    return [
         TrialScore(t.trial, t.points, t.score, t.missed, joker=i in dropped)
         for i, t in enumerate(trials)
     ]
-    total = sum((t.score for t in trials if not t.joker), Decimal(0)) + time_pts + passage_pts
 
+
+def _status(event: Event, entry: Entry, got: Mapping[str, Call], final: bool, otl: bool) -> str:
     last = event.controls[-1].id if event.controls else None
     if entry.status == "withdrawn":
-        status = "dns"
-    elif entry.status == "retired" or (final and last is not None and last not in got):
-        status = "dnf"
-    elif otl:
-        status = "otl"
-    else:
-        status = "classified"
-    return CarResult(
-        entry=entry,
-        coefficient=coef,
-        status=status,
-        total=total if status == "classified" else None,
-        trials=tuple(trials),
-        lines=tuple(lines),
-        time_points=time_pts,
-        passage_points=passage_pts,
-        provisional=tuple(reasons),
-    )
+        return "dns"
+    if entry.status == "retired" or (final and last is not None and last not in got):
+        return "dnf"
+    return "otl" if otl else "classified"
 
 
 def _num_key(n: str) -> tuple[int, int | str]:
@@ -328,6 +364,22 @@ def _ranked(cars: list[CarResult], ties: tuple[str, ...]) -> list[tuple[int, Car
             rank, prev = pos, k
         out.append((rank, c))
     return out
+
+
+def _trial_ranks(cars: list[CarResult], i: int) -> tuple[tuple[int, str, Decimal], ...]:
+    """(rank, car, score) on trial `i` of every car that missed none of its controls;
+    equal scores share a rank."""
+    done = sorted(
+        ((c.trials[i].score, c.number) for c in cars if c.trials[i].missed == 0),
+        key=lambda x: (x[0], _num_key(x[1])),
+    )
+    rows: list[tuple[int, str, Decimal]] = []
+    prev_s, rank = None, 0
+    for pos, (s, n) in enumerate(done, 1):
+        if s != prev_s:
+            rank, prev_s = pos, s
+        rows.append((rank, n, s))
+    return tuple(rows)
 
 
 def classify(
@@ -372,19 +424,7 @@ def classify(
             _num_key(c.number),
         )
     )
-    trial_ranks: dict[str, tuple[tuple[int, str, Decimal], ...]] = {}
-    for i, tr in enumerate(event.trials):
-        done = sorted(
-            ((c.trials[i].score, c.number) for c in cars if c.trials[i].missed == 0),
-            key=lambda x: (x[0], _num_key(x[1])),
-        )
-        rows: list[tuple[int, str, Decimal]] = []
-        prev_s, rank = None, 0
-        for pos, (s, n) in enumerate(done, 1):
-            if s != prev_s:
-                rank, prev_s = pos, s
-            rows.append((rank, n, s))
-        trial_ranks[tr.name] = tuple(rows)
+    trial_ranks = {tr.name: _trial_ranks(cars, i) for i, tr in enumerate(event.trials)}
     return Classification(
         event=event.name,
         trials=tuple(t.name for t in event.trials),

@@ -133,17 +133,8 @@ def start_ns(start: str, date: str | None, tz: str) -> int:
     return int(local.timestamp()) * NS_PER_S + frac
 
 
-def parse_entries(text: str, source: str = "entries.csv") -> list[Entry]:
-    """Parse and validate an entry list; ConfigError names the row and column."""
-    if text.startswith("\ufeff"):  # a spreadsheet's UTF-8 byte order mark
-        text = text[1:]
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ConfigError(f"{source}: empty file (needs a header row)") from None
-    except csv.Error as err:
-        raise ConfigError(f"{source}: row 1: {err}") from None
+def _columns(header: list[str], source: str) -> list[str]:
+    """The header's column names, lower-cased; ConfigError for unknown, missing or twice."""
     cols = [h.strip().lower() for h in header]
     unknown = [h for h in cols if h not in COLUMNS]
     if unknown:
@@ -157,7 +148,51 @@ def parse_entries(text: str, source: str = "entries.csv") -> list[Entry]:
     dup = {c for c in cols if cols.count(c) > 1}
     if dup:
         raise ConfigError(f"{source}: row 1: column(s) {', '.join(sorted(dup))} given twice")
+    return cols
 
+
+def _entry(val: dict[str, str], where: str, seen: dict[str, int]) -> Entry:
+    """One row as an Entry; `where` is "FILE: row N", `seen` the numbers entered so far."""
+
+    def at(col: str) -> str:
+        return f"{where}, column {col}"
+
+    for c in REQUIRED:
+        if not val.get(c):
+            raise ConfigError(f"{at(c)}: required, but empty")
+    number = check_number(val["number"], at("number"))
+    if number in seen:
+        raise ConfigError(f"{at('number')}: car {number} is already entered at row {seen[number]}")
+    try:
+        year = int(val["year"])
+    except ValueError:
+        raise ConfigError(f"{at('year')}: {val['year']!r} is not a year") from None
+    if not 1885 <= year <= 2100:
+        raise ConfigError(f"{at('year')}: {year} is not a plausible year of construction")
+    coef = val.get("coefficient") or ""
+    return Entry(
+        number=number,
+        crew=val["crew"],
+        car=val.get("car", ""),
+        year=year,
+        klass=val.get("class", ""),
+        start=check_start(val["start"], at("start")),
+        coefficient=check_coefficient(coef, at("coefficient")) if coef else None,
+    )
+
+
+def parse_entries(text: str, source: str = "entries.csv") -> list[Entry]:
+    """Parse and validate an entry list; ConfigError names the row and column."""
+    if text.startswith("\ufeff"):  # a spreadsheet's UTF-8 byte order mark
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ConfigError(f"{source}: empty file (needs a header row)") from None
+    except csv.Error as err:
+        raise ConfigError(f"{source}: row 1: {err}") from None
+    cols = _columns(header, source)
     out: list[Entry] = []
     seen: dict[str, int] = {}
     rowno = 1
@@ -171,37 +206,9 @@ def parse_entries(text: str, source: str = "entries.csv") -> list[Entry]:
                     f"{source}: row {rowno}: {len(row)} fields, the header has {len(cols)}"
                 )
             val = {c: v.strip() for c, v in zip(cols, row, strict=True)}
-
-            def at(col: str, r: int = rowno) -> str:
-                return f"{source}: row {r}, column {col}"
-
-            for c in REQUIRED:
-                if not val.get(c):
-                    raise ConfigError(f"{at(c)}: required, but empty")
-            number = check_number(val["number"], at("number"))
-            if number in seen:
-                raise ConfigError(
-                    f"{at('number')}: car {number} is already entered at row {seen[number]}"
-                )
-            seen[number] = rowno
-            try:
-                year = int(val["year"])
-            except ValueError:
-                raise ConfigError(f"{at('year')}: {val['year']!r} is not a year") from None
-            if not 1885 <= year <= 2100:
-                raise ConfigError(f"{at('year')}: {year} is not a plausible year of construction")
-            coef = val.get("coefficient") or ""
-            out.append(
-                Entry(
-                    number=number,
-                    crew=val["crew"],
-                    car=val.get("car", ""),
-                    year=year,
-                    klass=val.get("class", ""),
-                    start=check_start(val["start"], at("start")),
-                    coefficient=check_coefficient(coef, at("coefficient")) if coef else None,
-                )
-            )
+            entry = _entry(val, f"{source}: row {rowno}", seen)
+            seen[entry.number] = rowno
+            out.append(entry)
     except csv.Error as err:
         raise ConfigError(f"{source}: row {rowno}: {err}") from None
     if not out:

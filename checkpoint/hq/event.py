@@ -54,7 +54,9 @@ secrets = [{control = "PC1a", target_s = 40.0}]  # intermediate secret controls
 
 from __future__ import annotations
 
+import datetime as _dt
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -296,6 +298,42 @@ def _trial(t: object, key: str, source: str, km: dict[str, Decimal | None]) -> T
     return Trial(name, start, finish, target, tuple(secrets))
 
 
+def _header(doc: dict[str, Any], source: str) -> tuple[str, str | None, str]:
+    """[event]: (name, ISO date or None, time zone name)."""
+    ev = _check_keys(doc.get("event", {}), {"name", "date", "timezone"}, "event", source)
+    name = ev.get("name", "")
+    date = ev.get("date")
+    if date is not None:
+        try:
+            date = _dt.date.fromisoformat(str(date)).isoformat()
+        except ValueError:
+            raise _err(source, "event.date", f"{date!r} is not a date (YYYY-MM-DD)") from None
+    tz = ev.get("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except Exception:  # noqa: BLE001 - any failure means the name is unusable
+        raise _err(source, "event.timezone", f"unknown time zone {tz!r}") from None
+    return str(name), date, tz
+
+
+def _trials(
+    doc: dict[str, Any], source: str, legacy: bool, km: dict[str, Decimal | None]
+) -> list[Trial]:
+    """[[trial]] (or a stages file's [[stage]]), names unique."""
+    raw_trials = doc.get("stage" if legacy else "trial", [])
+    if not isinstance(raw_trials, list):
+        raise _err(source, "trial", "must be an array of tables ([[trial]])")
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw_trials, 1):
+        tr = _trial(t, f"{'stage' if legacy else 'trial'}[{i}]", source, km)
+        if tr.name in seen:
+            raise _err(source, f"trial[{i}].name", f"{tr.name!r} is used twice")
+        seen.add(tr.name)
+        trials.append(tr)
+    return trials
+
+
 def parse_event(text: str, source: str = "<event>") -> Event:
     """Parse an event (or legacy stages) TOML document; ConfigError names file and key."""
     try:
@@ -310,39 +348,12 @@ def parse_event(text: str, source: str = "<event>") -> Event:
     if legacy and "trial" in doc:
         raise _err(source, "stage", "give [[trial]] or the older [[stage]], not both")
 
-    ev = _check_keys(doc.get("event", {}), {"name", "date", "timezone"}, "event", source)
-    name = ev.get("name", "")
-    date = ev.get("date")
-    if date is not None:
-        import datetime as _dt
-
-        try:
-            date = _dt.date.fromisoformat(str(date)).isoformat()
-        except ValueError:
-            raise _err(source, "event.date", f"{date!r} is not a date (YYYY-MM-DD)") from None
-    tz = ev.get("timezone", "UTC")
-    try:
-        import zoneinfo
-
-        zoneinfo.ZoneInfo(tz)
-    except Exception:  # noqa: BLE001 - any failure means the name is unusable
-        raise _err(source, "event.timezone", f"unknown time zone {tz!r}") from None
-
+    name, date, tz = _header(doc, source)
     rules = _rules(doc, source, legacy)
     identify = _identify(doc, source)
     controls = _controls(doc.get("control", []), source)
     km = {c.id: c.km for c in controls}
-    raw_trials = doc.get("stage" if legacy else "trial", [])
-    if not isinstance(raw_trials, list):
-        raise _err(source, "trial", "must be an array of tables ([[trial]])")
-    trials: list[Trial] = []
-    seen: set[str] = set()
-    for i, t in enumerate(raw_trials, 1):
-        tr = _trial(t, f"{'stage' if legacy else 'trial'}[{i}]", source, km)
-        if tr.name in seen:
-            raise _err(source, f"trial[{i}].name", f"{tr.name!r} is used twice")
-        seen.add(tr.name)
-        trials.append(tr)
+    trials = _trials(doc, source, legacy, km)
     if not trials and not controls:
         raise ConfigError(f"{source}: needs at least one [[trial]] (or [[control]])")
     if not controls:

@@ -168,6 +168,117 @@ def _margin(
     return alt - best
 
 
+def _cumulative_variance(event: Event) -> list[int]:
+    """Per control, the variance (ns²) of a car's time accumulated from the first control:
+    each leg its own sigma, else the trial's or the transfer's."""
+    idp, ctls = event.identify, event.controls
+    cum_var = [0] * len(ctls)
+    for k in range(1, len(ctls)):
+        s = ctls[k].sigma_ns
+        if s is None:
+            in_trial = event.trial_of_leg(ctls[k - 1].id, ctls[k].id) is not None
+            s = idp.sigma_ns if in_trial else idp.transfer_sigma_ns
+        cum_var[k] = cum_var[k - 1] + s * s
+    return cum_var
+
+
+Edges = dict[tuple[int, int], float]  # (passage, car) → cost (or z)
+
+
+def _edges(
+    times: list[int], preds: list[tuple[int, float]], width: int, gate: float, base: float
+) -> tuple[Edges, Edges]:
+    """Costs (and z-scores) of every (passage, car) pair inside the gate.
+
+    Passages and predictions sorted by time: only neighbours inside the gate are paired.
+    """
+    edges: Edges = {}
+    zs: Edges = {}
+    order = sorted(range(len(preds)), key=lambda j: preds[j][0])
+    ptimes = [preds[j][0] for j in order]
+    max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0) + width
+    for pi, t in enumerate(times):
+        lo = bisect.bisect_left(ptimes, t - max_reach)
+        hi = bisect.bisect_right(ptimes, t + max_reach)
+        for oj in order[lo:hi]:
+            pred, sig = preds[oj]
+            off = t - pred if t < pred else max(0, t - pred - width)
+            z = off / NS_PER_S / sig
+            if abs(z) <= gate:
+                edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
+                zs[(pi, oj)] = z
+    return edges, zs
+
+
+def _match(
+    n_passages: int, n_cars: int, edges: Edges, unmatched: float
+) -> tuple[dict[int, tuple[int, float]], dict[int, tuple[int, float]]]:
+    """(matched, nobody): passage → (car, margin) of the best assignment, and for a
+    passage left as nobody although some car was in its gate, how sure that is: forced
+    to be a car, which would it be, at what extra cost."""
+    matched: dict[int, tuple[int, float]] = {}
+    nobody: dict[int, tuple[int, float]] = {}
+    for ps, cs in _components(n_passages, n_cars, edges):
+        sub = {e: v for e, v in edges.items() if e[0] in ps}
+        pairs, best, _ = _solve_block(ps, cs, sub, unmatched)
+        for p, c in pairs.items():
+            matched[p] = (c, _margin(ps, cs, sub, unmatched, p, c, best))
+        for p in ps:
+            if p not in pairs:
+                forced, alt, _ = _solve_block(ps, cs, sub, unmatched, must=p)
+                if p in forced:
+                    nobody[p] = (forced[p], alt - best)
+    return matched, nobody
+
+
+def _predict(
+    event: Event,
+    k: int,
+    start_ns: int,
+    anchor: tuple[int, int, int] | None,
+    cum_var: list[int],
+) -> tuple[int, float]:
+    """(predicted UTC ns, sigma in s) of a car at control `k`: from its schedule at a time
+    control, else from its last identified passage (`anchor`), else from its start."""
+    ctl, idp = event.controls[k], event.identify
+    due = ctl.due_ns or 0
+    if ctl.kind == "time":
+        pred, var = start_ns + due, (ctl.sigma_ns or idp.sigma_ns) ** 2
+    elif anchor is not None:
+        j, t0, var0 = anchor
+        pred = t0 + due - (event.controls[j].due_ns or 0)
+        var = var0 + cum_var[k] - cum_var[j]
+    else:
+        pred = start_ns + due
+        var = idp.sigma_ns**2 + cum_var[k]
+    return pred, math.sqrt(var) / NS_PER_S
+
+
+def _call(
+    t: Timed,
+    pi: int,
+    matched: dict[int, tuple[int, float]],
+    nobody: dict[int, tuple[int, float]],
+    cars: list[str],
+    preds: list[tuple[int, float]],
+    zs: Edges,
+    min_margin: float,
+) -> Call:
+    """What HQ says of free passage `pi`: the car (`auto`) when the match leads by at
+    least `min_margin`, `confirm` (with the likely car) when it does not, or `unknown`."""
+    if pi not in matched:
+        if pi in nobody and nobody[pi][1] < min_margin:
+            oj, margin = nobody[pi]
+            pred, z = preds[oj][0], round(zs[(pi, oj)], 3)
+            return Call(t, "confirm", None, cars[oj], pred, round(margin, 3), z)
+        return Call(t, "unknown", None)
+    oj, margin = matched[pi]
+    car, pred, z = cars[oj], preds[oj][0], round(zs[(pi, oj)], 3)
+    if margin >= min_margin:
+        return Call(t, "auto", car, car, pred, round(margin, 3), z)
+    return Call(t, "confirm", None, car, pred, round(margin, 3), z)
+
+
 def identify(
     event: Event,
     timed: Mapping[str, list[Timed]],
@@ -187,22 +298,11 @@ def identify(
     anchor: dict[str, tuple[int, int, int]] = {}  # car → (control index, utc_ns, var)
     gone: set[str] = set()
     ctls = event.controls
-    leg_var: list[int] = [0]
-    for k in range(1, len(ctls)):
-        s = ctls[k].sigma_ns
-        if s is None:
-            in_trial = event.trial_of_leg(ctls[k - 1].id, ctls[k].id) is not None
-            s = idp.sigma_ns if in_trial else idp.transfer_sigma_ns
-        leg_var.append(s * s)
-    cum_var = [0] * len(ctls)
-    for k in range(1, len(ctls)):
-        cum_var[k] = cum_var[k - 1] + leg_var[k]
-    start_var = idp.sigma_ns**2
+    cum_var = _cumulative_variance(event)
     base = idp.sigma_ns / NS_PER_S
     unit = int(event.rules.time_unit_s * NS_PER_S)
 
     for k, ctl in enumerate(ctls):
-        due = ctl.due_ns or 0
         passages = timed.get(ctl.id, [])
         calls: list[Call | None] = [None] * len(passages)
         human_cars = set()
@@ -211,77 +311,23 @@ def identify(
                 calls[i] = Call(t, t.car_source or "marshal", t.car)
                 human_cars.add(t.car)
         cars = sorted(c for c in starts if c not in human_cars and c not in gone)
+        preds = [_predict(event, k, starts[c], anchor.get(c), cum_var) for c in cars]
         # A prediction is a window [lo, lo + width] (width 0 but at a time control,
         # where a car on time arrives anywhere in its own unit) and a sigma (s).
-        width = 0
-        preds: list[tuple[int, float]] = []
-        for c in cars:
-            if ctl.kind == "time":
-                pred, var = starts[c] + due, (ctl.sigma_ns or idp.sigma_ns) ** 2
-                width = unit
-            elif c in anchor:
-                j, t0, var0 = anchor[c]
-                pred = t0 + due - (ctls[j].due_ns or 0)
-                var = var0 + cum_var[k] - cum_var[j]
-            else:
-                pred = starts[c] + due
-                var = start_var + cum_var[k]
-            preds.append((pred, math.sqrt(var) / NS_PER_S))
+        width = unit if ctl.kind == "time" and cars else 0
         result.expected[ctl.id] = sorted(
             ((c, p) for c, (p, _) in zip(cars, preds, strict=True)), key=lambda x: x[1]
         )
         free = [i for i, cl in enumerate(calls) if cl is None]
-        edges: dict[tuple[int, int], float] = {}
-        zs: dict[tuple[int, int], float] = {}
-        # Passages and predictions sorted by time: only neighbours inside the gate.
-        order = sorted(range(len(cars)), key=lambda j: preds[j][0])
-        ptimes = [preds[j][0] for j in order]
-        max_reach = max((gate * s * NS_PER_S for _, s in preds), default=0) + width
-        for pi, i in enumerate(free):
-            t = passages[i].utc_ns
-            lo = bisect.bisect_left(ptimes, t - max_reach)
-            hi = bisect.bisect_right(ptimes, t + max_reach)
-            for oj in order[lo:hi]:
-                pred, sig = preds[oj]
-                off = t - pred if t < pred else max(0, t - pred - width)
-                z = off / NS_PER_S / sig
-                if abs(z) <= gate:
-                    edges[(pi, oj)] = z * z / 2 + math.log(sig / base)
-                    zs[(pi, oj)] = z
-        matched: dict[int, tuple[int, float]] = {}
-        # A passage left as nobody although some car was in its gate: how sure is
-        # that? Forced to be a car, which would it be, at what extra cost?
-        nobody: dict[int, tuple[int, float]] = {}
-        for ps, cs in _components(len(free), len(cars), edges):
-            sub = {e: v for e, v in edges.items() if e[0] in ps}
-            pairs, best, _ = _solve_block(ps, cs, sub, unmatched)
-            for p, c in pairs.items():
-                matched[p] = (c, _margin(ps, cs, sub, unmatched, p, c, best))
-            for p in ps:
-                if p not in pairs:
-                    forced, alt, _ = _solve_block(ps, cs, sub, unmatched, must=p)
-                    if p in forced:
-                        nobody[p] = (forced[p], alt - best)
+        times = [passages[i].utc_ns for i in free]
+        edges, zs = _edges(times, preds, width, gate, base)
+        matched, nobody = _match(len(free), len(cars), edges, unmatched)
         seen_cars = set()
         for pi, i in enumerate(free):
-            t = passages[i]
-            if pi not in matched:
-                if pi in nobody and nobody[pi][1] < idp.min_margin:
-                    oj, margin = nobody[pi]
-                    pred, z = preds[oj][0], round(zs[(pi, oj)], 3)
-                    calls[i] = Call(t, "confirm", None, cars[oj], pred, round(margin, 3), z)
-                else:
-                    calls[i] = Call(t, "unknown", None)
-                continue
-            oj, margin = matched[pi]
-            car = cars[oj]
-            pred = preds[oj][0]
-            z = round(zs[(pi, oj)], 3)
-            if margin >= idp.min_margin:
-                calls[i] = Call(t, "auto", car, car, pred, round(margin, 3), z)
-                seen_cars.add(car)
-            else:
-                calls[i] = Call(t, "confirm", None, car, pred, round(margin, 3), z)
+            call = _call(passages[i], pi, matched, nobody, cars, preds, zs, idp.min_margin)
+            calls[i] = call
+            if call.status == "auto":
+                seen_cars.add(call.car)
         done = [c for c in calls if c is not None]
         for cl in done:
             if cl.car is not None and (cl.car not in anchor or anchor[cl.car][0] < k):

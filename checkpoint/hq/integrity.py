@@ -34,7 +34,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from checkpoint.contracts import MAX_SEQ, is_int
 from checkpoint.core import chain
+from checkpoint.errors import CommandError
 
 AUDIT_GENESIS = hashlib.sha256(b"checkpoint/audit/1").hexdigest()
 #: The columns of a correction row its seal covers (everything but id, prev, hash).
@@ -52,9 +54,6 @@ AUDIT_FIELDS = (
     "detail",
 )
 
-MAX_SEQ = (
-    2**53
-)  # as checkpoint.hq.collector: beyond this JSON numbers stop being exact (and SQLite's)
 Db = Any  # a sqlite_utils.Database or an sqlite3.Connection: both have execute()
 
 
@@ -112,7 +111,7 @@ def record_anchor(db: Db, box: str, store: str, status: Mapping[str, Any], at: s
     if not isinstance(anchor, Mapping):
         return False
     seq, head, sig = anchor.get("seq"), anchor.get("head"), anchor.get("sig")
-    if not _is_int(seq) or not 1 <= seq <= MAX_SEQ or not chain.is_hash(head):
+    if not is_int(seq) or not 1 <= seq <= MAX_SEQ or not chain.is_hash(head):
         return False
     acked = status.get("acked_upto")
     cur = db.execute(
@@ -127,7 +126,7 @@ def record_anchor(db: Db, box: str, store: str, status: Mapping[str, Any], at: s
             seq,
             head,
             sig if isinstance(sig, str) and len(sig) <= 200 else None,
-            acked if _is_int(acked) and 0 <= acked <= MAX_SEQ else None,
+            acked if is_int(acked) and 0 <= acked <= MAX_SEQ else None,
             str(status.get("state"))[:20],
         ),
     )
@@ -267,10 +266,6 @@ def _field(payload: str, name: str) -> Any:
         return None
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def is_integrity_db(conn: sqlite3.Connection) -> bool:
     """True if the HQ database has the integrity tables (m003 applied)."""
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -293,8 +288,6 @@ def decide(
     decision is a `keep` correction in the audit trail (who, why, which version).
     Raises CommandError when there is no such dispute or the choice is ambiguous.
     """
-    from checkpoint.errors import CommandError
-
     by, reason = (by or "").strip(), (reason or "").strip()
     if not by or not reason or len(reason) > 200:
         raise CommandError("a decision needs --by NAME and --reason (1-200 characters)")

@@ -28,9 +28,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from checkpoint.contracts import MAX_REASON
+from checkpoint.core import corrections
 from checkpoint.errors import CommandError
+from checkpoint.hq.audit import check_car
 from checkpoint.hq.localtime import NS, local_dt, local_time
-from checkpoint.hq.store import MAX_REASON, HQStore, check_car
+from checkpoint.hq.store import HQStore
 
 _TOD = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?$")
 
@@ -156,6 +159,30 @@ def describe(row: dict[str, Any], tz: dt.tzinfo | None = None) -> str:
     )
 
 
+def _by_seq(rows: Sequence[dict[str, Any]], pick: Pick) -> dict[str, Any]:
+    """The passage BOX SEQ (`--store` a prefix when the seq is in several stores)."""
+    cands = [r for r in rows if r["box"] == pick.box and r["seq"] == pick.seq]
+    if pick.store:
+        cands = [r for r in cands if r["store"].startswith(pick.store)]
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise CommandError(f"box {pick.box!r} has no passage with seq {pick.seq} at HQ")
+    raise CommandError(f"box {pick.box!r} seq {pick.seq} is in several stores; add --store")
+
+
+def _meant(cands: list[dict[str, Any]], action: str, pick: Pick) -> list[dict[str, Any]]:
+    """Of several candidates, the ones the action can mean (if any; else all of them)."""
+    if action == "unvoid":
+        return [r for r in cands if r["void"]] or cands
+    if len(cands) > 1 and action == "assign" and pick.car is None:
+        # "The passage at 10:32 with no car" is what the operator means.
+        return [r for r in cands if not r["car"] and not r["void"]] or cands
+    if len(cands) > 1 and action == "void":
+        return [r for r in cands if not r["void"]] or cands
+    return cands
+
+
 def choose(
     rows: Sequence[dict[str, Any]],
     pick: Pick,
@@ -166,14 +193,7 @@ def choose(
 ) -> dict[str, Any]:
     """The one passage `pick` names, or a CommandError listing the candidates."""
     if pick.box is not None:
-        cands = [r for r in rows if r["box"] == pick.box and r["seq"] == pick.seq]
-        if pick.store:
-            cands = [r for r in cands if r["store"].startswith(pick.store)]
-        if len(cands) == 1:
-            return cands[0]
-        if not cands:
-            raise CommandError(f"box {pick.box!r} has no passage with seq {pick.seq} at HQ")
-        raise CommandError(f"box {pick.box!r} seq {pick.seq} is in several stores; add --store")
+        return _by_seq(rows, pick)
     if not pick.control:
         raise CommandError("say which passage: --control and --at/--car, or BOX SEQ")
     here = [r for r in rows if r["checkpoint"] == pick.control]
@@ -194,13 +214,7 @@ def choose(
         cands = [r for r in cands if start <= _time_of_day_ns(r["utc_ns"], tz) < start + res]
     if pick.car is not None:
         cands = [r for r in cands if r["car"] == pick.car]
-    if action == "unvoid":
-        cands = [r for r in cands if r["void"]] or cands
-    elif len(cands) > 1 and action == "assign" and pick.car is None:
-        # "The passage at 10:32 with no car" is what the operator means.
-        cands = [r for r in cands if not r["car"] and not r["void"]] or cands
-    elif len(cands) > 1 and action == "void":
-        cands = [r for r in cands if not r["void"]] or cands
+    cands = _meant(cands, action, pick)
     what = " ".join(
         x
         for x in (
@@ -285,11 +299,10 @@ def check(
 
 
 def _apply_in_memory(row: dict[str, Any], action: str, fields: dict[str, Any]) -> None:
-    if action == "assign":
-        row["car"] = fields["car"]
-    else:
-        row["void"] = action == "void"
-        row["void_reason"] = fields.get("reason") if action == "void" else None
+    """What the export will show once this correction is written (the same fold): later
+    rows of a bulk file are checked against it. An HQ correction made now outranks all."""
+    c = corrections.Correction(_key(row), action, (1, 0), fields)
+    row.update(corrections.apply(row, {c.slot: c}))
 
 
 def apply_rows(

@@ -401,21 +401,23 @@ def render_csv(results: Results) -> str:
     return buf.getvalue()
 
 
+def car_json(c: CarResult) -> dict[str, Any]:
+    """One car's standing as `hq results --format json` names it (README); the board's
+    results and car views carry the same keys, with their own per-stage cells."""
+    return {
+        "rank": c.rank,
+        "car": c.car,
+        "total": c.total,
+        "partial_points": c.partial_points,
+        "missing": c.missing,
+    }
+
+
 def render_json(results: Results) -> str:
     """JSON document: stages, cars (with per-stage results) and unassigned counts."""
     doc = {
         "stages": [asdict(s) for s in results.stages],
-        "cars": [
-            {
-                "rank": c.rank,
-                "car": c.car,
-                "total": c.total,
-                "partial_points": c.partial_points,
-                "missing": c.missing,
-                "stages": [asdict(sr) for sr in c.stages],
-            }
-            for c in results.cars
-        ],
+        "cars": [{**car_json(c), "stages": [asdict(sr) for sr in c.stages]} for c in results.cars],
         "unassigned": results.unassigned,
     }
     return json.dumps(doc, indent=2) + "\n"

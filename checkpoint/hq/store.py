@@ -30,6 +30,14 @@ Correction precedence (deterministic, independent of arrival order): for each
 passage and each kind (car assignment; void state), an HQ correction overrides
 any box correction, the latest HQ correction (by id) wins among HQ ones and the
 highest box seq wins among box ones. Of several restamps the highest seq wins.
+The fold itself is `checkpoint.core.corrections` (the box folds the same way);
+HQ's ranking and reads are `checkpoint.hq.passages`.
+
+Around this module: the migrations are `checkpoint.hq.schema`, the export rows
+`checkpoint.hq.passages`, `hq status`'s summaries `checkpoint.hq.summary`, the sealed
+audit trail `checkpoint.hq.audit`. What stays here (~500 lines) is the connection
+and one short method per statement the collector and the commands run: splitting it
+further would scatter one table's reads and writes over several files.
 """
 
 from __future__ import annotations
@@ -39,287 +47,24 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from checkpoint.contracts import is_int
 from checkpoint.errors import CommandError, StoreError
-from checkpoint.hq import integrity
+from checkpoint.hq import audit, integrity, summary
+from checkpoint.hq import passages as exported
+from checkpoint.hq.schema import MIGRATIONS
+from checkpoint.hq.summary import BoxSummary
 
-MIGRATIONS = sqlite_utils.Migrations("checkpoint-hq")
 MAX_REJECT_PAYLOAD = 65_536
-MAX_CAR = 16
-MAX_REASON = 200
-
-# Fields of an export row, in order: the event's own names, then the corrections.
-EXPORT_FIELDS = (
-    "box",
-    "store",
-    "seq",
-    "checkpoint",
-    "input",
-    "source",
-    "mono_ns",
-    "utc_ns",
-    "utc",
-    "clock",
-    "uncertainty_ns",
-    "car",
-    "void",
-    "void_reason",
-    "restamped",
-    "orig_utc_ns",
-    # Where `car` comes from: "hq" or "marshal" (a person), "auto" (identified by
-    # HQ from the schedule, `hq export` with an event loaded), empty without a car.
-    "car_source",
-)
-
-
-@MIGRATIONS()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """The first schema."""
-    db["events"].create(
-        {
-            "id": int,
-            "box": str,
-            "store": str,
-            "seq": int,
-            "type": str,
-            "checkpoint": str,
-            "utc_ns": int,
-            "ref_seq": int,
-            "quarantine": str,
-            "topic": str,
-            "received_at": str,
-            "payload": str,
-        },
-        pk="id",
-        not_null={"box", "store", "seq", "type", "payload"},
-    )
-    db["events"].create_index(["box", "store", "seq"], unique=True)
-    db["events"].create_index(["type", "checkpoint"])
-    db["rejects"].create(
-        {
-            "id": int,
-            "received_at": str,
-            "topic": str,
-            "box": str,
-            "reason": str,
-            "detail": str,
-            # BLOB affinity keeps whatever was received: text when it decoded
-            # as UTF-8, raw bytes when it did not.
-            "payload": bytes,
-        },
-        pk="id",
-        not_null={"received_at", "reason"},
-    )
-    db["rejects"].create_index(["box"])
-    db["boxes"].create(
-        {
-            "box": str,
-            "current_store": str,
-            "status_store": str,
-            "state": str,
-            "status": str,
-            "status_at": str,
-            "first_seen_at": str,
-            "last_event_at": str,
-            "duplicates": int,
-            "conflicts": int,
-            "store_changes": int,
-        },
-        pk="box",
-        defaults={"duplicates": 0, "conflicts": 0, "store_changes": 0},
-    )
-    db["stores"].create(
-        {
-            "box": str,
-            "store": str,
-            "first_seen_at": str,
-            "upto": int,
-            "max_seq": int,
-            "events": int,
-            "missing": int,
-            "gaps": str,
-            "resend_requests": int,
-            "last_resend_at": str,
-        },
-        pk=("box", "store"),
-        defaults={"upto": 0, "max_seq": 0, "events": 0, "missing": 0, "resend_requests": 0},
-    )
-    db["corrections"].create(
-        {
-            "id": int,
-            "at": str,
-            "box": str,
-            "store": str,
-            "ref_seq": int,
-            "action": str,
-            "car": str,
-            "reason": str,
-            "by": str,
-            "source": str,
-            "event_seq": int,
-            "detail": str,
-        },
-        pk="id",
-        not_null={"at", "box", "store", "ref_seq", "action", "source"},
-    )
-    db["corrections"].create_index(["box", "store", "ref_seq"])
-    db["hq_state"].create({"key": str, "value": str}, pk="key")
-
-
-@MIGRATIONS()
-def m002_chain(db: sqlite_utils.Database) -> None:
-    """Hash-chain verification: progress per store and the breaks found."""
-    stores = db["stores"]
-    # How far the store's chain is walked (contiguously from seq 1) and the hash the
-    # next event's prev must equal (NULL: genesis at 0, re-anchor after unsealed).
-    stores.add_column("chain_upto", int, not_null_default=0)
-    stores.add_column("chain_head", str)
-    stores.add_column("chain_sealed", int, not_null_default=0)
-    stores.add_column("chain_unsealed", int, not_null_default=0)
-    stores.add_column("chain_breaks", int, not_null_default=0)
-    db["chain_breaks"].create(
-        {
-            "id": int,
-            "at": str,
-            "box": str,
-            "store": str,
-            "seq": int,
-            "reason": str,
-            "detail": str,
-        },
-        pk="id",
-        not_null={"at", "box", "store", "reason"},
-    )
-    db["chain_breaks"].create_index(["box", "store"])
-
-
-@MIGRATIONS()
-def m003_integrity(db: sqlite_utils.Database) -> None:
-    """Anchors and conflicts (see checkpoint.hq.integrity): every chain head a box published,
-    and every other version of an event HQ already held under the same seq."""
-    db["anchors"].create(
-        {
-            "id": int,
-            "at": str,
-            "box": str,
-            "store": str,
-            "seq": int,
-            "head": str,
-            "sig": str,
-            "acked_upto": int,
-            "state": str,
-        },
-        pk="id",
-        not_null={"at", "box", "store", "seq", "head"},
-    )
-    db["anchors"].create_index(["box", "store", "seq", "head"], unique=True)
-    db["conflicts"].create(
-        {
-            "id": int,
-            "at": str,
-            "box": str,
-            "store": str,
-            "seq": int,
-            "hash": str,
-            "quarantine": str,
-            "topic": str,
-            "payload": str,
-        },
-        pk="id",
-        not_null={"at", "box", "store", "seq", "payload"},
-    )
-    db["conflicts"].create_index(["box", "store", "seq"])
-    # HQ's own audit trail is chained like a box's events (checkpoint.hq.integrity).
-    db["corrections"].add_column("prev", str)
-    db["corrections"].add_column("hash", str)
-
-
-@MIGRATIONS()
-def m004_rally_office(db: sqlite_utils.Database) -> None:
-    """The rally office (checkpoint.hq.officestore): entry list, its audit, the event file."""
-    db["entries"].create(
-        {
-            "number": str,
-            "crew": str,
-            "car": str,
-            "year": int,
-            "class": str,
-            "start": str,
-            "coefficient": str,
-            "status": str,
-            "updated_at": str,
-        },
-        pk="number",
-        not_null={"crew", "year", "start", "status"},
-    )
-    db["entry_changes"].create(
-        {
-            "id": int,
-            "at": str,
-            "number": str,
-            "action": str,
-            "field": str,
-            "old": str,
-            "new": str,
-            "by": str,
-        },
-        pk="id",
-        not_null={"at", "number", "action"},
-    )
-    db["event_files"].create(
-        {"id": int, "at": str, "name": str, "source": str, "text": str, "by": str},
-        pk="id",
-        not_null={"at", "text"},
-    )
-
-
-@MIGRATIONS()
-def m005_status_history(db: sqlite_utils.Database) -> None:
-    """Each box's clock state per status message, so the board's clock plot has a
-    history after a restart (the `boxes` row keeps only the latest status)."""
-    db["status_history"].create(
-        {"id": int, "box": str, "at": str, "clock": str, "uncertainty_ns": int},
-        pk="id",
-        not_null={"box", "at"},
-    )
-    db["status_history"].create_index(["box", "id"])
 
 
 def iso_now() -> str:
     """HQ's wall clock as ISO 8601 UTC with microseconds (for received_at and audit)."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True, slots=True)
-class BoxSummary:
-    """One line of `hq status`: what HQ knows of a box."""
-
-    box: str
-    state: str  # online | lost | offline | unknown
-    clock: str | None
-    uncertainty_ns: int | None
-    backlog: int | None
-    status_at: str | None
-    last_passage_utc_ns: int | None
-    current_store: str | None
-    stores: int
-    events: int
-    upto: int
-    missing: int
-    gaps: str
-    resend_requests: int
-    duplicates: int
-    conflicts: int
-    rejects: int
-    #: Breaks of the box's hash chain found so far (all its stores).
-    chain_breaks: int = 0
-    #: "ok" (sealed, no break), "broken", "unsealed" (older box software) or "-" (nothing yet).
-    chain: str = "-"
 
 
 class HQStore:
@@ -365,6 +110,12 @@ class HQStore:
         """Close the connection."""
         self.db.close()
 
+    def __enter__(self) -> HQStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction (a savepoint when nested); committed with synchronous=FULL."""
@@ -407,8 +158,8 @@ class HQStore:
                 seq,
                 str(event.get("type")),
                 checkpoint if isinstance(checkpoint, str) else None,
-                utc_ns if _is_int(utc_ns) else None,
-                ref_seq if _is_int(ref_seq) else None,
+                utc_ns if is_int(utc_ns) else None,
+                ref_seq if is_int(ref_seq) else None,
                 quarantine,
                 topic,
                 received_at,
@@ -501,7 +252,7 @@ class HQStore:
             ),
         )
         unc = status.get("uncertainty_ns")
-        if status.get("state") == "ready" and _is_int(unc):
+        if status.get("state") == "ready" and is_int(unc):
             clock = status.get("clock")
             self.db.execute(
                 "INSERT INTO status_history (box, at, clock, uncertainty_ns) VALUES (?,?,?,?)",
@@ -640,29 +391,7 @@ class HQStore:
             "event_seq": event_seq,
             "detail": detail,
         }
-        # The seal names the row before: read it and insert under the write lock, or a
-        # correction from the CLI and one from the collector could both follow the
-        # same row. Inside a caller's transaction, the caller holds it.
-        own = not self.db.conn.in_transaction
-        if own:
-            self.db.execute("BEGIN IMMEDIATE")
-        try:
-            last = self.db.execute(
-                "SELECT hash FROM corrections WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            row = integrity.seal_correction(row, last[0] if last else None)
-            cols = ", ".join(row)
-            cur = self.db.execute(
-                f"INSERT INTO corrections ({cols}) VALUES ({', '.join('?' * len(row))})",
-                tuple(row.values()),
-            )
-        except BaseException:
-            if own:
-                self.db.conn.rollback()
-            raise
-        if own:
-            self.db.conn.commit()
-        return int(cur.lastrowid or 0)
+        return audit.append(self.db, row)
 
     # -- reads --------------------------------------------------------------------
 
@@ -705,70 +434,7 @@ class HQStore:
 
     def summaries(self) -> list[BoxSummary]:
         """What `hq status` and `hq watch` show, one entry per box ever seen."""
-        rejects = {
-            r[0]: r[1] for r in self.db.execute("SELECT box, count(*) FROM rejects GROUP BY box")
-        }
-        last_passage = {
-            r[0]: r[1]
-            for r in self.db.execute(
-                "SELECT box, max(utc_ns) FROM events WHERE type='passage' AND quarantine IS NULL"
-                " GROUP BY box"
-            )
-        }
-        stores: dict[str, list[dict[str, Any]]] = {}
-        for s in self.known_stores():
-            stores.setdefault(s["box"], []).append(s)
-        out = []
-        for b in self.box_rows():
-            try:
-                st = json.loads(b["status"]) if b["status"] else {}
-            except ValueError:
-                st = {}
-            state = b["state"]
-            shown = {"ready": "online", "lost": "lost", "offline": "offline"}.get(
-                state or "", "unknown" if state is None else str(state)
-            )
-            cur = next(
-                (s for s in stores.get(b["box"], []) if s["store"] == b["current_store"]), None
-            )
-            all_stores = stores.get(b["box"], [])
-            breaks = sum(s["chain_breaks"] or 0 for s in all_stores)
-            if breaks:
-                chain = "broken"
-            elif any(s["chain_sealed"] for s in all_stores):
-                chain = "ok"
-            elif any(s["chain_unsealed"] for s in all_stores):
-                chain = "unsealed"
-            else:
-                chain = "-"
-            out.append(
-                BoxSummary(
-                    box=b["box"],
-                    state=shown,
-                    clock=st.get("clock") if isinstance(st.get("clock"), str) else None,
-                    uncertainty_ns=_int_or_none(st.get("uncertainty_ns")),
-                    backlog=_int_or_none(st.get("backlog")),
-                    status_at=b["status_at"],
-                    last_passage_utc_ns=last_passage.get(b["box"]),
-                    current_store=b["current_store"],
-                    stores=len(all_stores),
-                    events=sum(s["events"] or 0 for s in all_stores),
-                    upto=cur["upto"] if cur else 0,
-                    missing=sum(s["missing"] or 0 for s in all_stores),
-                    gaps="; ".join(
-                        f"{s['store'][:8]}:{s['gaps']}" if len(all_stores) > 1 else s["gaps"]
-                        for s in all_stores
-                        if s["gaps"]
-                    ),
-                    resend_requests=sum(s["resend_requests"] or 0 for s in all_stores),
-                    duplicates=b["duplicates"] or 0,
-                    conflicts=b["conflicts"] or 0,
-                    rejects=rejects.get(b["box"], 0),
-                    chain_breaks=breaks,
-                    chain=chain,
-                )
-            )
-        return out
+        return summary.summaries(self.db)
 
     def total_chain_breaks(self) -> int:
         """Chain breaks found in all boxes' chains."""
@@ -781,94 +447,9 @@ class HQStore:
     # -- export -------------------------------------------------------------------
 
     def passages(self, checkpoint: str | None = None) -> list[dict[str, Any]]:
-        """One row per passage with assignments, voids and restamps applied.
-
-        Quarantined passages are left out (they are in `rejects`). Voided ones
-        stay, flagged, so the export is a complete audit. Ordered by effective
-        UTC, then box, store, seq.
-        """
-        sql = (
-            "SELECT box, store, seq, payload FROM events"
-            " WHERE type='passage' AND quarantine IS NULL"
-        )
-        params: list[Any] = []
-        if checkpoint is not None:
-            sql += " AND checkpoint=?"
-            params.append(checkpoint)
-        # A seq with two valid versions (a forgery and the box's own) counts only as the
-        # version HQ decided to keep (checkpoint.hq.integrity); undecided, neither counts.
-        disputed = integrity.disputed(self.db)
-
-        def counts(box: str, store: str, seq: int, payload: str) -> bool:
-            key = (box, store, seq)
-            return key not in disputed or disputed[key] == integrity.version_id(payload)
-
-        rows = [r for r in self.db.execute(sql, params).fetchall() if counts(*r)]
-        for (box, store, seq), kept in disputed.items():
-            other = self.db.execute(
-                "SELECT payload FROM conflicts WHERE box=? AND store=? AND seq=? AND hash=?"
-                " AND quarantine IS NULL",
-                (box, store, seq, kept),
-            ).fetchone()
-            ev = json.loads(other[0]) if other else {}
-            if ev.get("type") == "passage" and checkpoint in (None, ev.get("checkpoint")):
-                rows.append((box, store, seq, other[0]))
-
-        restamps: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for box, store, seq, payload in self.db.execute(
-            "SELECT box, store, seq, payload FROM events"
-            " WHERE type='restamp' AND quarantine IS NULL ORDER BY seq"
-        ):
-            if not counts(box, store, seq, payload):
-                continue
-            ev = json.loads(payload)
-            restamps[(box, store, ev["ref_seq"])] = ev  # ascending seq: the last one wins
-        # Box corrections were made from the version stored first: they count only if
-        # that version is the one kept.
-        unproven = set()
-        for key, kept in disputed.items():
-            first = self.db.execute(
-                "SELECT payload FROM events WHERE box=? AND store=? AND seq=?", key
-            ).fetchone()
-            if kept is None or first is None or integrity.version_id(first[0]) != kept:
-                unproven.add(key)
-
-        cars: dict[tuple[str, str, int], tuple[tuple[int, int], str, str]] = {}
-        voids: dict[tuple[str, str, int], tuple[tuple[int, int], str, str | None]] = {}
-        for c in self.corrections():
-            key = (c["box"], c["store"], c["ref_seq"])
-            if c["source"] == "box" and (c["box"], c["store"], c["event_seq"]) in unproven:
-                continue  # made by an event whose seq is disputed
-            # HQ (1) beats box (0); within a source the later (id / seq) wins.
-            rank = (1, c["id"]) if c["source"] == "hq" else (0, c["event_seq"] or 0)
-            if c["action"] == "assign":
-                if key not in cars or rank > cars[key][0]:
-                    cars[key] = (rank, c["car"], "hq" if rank[0] else "marshal")
-            elif c["action"] in ("void", "unvoid"):
-                if key not in voids or rank > voids[key][0]:
-                    voids[key] = (rank, c["action"], c["reason"])
-
-        out = []
-        for box, store, seq, payload in rows:
-            ev = json.loads(payload)
-            key = (box, store, seq)
-            row = {f: ev.get(f) for f in EXPORT_FIELDS[:11]}
-            row["box"], row["store"], row["seq"] = box, store, seq
-            row["orig_utc_ns"] = ev.get("utc_ns")
-            rs = restamps.get(key)
-            row["restamped"] = rs is not None
-            if rs is not None:
-                for f in ("utc_ns", "utc", "clock", "uncertainty_ns"):
-                    if f in rs:
-                        row[f] = rs[f]
-            row["car"] = cars[key][1] if key in cars else None
-            row["car_source"] = cars[key][2] if key in cars else None
-            v = voids.get(key)
-            row["void"] = v is not None and v[1] == "void"
-            row["void_reason"] = v[2] if row["void"] else None
-            out.append({f: row.get(f) for f in EXPORT_FIELDS})
-        out.sort(key=lambda r: (r["utc_ns"], r["box"], r["store"], r["seq"]))
-        return out
+        """One row per passage with assignments, voids and restamps applied
+        (`checkpoint.hq.passages`: the export's rows, in effective UTC order)."""
+        return exported.passages(self.db, checkpoint)
 
     # -- HQ corrections (CLI) -----------------------------------------------------
 
@@ -877,38 +458,11 @@ class HQStore:
 
         Raises CommandError when there is no such passage or the choice is ambiguous.
         """
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            raise CommandError(f"seq must be a positive integer, got {seq!r}")
-        rows = self.db.execute(
-            "SELECT store, type, quarantine FROM events WHERE box=? AND seq=?", (box, seq)
-        ).fetchall()
-        if store is not None:
-            rows = [r for r in rows if r[0].startswith(store)]
-        passages = [r for r in rows if r[1] == "passage"]
-        where = f"box {box!r}" + (f" store {store!r}" if store else "")
-        if not passages:
-            if rows:
-                kinds = ", ".join(sorted({r[1] for r in rows}))
-                raise CommandError(f"{where} seq {seq} is a {kinds} event, not a passage")
-            raise CommandError(f"{where} has no event with seq {seq} at HQ")
-        if len(passages) > 1:
-            names = ", ".join(r[0] for r in passages)
-            raise CommandError(f"{where} seq {seq} exists in several stores ({names}); add --store")
-        if passages[0][2]:
-            raise CommandError(
-                f"{where} seq {seq} is quarantined ({passages[0][2]}); see hq rejects"
-            )
-        return passages[0][0]
+        return audit.resolve_passage(self.db, box, seq, store)
 
     def is_void(self, box: str, store: str, seq: int) -> bool:
         """Whether the passage is void now, by the precedence `passages` applies."""
-        rows = self.db.execute(
-            "SELECT id, source, event_seq, action FROM corrections"
-            " WHERE box=? AND store=? AND ref_seq=? AND action IN ('void', 'unvoid')",
-            (box, store, seq),
-        ).fetchall()
-        last = max(rows, key=lambda r: (1, r[0]) if r[1] == "hq" else (0, r[2] or 0), default=None)
-        return last is not None and last[3] == "void"
+        return exported.is_void(self.db, box, store, seq)
 
     def correct(
         self,
@@ -922,15 +476,7 @@ class HQStore:
         store: str | None = None,
     ) -> dict[str, Any]:
         """An HQ correction (assign / void / unvoid) of one passage, kept in the audit trail."""
-        if action not in ("assign", "void", "unvoid"):
-            raise CommandError(f"unknown correction {action!r}")
-        if action == "assign":
-            car = check_car(car)
-        if action == "void":
-            reason = (reason or "").strip()
-            if not reason or len(reason) > MAX_REASON:
-                raise CommandError(f"void needs a reason of 1-{MAX_REASON} characters")
-        by = (by or "hq").strip() or "hq"
+        car, reason, by = audit.check_hq_correction(action, car, reason, by)
         # No read-then-write transaction: in WAL a read snapshot cannot be
         # upgraded while the collector commits (SQLITE_BUSY without waiting).
         # Events are never deleted, so the passage checked here stays valid.
@@ -955,22 +501,6 @@ class HQStore:
         row = self.db.execute("SELECT * FROM corrections WHERE id=?", (cid,))
         cols = [d[0] for d in row.description]
         return dict(zip(cols, row.fetchone(), strict=True))
-
-
-def check_car(car: object) -> str:
-    """A car number: 1-16 printable characters (the box's own rule), else CommandError."""
-    text = str(car).strip() if car is not None else ""
-    if not (1 <= len(text) <= MAX_CAR) or not text.isprintable():
-        raise CommandError(f"car number must be 1-{MAX_CAR} printable characters, got {car!r}")
-    return text
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_or_none(v: object) -> int | None:
-    return v if _is_int(v) else None  # type: ignore[return-value]
 
 
 def ns_to_iso(utc_ns: int | None) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -38,19 +37,18 @@ from checkpoint.hq import results as resultsmod
 from checkpoint.hq.store import HQStore
 from checkpoint.web import forms
 from checkpoint.web.board_data import BoardReader
+from checkpoint.web.login import Auth
 from checkpoint.web.office_web import add_office_routes
 from checkpoint.web.server import (
     Assets,
-    Auth,
     ServerThread,
     Site,
-    SseHub,
     json_error,
     json_response,
     new_app,
     read_json,
-    sse_frame,
 )
+from checkpoint.web.sse import SseHub, sse_frame
 
 log = logging.getLogger("checkpoint.web.board")
 
@@ -117,13 +115,6 @@ class BoardServer(Site):
         app.router.add_post("/api/correct", self._post_correct)
         add_office_routes(app, self.db, self._in_worker)
         return app
-
-    async def _on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.hub.close()
 
     async def _in_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -228,8 +219,7 @@ class BoardServer(Site):
         # the board's own connection stays read-only.
         from checkpoint.hq import ops as hq_ops
 
-        store = HQStore(self.db, create=False)
-        try:
+        with HQStore(self.db, create=False) as store:
             # The same checks as `hq assign`: a car with a space, not in the field, or
             # twice at one control is refused unless the operator ticked "override".
             req = hq_ops.Request(
@@ -251,5 +241,3 @@ class BoardServer(Site):
                 by="hq-board",
                 store=kw["store"],
             )
-        finally:
-            store.close()

@@ -126,15 +126,7 @@ def results_view(res: resultsmod.Results | None) -> dict[str, Any]:
             for s in res.stages
         ],
         "cars": [
-            {
-                "rank": c.rank,
-                "car": c.car,
-                "total": c.total,
-                "partial": c.partial_points,
-                "missing": c.missing,
-                "st": [_stage_cell(sr) for sr in c.stages],
-            }
-            for c in res.cars
+            {**resultsmod.car_json(c), "st": [_stage_cell(sr) for sr in c.stages]} for c in res.cars
         ],
         "unassigned": res.unassigned,
     }
@@ -343,10 +335,7 @@ class BoardReader:
             for c in self.results.cars:
                 if c.car == car:
                     result = {
-                        "rank": c.rank,
-                        "total": c.total,
-                        "partial": c.partial_points,
-                        "missing": c.missing,
+                        **resultsmod.car_json(c),
                         "st": [
                             {"stage": sr.stage, "target": resultsmod.fmt_seconds(sr.target_ns)}
                             | _stage_cell(sr)

@@ -21,7 +21,6 @@ Routes (all but the login and static files need the session cookie):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -32,19 +31,18 @@ from aiohttp import web
 
 from checkpoint.errors import CommandError
 from checkpoint.web import forms
+from checkpoint.web.login import Auth
 from checkpoint.web.marshal_view import passage_rows, readiness
 from checkpoint.web.server import (
     Assets,
-    Auth,
     ServerThread,
     Site,
-    SseHub,
     json_error,
     json_response,
     new_app,
     read_json,
-    sse_frame,
 )
+from checkpoint.web.sse import SseHub, sse_frame
 
 log = logging.getLogger("checkpoint.web.marshal")
 
@@ -112,13 +110,6 @@ class MarshalServer(Site):
         app.router.add_post("/api/correct", self._post_correct)
         self._task = asyncio.get_running_loop().create_task(self._watch())
         return app
-
-    async def _on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.hub.close()
 
     # -- watching the daemon ------------------------------------------------------------
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-OK, WARN, BAD = "ok", "warn", "bad"
+from checkpoint.core.readiness import BAD, OK, WARN, clock_level, input_problem
+
 FIX_STALE_NS = 5 * 10**9  # no valid NMEA fix for this long: the GPS is not feeding the box
 SNAPSHOT_STALE_NS = 5 * 10**9  # the daemon publishes a snapshot at least every second
-BEAM_BLOCKED_S = 3.0  # a car breaks the beam for well under a second
 
 
 def fmt_uncertainty(ns: object) -> str:
@@ -76,10 +76,13 @@ def _clock(st: Mapping[str, Any]) -> dict[str, str]:
     unc = fmt_uncertainty(st.get("uncertainty_ns"))
     detail = f"{state} {unc}".strip() if isinstance(state, str) else "unknown"
     if state == "locked":
-        return _item("clock", "Clock", OK, f"locked to GPS {unc}".strip())
+        return _item("clock", "Clock", clock_level(st), f"locked to GPS {unc}".strip())
     if state == "holdover":
         return _item(
-            "clock", "Clock", WARN, f"GPS pulse lost: keeping time on the box's clock ({detail})"
+            "clock",
+            "Clock",
+            clock_level(st),
+            f"GPS pulse lost: keeping time on the box's clock ({detail})",
         )
     # nmea is millisecond-grade at best and unsynced is the system clock: neither
     # times a regularity stage to the hundredth.
@@ -107,7 +110,7 @@ def _inputs(st: Mapping[str, Any], blocked_s: Mapping[str, float]) -> list[dict[
         label = name
         if i.get("fault"):
             out.append(_item(f"in:{name}", label, BAD, f"{name} flickers: check wiring, aim"))
-        elif blocked_s.get(name, 0.0) >= BEAM_BLOCKED_S:
+        elif input_problem(i, blocked_s.get(name, 0.0)) == "blocked":
             out.append(_item(f"in:{name}", label, BAD, f"{name} blocked: aim it or clear it"))
         elif i.get("broken") is None:
             out.append(_item(f"in:{name}", label, WARN, "level unknown"))

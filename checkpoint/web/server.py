@@ -2,11 +2,8 @@
 
 * `ServerThread`: one aiohttp application in its own asyncio loop on its own thread,
   started and stopped from any thread (the daemon's, the CLI's, a test's).
-* `Auth`: login form, session cookie (HttpOnly, SameSite=Strict), CSRF token check
-  on every POST, wrong-PIN rate limit.
-* `SseHub`: server-sent events to every connected browser; a browser too slow to
-  keep up is disconnected (it reconnects and gets the full state), never buffered
-  without bound.
+* `Auth` (`checkpoint.web.login`): login form, session cookie, CSRF check, rate limit.
+* `SseHub` (`checkpoint.web.sse`): server-sent events to every connected browser.
 * `Assets`: the static files, read once, served with ETag and gzip (a phone on weak
   Wi-Fi downloads each file once and then revalidates with a 304).
 * `security_headers`: a strict Content-Security-Policy (only this server's own
@@ -20,28 +17,25 @@ import contextlib
 import errno
 import gzip
 import hashlib
-import html
 import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from checkpoint.errors import CheckpointError
-from checkpoint.web.auth import LoginLimiter, Session, Sessions, secret_matches
+from checkpoint.web.sse import SseHub
 
 log = logging.getLogger("checkpoint.web")
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 16 * 1024  # a login or a correction is a few hundred bytes
 WRONG_PIN_DELAY_S = 0.5  # per wrong try, on top of the limiter; async, so nobody else waits
-KEEPALIVE_S = 15.0  # SSE comment this often, so Wi-Fi NATs and proxies keep the stream
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -165,246 +159,6 @@ class Assets:
             return self.response(request, name)
 
         return handler
-
-
-# -- login ----------------------------------------------------------------------------
-
-
-class FailureLog:
-    """Failed logins, logged once per burst: the first at once, then one line with the
-    counts every `every_s` while they go on, so a flood of guesses cannot flood the
-    journal on the SD card. Use only from the server's loop."""
-
-    def __init__(self, label: str, every_s: float = 10.0) -> None:
-        self.label, self.every_s = label, every_s
-        self.wrong = self.refused = 0
-        self._clients: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def note(self, client: str, *, refused: bool) -> None:
-        """One wrong PIN (or one try refused by the rate limit) from `client`."""
-        if self._timer is None:
-            what = "login refused (too many tries)" if refused else f"wrong {self.label}"
-            log.warning("%s from %s", what, client[:64])
-            self._timer = asyncio.get_running_loop().call_later(self.every_s, self._flush)
-            return
-        self.refused += refused
-        self.wrong += not refused
-        if len(self._clients) < 1000:
-            self._clients.add(client[:64])
-
-    def _flush(self) -> None:
-        if not (self.wrong or self.refused):
-            self._timer = None  # quiet: the next failure is logged at once
-            return
-        log.warning(
-            "%d more wrong %s and %d logins refused (too many tries) from %d addresses "
-            "in the last %.0f s",
-            self.wrong,
-            self.label,
-            self.refused,
-            len(self._clients),
-            self.every_s,
-        )
-        self.wrong = self.refused = 0
-        self._clients.clear()
-        self._timer = asyncio.get_running_loop().call_later(self.every_s, self._flush)
-
-
-class Auth:
-    """PIN/password login for one application; `secret=None` means nobody can log in."""
-
-    def __init__(
-        self,
-        secret: str | None,
-        *,
-        cookie: str,
-        title: str,
-        label: str = "PIN",
-        home: str = "/",
-        sessions: Sessions | None = None,
-        limiter: LoginLimiter | None = None,
-    ) -> None:
-        self._secret = secret
-        self.cookie, self.title, self.label, self.home = cookie, title, label, home
-        self.sessions = sessions or Sessions()
-        self.limiter = limiter or LoginLimiter()
-        self.failures = FailureLog(label)
-        self._template = Template((STATIC / "login.html").read_text(encoding="utf-8"))
-
-    @property
-    def enabled(self) -> bool:
-        """True when a secret is configured (else POSTs needing a login are refused)."""
-        return self._secret is not None
-
-    def session(self, request: web.Request) -> Session | None:
-        """The request's live session, if its cookie names one."""
-        return self.sessions.get(request.cookies.get(self.cookie))
-
-    def require(self, request: web.Request) -> Session:
-        """The session, or HTTP 401 (the page then sends the browser to the login)."""
-        s = self.session(request)
-        if s is None:
-            raise web.HTTPUnauthorized(text="log in first")
-        return s
-
-    def require_post(self, request: web.Request) -> Session:
-        """A state-changing request: session, same origin and the session's CSRF token.
-
-        The cookie is SameSite=Strict, so a cross-site POST arrives without it; the
-        token (only readable by this origin's own script, from `/api/session`) and the
-        Origin check also stop a request forged from another page of the same site.
-        """
-        s = self.require(request)
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            raise web.HTTPForbidden(text="cross-origin request refused")
-        token = request.headers.get("X-CSRF-Token", "")
-        if not secret_matches(token, s.csrf):
-            raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
-        return s
-
-    def login_page(self, message: str = "", status: int = 200) -> web.Response:
-        """The login form (the only HTML made here; every value is escaped)."""
-        text = self._template.substitute(
-            title=html.escape(self.title),
-            label=html.escape(self.label),
-            message=html.escape(message),
-            hidden="" if message else "hidden",
-            # A PIN of digits gets the phone's number pad (gloves, sun), not letters.
-            keypad='inputmode="numeric"' if self._secret and self._secret.isdigit() else "",
-        )
-        return web.Response(text=text, status=status, content_type="text/html")
-
-    async def get_login(self, request: web.Request) -> web.Response:
-        """GET /login."""
-        if self.session(request) is not None:
-            raise web.HTTPSeeOther(self.home)
-        if not self.enabled:
-            return self.login_page("Logging in is disabled (no password file given).", 403)
-        return self.login_page()
-
-    async def post_login(self, request: web.Request) -> web.Response:
-        """POST /login: check the PIN, set the session cookie, go to the page."""
-        if not self.enabled:
-            return self.login_page("Logging in is disabled (no password file given).", 403)
-        client = request.remote or "?"
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            raise web.HTTPForbidden(text="cross-origin login refused")
-        # Counted as wrong before anything is awaited: concurrent requests cannot all
-        # pass the check before the first of them is counted. A right PIN gives it back.
-        wait = self.limiter.attempt(client)
-        if wait > 0:
-            self.failures.note(client, refused=True)
-            resp = self.login_page(f"Too many wrong tries: wait {wait:.0f} s.", 429)
-            resp.headers["Retry-After"] = str(int(wait) + 1)
-            return resp
-        try:
-            form = await request.post()
-        except ValueError:
-            form = {}  # an unreadable form is a wrong PIN (already counted)
-        given = form.get("pin")
-        if not isinstance(given, str) or not secret_matches(given.strip(), self._secret or ""):
-            self.failures.note(client, refused=False)
-            await asyncio.sleep(WRONG_PIN_DELAY_S)
-            return self.login_page(f"Wrong {self.label}.", 401)
-        self.limiter.succeeded(client)
-        s = self.sessions.create()
-        log.info("login from %s", client)
-        resp = web.HTTPSeeOther(self.home)
-        resp.set_cookie(self.cookie, s.token, path="/", httponly=True, samesite="Strict")
-        raise resp
-
-    async def post_logout(self, request: web.Request) -> web.Response:
-        """POST /logout (needs the CSRF token, so another page cannot log you out)."""
-        s = self.require_post(request)
-        self.sessions.drop(s.token)
-        resp = json_response({"ok": True})
-        resp.del_cookie(self.cookie, path="/")
-        return resp
-
-    def add_routes(self, app: web.Application) -> None:
-        """/login (GET, POST) and /logout (POST)."""
-        app.router.add_get("/login", self.get_login)
-        app.router.add_post("/login", self.post_login)
-        app.router.add_post("/logout", self.post_logout)
-
-
-# -- server-sent events ---------------------------------------------------------------
-
-
-def sse_frame(event: str, data: Any) -> bytes:
-    """One SSE message; `data` is JSON-encoded on one line."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-class _Client:
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
-        self.overflow = False
-
-
-class SseHub:
-    """Browsers listening for updates. Use only from the server's loop."""
-
-    def __init__(self, max_clients: int = 32) -> None:
-        self.max_clients = max_clients
-        self._clients: set[_Client] = set()
-
-    def __len__(self) -> int:
-        return len(self._clients)
-
-    def publish(self, frame: bytes) -> None:
-        """Queue one frame for every browser; a browser whose queue is full is dropped."""
-        for c in list(self._clients):
-            try:
-                c.q.put_nowait(frame)
-            except asyncio.QueueFull:
-                c.overflow = True  # it missed a delta: it must reconnect for full state
-                self._clients.discard(c)
-                with contextlib.suppress(asyncio.QueueFull):
-                    c.q.put_nowait(None)
-
-    def close(self) -> None:
-        """End every stream (at shutdown)."""
-        for c in list(self._clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                c.q.put_nowait(None)
-        self._clients.clear()
-
-    async def stream(self, request: web.Request, initial: bytes) -> web.StreamResponse:
-        """Serve one browser: `initial` (full state) first, then every published frame."""
-        if len(self._clients) >= self.max_clients:
-            raise web.HTTPServiceUnavailable(
-                text="too many open pages", headers={"Retry-After": "5"}
-            )
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await resp.prepare(request)
-        client = _Client()
-        self._clients.add(client)
-        try:
-            # retry: how soon the browser reconnects after the stream ends.
-            await resp.write(b"retry: 2000\n\n" + initial)
-            while True:
-                try:
-                    frame = await asyncio.wait_for(client.q.get(), KEEPALIVE_S)
-                except TimeoutError:
-                    frame = b": keepalive\n\n"
-                if frame is None:
-                    break
-                await resp.write(frame)
-        except (ConnectionResetError, ConnectionError):
-            pass  # the browser went away
-        finally:
-            self._clients.discard(client)
-        return resp
 
 
 # -- the thread -----------------------------------------------------------------------
@@ -558,6 +312,18 @@ class Site:
     """Lifecycle shared by the marshal page and the HQ board: one `ServerThread`."""
 
     _thread: ServerThread
+    hub: SseHub
+    #: The site's background task on the server's loop (the board's poller, the marshal
+    #: page's watcher), cancelled by `_on_stop`.
+    _task: asyncio.Task[None] | None = None
+
+    async def _on_stop(self) -> None:
+        """On the loop, before it stops: end the background task, close every stream."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.hub.close()
 
     @property
     def port(self) -> int:

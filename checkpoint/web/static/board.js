@@ -318,7 +318,7 @@ function resultCell(c) {
 function sortKey(c, key) {
   if (key === "rank") return [c.rank, 0];
   if (key === "car") return [/^\d+$/.test(c.car) ? Number(c.car) : Infinity, c.car];
-  if (key === "total") return [c.total === null ? Infinity : c.total, c.partial];
+  if (key === "total") return [c.total === null ? Infinity : c.total, c.partial_points];
   const i = Number(key.slice(1)); // "s<index>"
   const cell = c.st[i];
   return [cell.s === "ok" ? cell.pts : Infinity, c.rank];
@@ -379,7 +379,7 @@ function renderResults() {
     const tr = el("tr", {class: "clickable" + (c.car === S.car ? " selected" : "")});
     tr.append(el("td", {class: "num", text: c.rank}), el("td", {}, el("b", {text: c.car})));
     tr.append(
-      el("td", {class: "num total" + (c.total === null ? " missing" : "")}, c.total === null ? el("span", {title: `MISSING: ${c.partial} points so far`}, el("span", {class: "wide-only", text: "MISSING "}), `(${c.partial})`) : el("b", {text: c.total})),
+      el("td", {class: "num total" + (c.total === null ? " missing" : "")}, c.total === null ? el("span", {title: `MISSING: ${c.partial_points} points so far`}, el("span", {class: "wide-only", text: "MISSING "}), `(${c.partial_points})`) : el("b", {text: c.total})),
     );
     c.st.forEach((cell, i) => {
       if (only < 0 || only === i) tr.append(resultCell(cell));
@@ -401,7 +401,7 @@ async function showCar(car) {
   $("car-title").textContent = v.car;
   const res = v.result;
   $("car-summary").textContent = res
-    ? `rank ${res.rank} · ${res.total === null ? `MISSING ${res.missing} stage(s), ${res.partial} points so far` : `${res.total} points`}`
+    ? `rank ${res.rank} · ${res.total === null ? `MISSING ${res.missing} stage(s), ${res.partial_points} points so far` : `${res.total} points`}`
     : `${v.passages.length} passage(s)`;
   const st = $("car-stages").tBodies[0];
   CP.clear(st);
