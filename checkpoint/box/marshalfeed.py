@@ -12,11 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from checkpoint import hqfix
-from checkpoint.core import corrections
 
 RECENT = 50  # passages the marshal page shows
 SNAPSHOT_EVERY_NS = 500_000_000
-_KINDS = ("passage", *corrections.CORRECTION_TYPES)
+_KINDS = ("passage", "assign", "void", "restamp")
 
 
 class MarshalFeed:
@@ -54,8 +53,15 @@ class MarshalFeed:
         for ev in events:
             kind, ref = ev["type"], ev.get("ref_seq")
             if kind == "passage":
-                rows[ev["seq"]] = self._with_hq(corrections.row(ev))
-            elif kind in corrections.CORRECTION_TYPES and ref in rows:
-                # The same row shape as Store.passages; a new dict, never a changed one.
-                rows[ref] = corrections.apply(rows[ref], ev)
+                rows[ev["seq"]] = self._with_hq({**ev, "void": False})
+            elif kind in _KINDS and ref in rows:
+                row = dict(rows[ref])  # a copy: published rows are never changed
+                if kind == "assign":
+                    row["car"] = ev["car"]
+                elif kind == "void":
+                    row["void"], row["void_reason"] = True, ev.get("reason")
+                else:
+                    for f in ("utc_ns", "utc", "clock", "uncertainty_ns"):
+                        row[f] = ev[f]
+                rows[ref] = row
         self.recent = tuple(rows[s] for s in sorted(rows)[-RECENT:])

@@ -45,9 +45,7 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 from checkpoint.contracts import event_text, is_int
-from checkpoint.core import corrections
 from checkpoint.core.chain import is_hash
-from checkpoint.core.corrections import CORRECTION_TYPES
 from checkpoint.errors import StoreError
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -57,6 +55,11 @@ BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 BUSY_TIMEOUT_MS = 5000
 
 #: Event types that correct an earlier passage named by their `ref_seq`.
+CORRECTION_TYPES = ("restamp", "assign", "void")
+
+#: Keys of an event that describe the event itself (timing.Pipeline's envelope), never
+#: copied onto the passage a correction names.
+_ENVELOPE_KEYS = frozenset({"schema", "type", "box", "checkpoint", "store", "seq", "ref_seq", "by"})
 
 _SYNCHRONOUS_FULL = 2
 
@@ -628,8 +631,12 @@ class Store:
         """Passage events, ascending by seq, with later corrections applied, for display.
 
         With `limit`, the newest `limit` passages. Each dict is the passage's payload with
-        the corrections whose `ref_seq` names it applied in seq order (the row shape of
-        checkpoint.core.corrections).
+        the corrections whose `ref_seq` names it applied in seq order: a `restamp` or
+        `assign` copies its fields over (the new `utc_ns`/`utc`/`clock`/`uncertainty_ns`, or
+        `car`), envelope keys (`seq`, `type`, `box`, ...) excepted; a `void` sets `void`
+        True and `void_reason` from its `reason`; `<type>_by` records each correction's
+        `by`; `corrections` lists the seqs applied. A correction naming a correction rather
+        than a passage is not interpreted here.
         """
         with self._sqlite("reading passages") as db:
             rows = db.execute(
@@ -645,10 +652,25 @@ class Store:
                 f"AND type IN ({marks}) ORDER BY seq",
                 [lo, *CORRECTION_TYPES],
             ).fetchall()
-        by_seq = {seq: corrections.row(json.loads(payload)) for seq, payload in reversed(rows)}
-        for _seq, _kind, ref_seq, payload in fixes:
-            if ref_seq in by_seq:
-                by_seq[ref_seq] = corrections.apply(by_seq[ref_seq], json.loads(payload))
+        by_seq: dict[int, dict[str, Any]] = {}
+        for seq, payload in reversed(rows):
+            passage = json.loads(payload)
+            passage.setdefault("void", False)
+            passage["corrections"] = []
+            by_seq[seq] = passage
+        for seq, kind, ref_seq, payload in fixes:
+            passage = by_seq.get(ref_seq)
+            if passage is None:
+                continue
+            fields = json.loads(payload)
+            if kind == "void":
+                passage["void"] = True
+                passage["void_reason"] = fields.get("reason")
+            else:
+                passage.update({k: v for k, v in fields.items() if k not in _ENVELOPE_KEYS})
+            if "by" in fields:
+                passage[f"{kind}_by"] = fields["by"]
+            passage["corrections"].append(seq)
         return list(by_seq.values())
 
     def counts(self) -> dict[str, int]:
