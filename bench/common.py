@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import STATUS
 from checkpoint.errors import CheckpointError
 from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
@@ -390,7 +391,7 @@ class Watcher:
         """Arrival time of the FIRST ready status of `box` after `since_ns` (scans all)."""
         self.update()
         for t, topic, payload in self.raw:
-            if t > since_ns and topic.endswith(f"/{box}/status") and b'"ready"' in payload:
+            if t > since_ns and topic.endswith(f"/{box}/{STATUS}") and b'"ready"' in payload:
                 return t
         return None
 

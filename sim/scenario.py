@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import CheckpointError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -164,7 +165,7 @@ class Scenario:
     wait_for_lock: bool = True
     lock_timeout_s: float = 120.0
     drain_timeout_s: float = 60.0
-    prefix: str = "rally"
+    prefix: str = DEFAULT_PREFIX
     incidents: tuple[Incident, ...] = ()
     marshal_assign: bool = False
     regularity: Regularity | None = None
@@ -180,81 +181,55 @@ class Scenario:
 
 # -- built-in receiver profiles ---------------------------------------------------
 
+# u-blox M8 (MAX-M8Q on a Pi HAT) at its factory settings: 9600 baud, GN talker,
+# GPS + GLONASS, RMC VTG GGA 2xGSA GPGSV GLGSV GLL (~750 bytes, ending ~0.85 s
+# after the pulse with a full sky). No ZDA: `checkpoint gps configure` adds it.
+_UBLOX_M8 = Receiver(
+    name="ublox-m8",
+    talker="GN",
+    sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL"),
+    convention="after",
+    delay_ms=50,
+    delay_jitter_ms=3,
+    baudrate=9600,
+    decimals=2,
+    pps_jitter_ns=300,
+    constellations=("GP", "GL"),
+    tx_buffer=4096,
+)
+_WITH_ZDA = (*_UBLOX_M8.sentences, "ZDA")
+# u-blox M9 (NEO-M9N) at its factory settings: 38400 baud, four constellations.
+_UBLOX_M9 = replace(
+    _UBLOX_M8,
+    name="ublox-m9",
+    delay_ms=40,
+    baudrate=38400,
+    pps_jitter_ns=200,
+    constellations=("GP", "GL", "GA", "GB"),
+)
+
 BUILTIN_RECEIVERS: dict[str, Receiver] = {
-    # u-blox M8 (MAX-M8Q on a Pi HAT) at its factory settings: 9600 baud, GN talker,
-    # GPS + GLONASS, RMC VTG GGA 2xGSA GPGSV GLGSV GLL (~750 bytes, ending ~0.85 s
-    # after the pulse with a full sky). No ZDA: `checkpoint gps configure` adds it.
-    "ublox-m8": Receiver(
-        name="ublox-m8",
-        talker="GN",
-        sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL"),
-        convention="after",
-        delay_ms=50,
-        delay_jitter_ms=3,
-        baudrate=9600,
-        decimals=2,
-        pps_jitter_ns=300,
-        constellations=("GP", "GL"),
-        tx_buffer=4096,
-    ),
+    "ublox-m8": _UBLOX_M8,
     # The same M8 with the ZDA `gps configure` enables (as in the corpus' ublox-8.log):
     # ~830 bytes; the ZDA lands 0.9 s or more after its pulse.
-    "ublox-m8-zda": Receiver(
-        name="ublox-m8-zda",
-        talker="GN",
-        sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL", "ZDA"),
-        convention="after",
-        delay_ms=50,
-        delay_jitter_ms=3,
-        baudrate=9600,
-        decimals=2,
-        pps_jitter_ns=300,
-        constellations=("GP", "GL"),
-        tx_buffer=4096,
-    ),
-    # u-blox M9 (NEO-M9N) at its factory settings: 38400 baud, four constellations.
-    "ublox-m9": Receiver(
-        name="ublox-m9",
-        talker="GN",
-        sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL"),
-        convention="after",
-        delay_ms=40,
-        delay_jitter_ms=3,
-        baudrate=38400,
-        decimals=2,
-        pps_jitter_ns=200,
-        constellations=("GP", "GL", "GA", "GB"),
-        tx_buffer=4096,
-    ),
+    "ublox-m8-zda": replace(_UBLOX_M8, name="ublox-m8-zda", sentences=_WITH_ZDA),
+    "ublox-m9": _UBLOX_M9,
     # An M9 someone set to 9600 baud: ~1300 bytes a second do not fit in 960. The
     # tail of each second overruns the next pulse and what the TX buffer cannot
     # hold is dropped.
-    "ublox-m9-overrun": Receiver(
-        name="ublox-m9-overrun",
-        talker="GN",
-        sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL", "ZDA"),
-        convention="after",
-        delay_ms=40,
-        delay_jitter_ms=3,
-        baudrate=9600,
-        decimals=2,
-        pps_jitter_ns=200,
-        constellations=("GP", "GL", "GA", "GB"),
-        tx_buffer=1200,
+    "ublox-m9-overrun": replace(
+        _UBLOX_M9, name="ublox-m9-overrun", sentences=_WITH_ZDA, baudrate=9600, tx_buffer=1200
     ),
     # u-blox ZED-F9 at 115200 with UBX binary frames (NAV-PVT, NAV-SAT, ...) between
     # the sentences, as in the corpus' ublox-zed-f9r.log.
-    "ublox-f9-ubx": Receiver(
+    "ublox-f9-ubx": replace(
+        _UBLOX_M9,
         name="ublox-f9-ubx",
-        talker="GN",
-        sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL", "ZDA"),
-        convention="after",
+        sentences=_WITH_ZDA,
         delay_ms=30,
         delay_jitter_ms=2,
         baudrate=115200,
-        decimals=2,
         pps_jitter_ns=100,
-        constellations=("GP", "GL", "GA", "GB"),
         ubx_bytes=1800,
         tx_buffer=8192,
     ),
