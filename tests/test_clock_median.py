@@ -1,6 +1,6 @@
 """The refit's median distance (its robust sigma) found without a second sort.
 
-`clock._median_distance` must give exactly what sorting the distances gives: the
+`regression._median_distance` must give exactly what sorting the distances gives: the
 fit's outlier threshold, hence every bound, depends on it to the last bit.
 """
 
@@ -9,7 +9,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint.core import clock
+from checkpoint.core import regression as clock
 
 VALUES = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),

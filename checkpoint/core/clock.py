@@ -125,11 +125,10 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import compress
-from operator import ne
 
 from checkpoint.core.nmea import Fix
 from checkpoint.core.pairing import Sample
+from checkpoint.core.regression import Fit, fit_window
 
 NS_PER_S = 1_000_000_000
 # SQLite's INTEGER maximum: "no idea", still a true bound, still storable.
@@ -268,328 +267,6 @@ def _sat_add(a: int, b: int) -> int:
     return min(UNKNOWN_UNCERTAINTY_NS, a + b)
 
 
-def _small_sample_factor(dof: int) -> float:
-    """How much a σ estimated with `dof` degrees of freedom may understate the true one.
-
-    √(dof / χ²₀.₀₀₅(dof)), the χ² quantile by Wilson–Hilferty: 2.3 at 8 dof (a ten-pulse
-    line), 1.3 at 58, 1.08 at 598. A full window barely changes; a short fit right after
-    lock gets the wider bound its few residuals deserve.
-    """
-    if dof < 2:
-        return 10.0
-    c = 2.0 / (9.0 * dof)
-    q = 1.0 - c - 2.576 * math.sqrt(c)
-    if q <= 0.1:
-        return 10.0
-    return min(10.0, 1.0 / math.sqrt(q * q * q))
-
-
-def _median(values: list[float]) -> float:
-    return _middle(sorted(values))
-
-
-def _middle(s: list[float]) -> float:
-    """The median of an already sorted list."""
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _median_distance(s: list[float], med: float) -> float:
-    """`_median([abs(r - med) for r in s])` for a sorted `s`, without sorting again.
-
-    Left of `med` the distances med − r grow leftwards, right of it r − med grow
-    rightwards: two sorted sequences, whose k-th smallest value a bisection finds.
-    (abs(r − med) is med − r to the last bit: rounding is symmetric.) Not for NaN or
-    infinities, where sorting means nothing: those take the sort.
-    """
-    n = len(s)
-    if not math.isfinite(sum(s)):
-        return _median([abs(r - med) for r in s])
-    p = bisect_left(s, med)  # s[:p] < med <= s[p:]
-    nb = n - p
-
-    def kth(k: int) -> float:
-        # i distances from the left side, k + 1 − i from the right, make the k + 1 smallest.
-        lo, hi = max(0, k + 1 - nb), min(k + 1, p)
-        while lo < hi:
-            i = (lo + hi) // 2
-            if med - s[p - 1 - i] < s[p + k - i] - med:
-                lo = i + 1
-            else:
-                hi = i
-        j = k + 1 - lo
-        # abs: a zero difference keeps abs's sign (+0.0), as the sorted distances do.
-        left = abs(med - s[p - lo]) if lo else -math.inf
-        right = abs(s[p + j - 1] - med) if j else -math.inf
-        return max(left, right)
-
-    return kth(n // 2) if n % 2 else 0.5 * (kth(n // 2 - 1) + kth(n // 2))
-
-
-class _Fit:
-    """phase(u) = a + b·u + c·u², u = (x − xc)/xs, x = (mono − ref_mono)/1e9 s, phase in ns.
-
-    ``cont(mono) = ref_cont + (mono − ref_mono) + phase``; ``cov`` is (XᵀX)⁻¹ packed as
-    (c00, c01, c02, c11, c12, c22); the prediction σ is ``sigma·√(gᵀ cov g)``.
-    """
-
-    __slots__ = (
-        "ref_mono",
-        "ref_cont",
-        "xc",
-        "xs",
-        "a",
-        "b",
-        "c",
-        "cov",
-        "sigma",
-        "n",
-        "n_out",
-        "order",
-        "runs_ok",
-        "first",
-        "last",
-        "resid",
-        "inl",
-        "start",
-        "local",
-        "factor",
-    )
-
-    def value(self, mono: int) -> int:
-        """`predict` without the σ: the fit's continuous-scale time at mono."""
-        dm = mono - self.ref_mono
-        u = (dm / 1e9 - self.xc) / self.xs
-        return self.ref_cont + dm + round(self.a + u * (self.b + u * self.c))
-
-    def predict(self, mono: int) -> tuple[int, float]:
-        dm = mono - self.ref_mono
-        u = (dm / 1e9 - self.xc) / self.xs
-        y = self.a + u * (self.b + u * self.c)
-        c00, c01, c02, c11, c12, c22 = self.cov
-        u2 = u * u
-        var = c00 + 2 * u * c01 + 2 * u2 * c02 + u2 * c11 + 2 * u * u2 * c12 + u2 * u2 * c22
-        return self.ref_cont + dm + round(y), self.sigma * math.sqrt(max(var, 0.0))
-
-    def local_ok(self, j: int, z_crit: float, frac: float) -> bool:
-        """Do the residuals near sample index j average to zero, as a good fit's would?
-
-        The stamp is made near j; a polynomial that bends away from the data there
-        (the oscillator wandered) shows as a mean residual of the nearest
-        ``frac·n`` samples beyond ``z_crit·σ/√k``.
-        """
-        n = len(self.resid)
-        k = max(10, int(n * frac))
-        if k >= n:
-            return True
-        lo = min(max(j - self.start - k // 2, 0), n - k)
-        known = self.local.get(lo)  # asked again for every stamp near the same sample
-        if known is not None:
-            return known
-        self.local[lo] = ok = self._local_mean_ok(lo, k, z_crit)
-        return ok
-
-    def _local_mean_ok(self, lo: int, k: int, z_crit: float) -> bool:
-        window = zip(self.resid[lo : lo + k], self.inl[lo : lo + k], strict=True)
-        kept = [r for r, ok in window if ok]
-        if len(kept) < 5:
-            return True
-        mean = sum(kept) / len(kept)
-        return abs(mean) <= z_crit * self.sigma / math.sqrt(len(kept))
-
-    def freq_ppm(self, mono: int) -> float:
-        """Rate error of the monotonic clock at `mono` (positive: it runs fast)."""
-        u = ((mono - self.ref_mono) / 1e9 - self.xc) / self.xs
-        return -((self.b + 2 * self.c * u) / self.xs) / 1e3
-
-    def drift_ppm_per_min(self) -> float:
-        return -(2 * self.c / (self.xs * self.xs)) / 1e3 * 60
-
-
-def _solve(order: int, us: list[float], ys: list[float], inl: list[bool]) -> tuple:
-    """Least squares of ys on (1, u[, u²]) over inliers: (a, b, c, cov, n)."""
-    if len(us) != len(inl):
-        raise ValueError("us and inl must have the same length")
-    # One plain loop per order: the sums are added term by term, left to right (not
-    # `sum()`, which compensates since Python 3.12), and this is the hot loop of a refit.
-    s1 = s2 = s3 = s4 = t0 = t1 = t2 = 0.0
-    if order == 2:
-        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
-            u2 = u * u
-            s1 += u
-            s2 += u2
-            t0 += y
-            t1 += u * y
-            s3 += u2 * u
-            s4 += u2 * u2
-            t2 += u2 * y
-    else:
-        for u, y in zip(compress(us, inl), compress(ys, inl), strict=True):
-            s1 += u
-            s2 += u * u
-            t0 += y
-            t1 += u * y
-    n = inl.count(True)
-    s0 = float(n)
-    if order == 2:
-        # Symmetric 3×3 inverse by cofactors; u ∈ [−1, 1] keeps it well conditioned.
-        m00, m01, m02, m11, m12, m22 = s0, s1, s2, s2, s3, s4
-        i00 = m11 * m22 - m12 * m12
-        i01 = m02 * m12 - m01 * m22
-        i02 = m01 * m12 - m02 * m11
-        i11 = m00 * m22 - m02 * m02
-        i12 = m01 * m02 - m00 * m12
-        i22 = m00 * m11 - m01 * m01
-        det = m00 * i00 + m01 * i01 + m02 * i02
-        if det <= 0 or not math.isfinite(det):
-            return _solve(1, us, ys, inl)
-        cov = (i00 / det, i01 / det, i02 / det, i11 / det, i12 / det, i22 / det)
-        a = cov[0] * t0 + cov[1] * t1 + cov[2] * t2
-        b = cov[1] * t0 + cov[3] * t1 + cov[4] * t2
-        c = cov[2] * t0 + cov[4] * t1 + cov[5] * t2
-        return a, b, c, cov, n, 2
-    det = s0 * s2 - s1 * s1
-    if det <= 0:
-        mean = t0 / s0 if s0 else 0.0
-        return mean, 0.0, 0.0, (1.0 / max(s0, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0), n, 0
-    cov = (s2 / det, -s1 / det, 0.0, s0 / det, 0.0, 0.0)
-    a = cov[0] * t0 + cov[1] * t1
-    b = cov[1] * t0 + cov[3] * t1
-    return a, b, 0.0, cov, n, 1
-
-
-def _runs_ok(kept: list[float], z_crit: float) -> bool:
-    """Wald–Wolfowitz runs test on the signs of the inliers' residuals (in sample order):
-    too few runs = systematic misfit."""
-    # Signs of the nonzero residuals (True: positive); a run starts at each change.
-    signs = [r > 0 for r in kept if r != 0.0]
-    n = len(signs)
-    n1 = signs.count(True)
-    n2 = n - n1
-    runs = 1 + sum(map(ne, signs, signs[1:])) if signs else 0
-    if n < 20 or n1 == 0 or n2 == 0:
-        return n < 20
-    mu = 2.0 * n1 * n2 / n + 1.0
-    var = 2.0 * n1 * n2 * (2.0 * n1 * n2 - n) / (n * n * (n - 1.0))
-    return var <= 0 or (runs - mu) / math.sqrt(var) >= -z_crit
-
-
-def _robust_start(us: list[float], ys: list[float], order: int) -> tuple[float, float, float]:
-    """Outlier-resistant first guess (a, b, c) for the least-squares iterations.
-
-    Slope: median of the slopes between samples half a window apart (each late pulse
-    spoils one pair, not the median); offset: median of the detrended values. With
-    `order` 2, a parabola through the (median u, median residual) of each third of
-    the detrended data adds the curvature (detrending first keeps a late pulse from
-    shifting those medians by whole samples of the trend).
-    """
-    n = len(us)
-    h = max(n // 2, 1)
-    pairs = zip(us, ys, us[h:], ys[h:], strict=False)  # i and i + h
-    slopes = [(y1 - y0) / (u1 - u0) for u0, y0, u1, y1 in pairs if u1 > u0]
-    b = _median(slopes) if slopes else 0.0
-    a = _median([y - b * u for u, y in zip(us, ys, strict=True)])
-    if order < 2 or n < 9:
-        return a, b, 0.0
-    z = [y - a - b * u for u, y in zip(us, ys, strict=True)]
-    pts = []
-    for k in range(3):
-        lo, hi = k * n // 3, (k + 1) * n // 3
-        pts.append((_median(us[lo:hi]), _median(z[lo:hi])))
-    (u0, z0), (u1, z1), (u2, z2) = pts
-    if not u0 < u1 < u2:
-        return a, b, 0.0
-    # Newton divided differences, expanded to a + b·u + c·u².
-    d01 = (z1 - z0) / (u1 - u0)
-    d12 = (z2 - z1) / (u2 - u1)
-    c = (d12 - d01) / (u2 - u0)
-    b1 = d01 - c * (u0 + u1)
-    a1 = z0 - b1 * u0 - c * u0 * u0
-    return a + a1, b + b1, c
-
-
-def _fit_window(
-    mono: list[int], cont: list[int], phase: list[int], s: int, e: int, p: ClockParams
-) -> _Fit:
-    """Fit samples [s, e) of a segment (`phase`: each sample's cont − mono, less a constant)."""
-    ri = (s + e - 1) // 2
-    ref_m, ref_c = mono[ri], cont[ri]
-    ms = mono[s:e]
-    # (cont − ref_c) − (mono − ref_m), in integers: the phase relative to the reference.
-    ref_p = phase[ri]
-    ys = [float(x - ref_p) for x in phase[s:e]]
-    x0, x1 = (ms[0] - ref_m) / 1e9, (ms[-1] - ref_m) / 1e9
-    xc = 0.5 * (x0 + x1)
-    half = max(0.5 * (x1 - x0), 1e-3)
-    us = [((m - ref_m) / 1e9 - xc) / half for m in ms]
-    n = len(us)
-    order = 2 if n >= p.quadratic_min_samples else 1
-
-    # Robust start: exact polynomial through the medians of thirds (halves for a line),
-    # so a burst of late pulses cannot drag the first residuals.
-    a0, b0, c0 = _robust_start(us, ys, order)
-    resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
-    dev = list(map(abs, resid))
-    sig = 1.4826 * _median(dev)
-    thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
-    inl = [d <= thr for d in dev]
-
-    converged = None  # the solution for the final inliers, when the loop found it
-    for _ in range(6):
-        sol = _solve(order, us, ys, inl)
-        a, b, c = sol[0], sol[1], sol[2]
-        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = list(compress(resid, inl))
-        med = sig = 0.0
-        if kept:
-            ordered = sorted(kept)
-            med = _middle(ordered)
-            sig = 1.4826 * _median_distance(ordered, med)
-        thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
-        new = [abs(r - med) <= thr for r in resid]
-        if new == inl:
-            converged = sol, resid, kept
-            break
-        inl = new
-        if sum(inl) < 3:
-            inl = [True] * n
-            break
-    if converged is None:
-        sol = _solve(order, us, ys, inl)
-        a, b, c = sol[0], sol[1], sol[2]
-        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = list(compress(resid, inl))
-    else:
-        sol, resid, kept = converged
-    a, b, c, cov, m, order_used = sol
-    ss = sum([r * r for r in kept])
-    dof = max(m - max(order_used, 0) - 1, 1)
-    if order_used == 2:
-        # Keep the drift term only where the data show it: an insignificant one
-        # costs variance (9/n instead of 4/n at the window's end) and buys nothing.
-        t = abs(c) / (math.sqrt(ss / dof) * math.sqrt(max(cov[5], 1e-300)) + 1e-12)
-        if t < p.drift_t:
-            a, b, c, cov, m, order_used = _solve(1, us, ys, inl)
-            resid = [y - (a + u * b) for u, y in zip(us, ys, strict=True)]
-            kept = list(compress(resid, inl))
-            ss = sum([r * r for r in kept])
-            dof = max(m - 2, 1)
-
-    f = _Fit()
-    f.ref_mono, f.ref_cont = ref_m, ref_c
-    f.xc, f.xs = xc, half
-    f.a, f.b, f.c, f.cov = a, b, c, cov
-    f.sigma = max(math.sqrt(ss / dof), 1.0)
-    f.n, f.n_out, f.order = m, n - m, order_used
-    f.runs_ok = _runs_ok(kept, p.runs_z)
-    f.first, f.last = mono[s], mono[e - 1]
-    f.resid, f.inl, f.start = resid, inl, s
-    f.local = {}
-    # σ is estimated from the fit's own residuals; a short fit may draw it low.
-    f.factor = _small_sample_factor(f.n - f.order - 1)
-    return f
-
-
 class _Segment:
     """PPS samples whose labels are mutually consistent, on one continuous scale.
 
@@ -628,7 +305,7 @@ class _Segment:
         # soon after the segment began: a receiver still settling may have had the
         # *earlier* labels wrong, so ticks before cont_lo could be on either side.
         self.doubt_before: list[tuple[int, int, int, int]] = []
-        self.fits: dict[tuple[int, int], _Fit] = {}
+        self.fits: dict[tuple[int, int], Fit] = {}
         self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
         self.bridge_ns = bridge_ns
         self.entry_ns = 0  # size of the phase step that opened this segment
@@ -636,7 +313,7 @@ class _Segment:
         # fit, samples before this index agree with it, the first that does not).
         self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
         # The last `_fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
-        self.tail: tuple[tuple[int, int, bool], tuple[_Fit, bool] | None] = ((-1, -1, False), None)
+        self.tail: tuple[tuple[int, int, bool], tuple[Fit, bool] | None] = ((-1, -1, False), None)
 
     def append(self, mono: int, cont: int) -> None:
         if self.mono and mono - self.mono[-1] > self.bridge_ns:
@@ -708,7 +385,7 @@ class ClockModel:
         self._leaps: set[int] = set()
         self._sys_mono: list[int] = []
         self._sys_rt: list[int] = []
-        self._snapshots: deque[_Fit] = deque()
+        self._snapshots: deque[Fit] = deque()
         self._wander_obs: deque[tuple[int, float]] = deque()
         self._wander_max: tuple[tuple, float] = ((), 0.0)  # (key of _wander_obs, max)
         self._freq_ppm: float | None = None
@@ -951,7 +628,7 @@ class ClockModel:
             lengths.append(floor)
         return lengths
 
-    def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+    def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
         """Fit for a tick at m from the run [rs, re).
 
         For the questions asked on every record (`state`, `status`, the check of each
@@ -973,7 +650,7 @@ class ClockModel:
             return got
         return self._fit_window_for(seg, m, rs, re)
 
-    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
         p = self.params
         k = p.refit_every_samples
         n = re - rs
@@ -984,7 +661,7 @@ class ClockModel:
                 return fit, ok
         return self._fit_window_for(seg, m, rs, re)
 
-    def _still_fits(self, seg: _Segment, fit: _Fit, e: int, re: int) -> bool:
+    def _still_fits(self, seg: _Segment, fit: Fit, e: int, re: int) -> bool:
         """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
         key, good_upto, bad_at = seg.checked
         if key != (fit.first, fit.last):
@@ -1001,7 +678,7 @@ class ClockModel:
         seg.checked = (key, max(good_upto, re), bad_at)
         return True
 
-    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[_Fit, bool]:
+    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
         """Fit over samples [rs, re) for a tick at m, centred on m when samples allow.
 
         The longest candidate window passing both tests wins; if none does, the
@@ -1014,7 +691,7 @@ class ClockModel:
             key = (s, s + length)
             fit = seg.fits.get(key)
             if fit is None:
-                fit = _fit_window(seg.mono, seg.cont, seg.phase, s, s + length, self.params)
+                fit = fit_window(seg.mono, seg.cont, seg.phase, s, s + length, self.params)
                 if len(seg.fits) > 64:  # the window moves one sample a second
                     for old in list(seg.fits)[:32]:
                         del seg.fits[old]
@@ -1044,7 +721,7 @@ class ClockModel:
                     learnt = a
         return max(base, p.wander_learn_factor * learnt)
 
-    def _fit_bound(self, fit: _Fit, sd: float, wander_ns: float, ok: bool) -> float:
+    def _fit_bound(self, fit: Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
         f = fit.factor
         u = f * (p.k_sigma * sd + fit.sigma) + p.pps_accuracy_ns + wander_ns
@@ -1054,7 +731,7 @@ class ClockModel:
 
     def _predict_new(
         self, seg: _Segment, m: int, bound: bool = True
-    ) -> tuple[int, float, _Fit | None]:
+    ) -> tuple[int, float, Fit | None]:
         """Where the segment expects a new sample at m, and how far off is still 'same'.
 
         The fit is returned only when the sample extends a locked run (for the
@@ -1069,7 +746,7 @@ class ClockModel:
         cont, unc, near, fit = est
         return cont, max(float(p.gross_ns), 2 * unc), fit if near * 1e9 <= p.max_bridge_ns else None
 
-    def _check_inlier(self, fit: _Fit | None, m: int, cont: int) -> None:
+    def _check_inlier(self, fit: Fit | None, m: int, cont: int) -> None:
         """Count late pulses; feed the holdover self-test with the good ones."""
         if fit is None:
             return
@@ -1163,7 +840,7 @@ class ClockModel:
 
     def _seg_estimate(
         self, seg: _Segment, m: int, nk: int, now: int, bound: bool = True
-    ) -> tuple[int, float, float, _Fit | None] | None:
+    ) -> tuple[int, float, float, Fit | None] | None:
         """(continuous-scale estimate, bound, distance to nearest used sample s, fit).
 
         A tick inside a run is interpolated by that run's fit. A tick in a gap between
@@ -1208,7 +885,7 @@ class ClockModel:
             fit, _ok = self._fit_for(seg, m, rs, re)
             return fit.value(m), 0.0, near, fit
         wander = self._wander(now)
-        found: list[tuple[int, float, float, _Fit]] = []
+        found: list[tuple[int, float, float, Fit]] = []
         for rs, re, near, spread in reach:
             fit, ok = self._fit_for(seg, m, rs, re)
             if m > fit.last:  # the wander since the last sample the fit saw
