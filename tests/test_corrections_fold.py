@@ -81,3 +81,15 @@ def test_corrections_of_other_passages_do_not_leak():
 def test_an_unknown_action_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown correction 'delete'"):
         Correction(5, "delete", (0, 1))
+
+
+def test_without_fill_a_key_no_correction_set_stays_as_the_passage_has_it():
+    assert apply(PASSAGE, {}, fill=False) == PASSAGE
+    void = _box(7, "void", reason="dup")
+    assert apply(PASSAGE, {"void": void}, fill=False) == {
+        **PASSAGE,
+        "void": True,
+        "void_reason": "dup",
+    }
+    car = _box(8, "assign", car="4")
+    assert apply(PASSAGE, {"car": car}, fill=False) == {**PASSAGE, "car": "4"}

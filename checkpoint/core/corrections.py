@@ -74,19 +74,21 @@ def winners(corrections: Iterable[Correction]) -> dict[Hashable, Winners]:
     return out
 
 
-def apply(passage: Mapping[str, Any], won: Winners) -> dict[str, Any]:
+def apply(passage: Mapping[str, Any], won: Winners, *, fill: bool = True) -> dict[str, Any]:
     """A copy of `passage` with the corrections in `won` applied, slot by slot.
 
     A slot not in `won` keeps what the passage has, so a feed may apply corrections one
     at a time in rank order (the marshal page's rolling list) and get the same row as
-    one fold. `car`, `void` and `void_reason` are always present in the result (None,
-    False, None for an uncorrected passage); a restamp replaces the stamp fields it
-    carries.
+    one fold. A restamp replaces the stamp fields it carries. With `fill` (HQ's rows),
+    `car`, `void` and `void_reason` are always present in the result (None, False, None
+    for an uncorrected passage); without it (the box's rows, whose shape `checkpoint
+    passages --json` publishes) a key no correction set stays as the passage has it.
     """
     row = dict(passage)
-    row.setdefault("car", None)
-    row.setdefault("void", False)
-    row.setdefault("void_reason", None)
+    if fill:
+        row.setdefault("car", None)
+        row.setdefault("void", False)
+        row.setdefault("void_reason", None)
     car = won.get("car")
     if car is not None:
         row["car"] = car.fields.get("car")
