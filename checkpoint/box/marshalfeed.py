@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from checkpoint import hqfix
+from checkpoint.core import corrections
 
 RECENT = 50  # passages the marshal page shows
 SNAPSHOT_EVERY_NS = 500_000_000
@@ -55,13 +56,9 @@ class MarshalFeed:
             if kind == "passage":
                 rows[ev["seq"]] = self._with_hq({**ev, "void": False})
             elif kind in _KINDS and ref in rows:
-                row = dict(rows[ref])  # a copy: published rows are never changed
-                if kind == "assign":
-                    row["car"] = ev["car"]
-                elif kind == "void":
-                    row["void"], row["void_reason"] = True, ev.get("reason")
-                else:
-                    for f in ("utc_ns", "utc", "clock", "uncertainty_ns"):
-                        row[f] = ev[f]
-                rows[ref] = row
+                # Events come in seq order, so each one wins its slot: applying them one
+                # at a time is the fold `Store.passages()` makes. `apply` copies: published
+                # rows are never changed.
+                c = corrections.Correction(ref, kind, (ev["seq"],), ev)
+                rows[ref] = corrections.apply(rows[ref], {c.slot: c}, fill=False)
         self.recent = tuple(rows[s] for s in sorted(rows)[-RECENT:])

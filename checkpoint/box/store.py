@@ -51,6 +51,7 @@ from checkpoint.box.storefile import (  # StoreCorruptError: re-exported for cal
     not_sqlite,
 )
 from checkpoint.contracts import event_text, is_int
+from checkpoint.core import corrections
 from checkpoint.core.chain import is_hash
 from checkpoint.errors import StoreError
 
@@ -62,10 +63,6 @@ BUSY_TIMEOUT_MS = 5000
 
 #: Event types that correct an earlier passage named by their `ref_seq`.
 CORRECTION_TYPES = ("restamp", "assign", "void")
-
-#: Keys of an event that describe the event itself (timing.Pipeline's envelope), never
-#: copied onto the passage a correction names.
-_ENVELOPE_KEYS = frozenset({"schema", "type", "box", "checkpoint", "store", "seq", "ref_seq", "by"})
 
 _SYNCHRONOUS_FULL = 2
 
@@ -509,12 +506,13 @@ class Store:
         """Passage events, ascending by seq, with later corrections applied, for display.
 
         With `limit`, the newest `limit` passages. Each dict is the passage's payload with
-        the corrections whose `ref_seq` names it applied in seq order: a `restamp` or
-        `assign` copies its fields over (the new `utc_ns`/`utc`/`clock`/`uncertainty_ns`, or
-        `car`), envelope keys (`seq`, `type`, `box`, ...) excepted; a `void` sets `void`
-        True and `void_reason` from its `reason`; `<type>_by` records each correction's
-        `by`; `corrections` lists the seqs applied. A correction naming a correction rather
-        than a passage is not interpreted here.
+        the corrections whose `ref_seq` names it folded in by `checkpoint.core.corrections`
+        (the later seq wins each slot): a `restamp` sets `utc_ns`/`utc`/`clock`/
+        `uncertainty_ns`, an `assign` sets `car`, a `void` sets `void` True and
+        `void_reason` from its `reason` (`void` is False otherwise); the passage keeps its
+        own `seq`, `hash` and other keys. `<type>_by` records the latest correction's `by`
+        of each type; `corrections` lists the seqs applied. A correction naming a
+        correction rather than a passage is not interpreted here.
         """
         with self._sqlite("reading passages") as db:
             rows = db.execute(
@@ -536,20 +534,18 @@ class Store:
             passage.setdefault("void", False)
             passage["corrections"] = []
             by_seq[seq] = passage
+        cs = []
         for seq, kind, ref_seq, payload in fixes:
             passage = by_seq.get(ref_seq)
             if passage is None:
                 continue
             fields = json.loads(payload)
-            if kind == "void":
-                passage["void"] = True
-                passage["void_reason"] = fields.get("reason")
-            else:
-                passage.update({k: v for k, v in fields.items() if k not in _ENVELOPE_KEYS})
+            cs.append(corrections.Correction(ref_seq, kind, (seq,), fields))
             if "by" in fields:
                 passage[f"{kind}_by"] = fields["by"]
             passage["corrections"].append(seq)
-        return list(by_seq.values())
+        won = corrections.winners(cs)
+        return [corrections.apply(p, won.get(seq, {}), fill=False) for seq, p in by_seq.items()]
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for `status` and `doctor`."""
