@@ -33,12 +33,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from clocktruth import NS, Profile, Stamped, generate, replay, restamp_all  # noqa: E402
+from clocktruth import (  # noqa: E402
+    HOT_BOX,
+    NS,
+    WANDER,
+    Profile,
+    Stamped,
+    generate,
+    replay,
+    restamp_all,
+)
 
 from checkpoint.core.clock import UNKNOWN_UNCERTAINTY_NS, ClockModel, ClockState  # noqa: E402
 from checkpoint.core.pairing import Pairer  # noqa: E402
-
-DRIFT = {"drift_ppm_per_min": 0.01, "wander_ppm_per_sqrt_s": 2e-4, "temp_ppm": 0.02}
 
 PROFILES = [
     Profile(name="nominal", seconds=1800, offset_ppm=12.0, seed=11),
@@ -48,7 +55,7 @@ PROFILES = [
         offset_ppm=50.0,
         outlier_rate=0.02,
         seed=12,
-        **DRIFT,
+        **WANDER,
     ),
     Profile(
         name="-50ppm drift 2%out before",
@@ -57,7 +64,7 @@ PROFILES = [
         outlier_rate=0.02,
         convention="before",
         seed=13,
-        **{**DRIFT, "drift_ppm_per_min": -0.01},
+        **{**WANDER, "drift_ppm_per_min": -0.01},
     ),
     Profile(
         name="10-min PPS outage",
@@ -66,7 +73,7 @@ PROFILES = [
         outlier_rate=0.02,
         pps_outages=((1200, 600),),
         seed=14,
-        **DRIFT,
+        **WANDER,
     ),
     Profile(
         name="cold start",
@@ -76,30 +83,20 @@ PROFILES = [
         nmea_start_s=12,
         pps_start_s=40,
         seed=15,
-        **DRIFT,
+        **WANDER,
     ),
     Profile(
         name="hot box (1 °C cycles)",
         seconds=2400,
-        offset_ppm=35.0,
-        outlier_rate=0.02,
-        drift_ppm_per_min=0.03,
-        wander_ppm_per_sqrt_s=5e-4,
-        temp_ppm=0.25,
-        temp_period_s=1200.0,
         seed=16,
+        **HOT_BOX,
     ),
     Profile(
         name="hot box + 10-min outage",
         seconds=2700,
-        offset_ppm=35.0,
-        outlier_rate=0.02,
-        drift_ppm_per_min=0.03,
-        wander_ppm_per_sqrt_s=5e-4,
-        temp_ppm=0.25,
-        temp_period_s=1200.0,
         pps_outages=((1500, 600),),
         seed=3,
+        **HOT_BOX,
     ),
     Profile(
         name="wrong second at start",
@@ -108,7 +105,7 @@ PROFILES = [
         outlier_rate=0.02,
         label_jumps=((0, 1), (6, -1)),
         seed=18,
-        **DRIFT,
+        **WANDER,
     ),
     Profile(
         name="glitchy PPS line",
@@ -118,7 +115,7 @@ PROFILES = [
         missing_rate=0.01,
         double_rate=0.01,
         seed=17,
-        **DRIFT,
+        **WANDER,
     ),
 ]
 

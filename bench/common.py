@@ -25,6 +25,7 @@ from checkpoint.contracts import STATUS
 from checkpoint.errors import CheckpointError
 from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
+from sim import hqclient
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -444,14 +445,7 @@ class HQProc:
                     sys.executable,
                     "-m",
                     "checkpoint",
-                    "hq",
-                    "run",
-                    "--broker",
-                    self.url,
-                    "--db",
-                    str(self.db),
-                    "--prefix",
-                    self.prefix,
+                    *hqclient.run_args(self.url, self.db, self.prefix),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,

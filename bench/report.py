@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench import clockrun
@@ -47,6 +48,22 @@ def _pair(s: dict[str, Any] | None) -> str:
 
 def _yes(ok: bool | None) -> str:
     return "—" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table: (heading, alignment `---` or `---:`) per column, then the rows."""
+    return [
+        "| " + " | ".join(h for h, _ in columns) + " |",
+        "|" + "|".join(a for _, a in columns) + "|",
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def _cpu(c: dict[str, float], who: str, digits: int = 0) -> str:
+    return f"{c.get(who, 0):.{digits}f} %"
+
+
+L, R = "---", "---:"
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,11 +238,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "### Targets",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
+        *_table(
+            [("target", L), ("measured", L), ("met", L)],
+            ([t["target"], t["measured"] or "not run", _yes(t["met"])] for t in doc["targets"]),
+        ),
     ]
-    for t in doc["targets"]:
-        lines.append(f"| {t['target']} | {t['measured'] or 'not run'} | {_yes(t['met'])} |")
     for name, render in (
         ("latency", _latency),
         ("throughput", _throughput),
@@ -254,21 +271,36 @@ def _latency(sec: dict[str, Any]) -> list[str]:
         "`received_at`, before the commit. *At broker*: the box's event at a bare "
         "subscriber. *Naive*: publish in the edge callback, no store, to a bare subscriber.",
         "",
-        "| rate /s | Mosquitto | checkpoint: edge → HQ commit | HQ received p50/p99 "
-        "| at broker p50/p99 | naive: edge → subscriber | ratio p50 / p99 | box CPU |",
-        "|---:|---|---|---|---|---|---|---:|",
     ]
+    rows = []
     for p in sec["phases"].values():
         cp, nv = p["checkpoint"], p["naive"]
         lost = cp["missing"] + nv["missing"]
-        lines.append(
-            f"| {p['rate']} | {p['broker']} | {_triple(cp['edge_to_hq_commit'])} "
-            f"| {_pair(cp['edge_to_hq_received'])} | {_pair(cp['edge_to_event_at_broker'])} "
-            f"| {_triple(nv['edge_to_subscriber'])} | ×{p['ratio_p50']} / ×{p['ratio_p99']} "
-            f"| {cp['cpu_percent'].get('box', 0):.1f} %"
-            + (f" ({lost} lost)" if lost else "")
-            + " |"
+        rows.append(
+            [
+                p["rate"],
+                p["broker"],
+                _triple(cp["edge_to_hq_commit"]),
+                _pair(cp["edge_to_hq_received"]),
+                _pair(cp["edge_to_event_at_broker"]),
+                _triple(nv["edge_to_subscriber"]),
+                f"×{p['ratio_p50']} / ×{p['ratio_p99']}",
+                _cpu(cp["cpu_percent"], "box", 1) + (f" ({lost} lost)" if lost else ""),
+            ]
         )
+    lines += _table(
+        [
+            ("rate /s", R),
+            ("Mosquitto", L),
+            ("checkpoint: edge → HQ commit", L),
+            ("HQ received p50/p99", L),
+            ("at broker p50/p99", L),
+            ("naive: edge → subscriber", L),
+            ("ratio p50 / p99", L),
+            ("box CPU", R),
+        ],
+        rows,
+    )
     total = sum(p["checkpoint"]["passages"] for p in sec["phases"].values())
     lines.append("")
     lines.append(
@@ -283,18 +315,32 @@ def _throughput(sec: dict[str, Any]) -> list[str]:
     lines = [
         "### Throughput: one box stepped up (backlog = injected − HQ-acked)",
         "",
-        "| rate /s | passages | backlog max | growth in 2nd half | drained after "
-        "| box CPU | HQ CPU | sustained |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        *_table(
+            [
+                ("rate /s", R),
+                ("passages", R),
+                ("backlog max", R),
+                ("growth in 2nd half", R),
+                ("drained after", R),
+                ("box CPU", R),
+                ("HQ CPU", R),
+                ("sustained", L),
+            ],
+            (
+                [
+                    s["rate"],
+                    s["passages"],
+                    s["backlog_max"],
+                    s["backlog_growth_2nd_half"],
+                    f"{s['drained_after_s']} s",
+                    _cpu(s["cpu_percent"], "box"),
+                    _cpu(s["cpu_percent"], "hq"),
+                    _yes(s["sustained"]),
+                ]
+                for s in st["steps"]
+            ),
+        ),
     ]
-    for s in st["steps"]:
-        c = s["cpu_percent"]
-        lines.append(
-            f"| {s['rate']} | {s['passages']} | {s['backlog_max']} "
-            f"| {s['backlog_growth_2nd_half']} | {s['drained_after_s']} s "
-            f"| {c.get('box', 0):.0f} % | {c.get('hq', 0):.0f} % "
-            f"| {_yes(s['sustained'])} |"
-        )
     best = st["max_sustained_per_s"]
     lines += [
         "",
@@ -303,19 +349,34 @@ def _throughput(sec: dict[str, Any]) -> list[str]:
         "",
         "### Backlog drain after a broker outage (pre-filled store → fresh HQ)",
         "",
-        "| backlog | Mosquitto | store | start-up to ready | drained in | events/s | box CPU "
-        "| HQ CPU | broker dropped messages to HQ |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        *_table(
+            [
+                ("backlog", R),
+                ("Mosquitto", L),
+                ("store", R),
+                ("start-up to ready", R),
+                ("drained in", R),
+                ("events/s", R),
+                ("box CPU", R),
+                ("HQ CPU", R),
+                ("broker dropped messages to HQ", L),
+            ],
+            (
+                [
+                    f"{d['events']:,}",
+                    d["broker"],
+                    f"{d['store_mb']} MB",
+                    f"{d['startup_to_ready_s']} s",
+                    f"{d['drain_s']} s{'' if d['complete'] else ' (incomplete)'}",
+                    f"**{d['events_per_s'] or 0:,}**",
+                    _cpu(d["cpu_percent"], "box"),
+                    _cpu(d["cpu_percent"], "hq"),
+                    "yes" if d["broker_dropped"] else "no",
+                ]
+                for d in sec["drain"]
+            ),
+        ),
     ]
-    for d in sec["drain"]:
-        c = d["cpu_percent"]
-        lines.append(
-            f"| {d['events']:,} | {d['broker']} | {d['store_mb']} MB "
-            f"| {d['startup_to_ready_s']} s "
-            f"| {d['drain_s']} s{'' if d['complete'] else ' (incomplete)'} "
-            f"| **{d['events_per_s'] or 0:,}** | {c.get('box', 0):.0f} % | {c.get('hq', 0):.0f} % "
-            f"| {'yes' if d['broker_dropped'] else 'no'} |"
-        )
     return lines
 
 
@@ -362,23 +423,39 @@ def _hqscale(sec: dict[str, Any]) -> list[str]:
         "",
         "Lag = publish → HQ's ack covering the event, at the publisher.",
         "",
-        "| boxes × rate | Mosquitto | offered /s | HQ commits /s | lag p50 / p99 / max "
-        "| lag p50 first → last third | trend | HQ CPU | emulator late p99 | keeps up |",
-        "|---|---|---:|---:|---|---|---:|---:|---:|---|",
     ]
+    rows = []
     for s in sec["steps"]:
         lag = s["lag_ms"]
-        lines.append(
-            f"| {s['boxes']} × {s['rate_per_box']:g}/s | {s['broker']} | {s['offered_per_s']} "
-            f"| {s['hq_commit_per_s']} "
-            f"| {_ms(lag['p50'])} / {_ms(lag['p99'])} / {_ms(lag['max'])} ms "
-            f"| {_ms(lag['p50_first_third'])} → {_ms(lag['p50_last_third'])} ms "
-            f"| {lag['trend_ms_per_s']} ms/s | {s['cpu_percent'].get('hq', 0):.0f} % "
-            f"| {_ms(s['publish_late_p99_ms'])} ms "
-            f"| {_yes(s['keeps_up'])}"
-            + (f" ({s['unacked']} unacked)" if s["unacked"] else "")
-            + " |"
+        rows.append(
+            [
+                f"{s['boxes']} × {s['rate_per_box']:g}/s",
+                s["broker"],
+                s["offered_per_s"],
+                s["hq_commit_per_s"],
+                f"{_ms(lag['p50'])} / {_ms(lag['p99'])} / {_ms(lag['max'])} ms",
+                f"{_ms(lag['p50_first_third'])} → {_ms(lag['p50_last_third'])} ms",
+                f"{lag['trend_ms_per_s']} ms/s",
+                _cpu(s["cpu_percent"], "hq"),
+                f"{_ms(s['publish_late_p99_ms'])} ms",
+                _yes(s["keeps_up"]) + (f" ({s['unacked']} unacked)" if s["unacked"] else ""),
+            ]
         )
+    lines += _table(
+        [
+            ("boxes × rate", L),
+            ("Mosquitto", L),
+            ("offered /s", R),
+            ("HQ commits /s", R),
+            ("lag p50 / p99 / max", L),
+            ("lag p50 first → last third", L),
+            ("trend", R),
+            ("HQ CPU", R),
+            ("emulator late p99", R),
+            ("keeps up", L),
+        ],
+        rows,
+    )
     return lines
 
 

@@ -42,3 +42,13 @@ class CommandError(CheckpointError):
 
 class LinkError(CheckpointError):
     """The MQTT broker URL or credentials are unusable."""
+
+
+def require_at_least(name: str, value: int, minimum: int) -> None:
+    """ValueError naming the parameter unless `value >= minimum`.
+
+    For constructor arguments set by code, not by a marshal: a wrong one is a bug, so it
+    is a ValueError rather than a CheckpointError.
+    """
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}")

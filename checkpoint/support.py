@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from checkpoint.errors import ConfigError
+from checkpoint.errors import CheckpointError, ConfigError
 
 _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
@@ -76,3 +78,16 @@ def read_secret(path: str | None, what: str) -> str | None:
         return p.read_text().strip()
     except OSError as e:
         raise ConfigError(f"{what} {p}: cannot read: {e.strerror}") from None
+
+
+def parse_toml(
+    text: str, source: str, error: type[CheckpointError] = ConfigError
+) -> dict[str, Any]:
+    """The TOML document in `text`; `error` naming `source` if it is not valid TOML.
+
+    Event, stages and scenario files all word a syntax error the same way.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{source}: not valid TOML: {err}") from None

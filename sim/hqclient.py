@@ -21,10 +21,18 @@ from checkpoint.hq.store import HQStore
 from sim.procs import Child
 
 
+def run_args(broker: str, db: Path, prefix: str | None = None, *extra: str) -> list[str]:
+    """`checkpoint` arguments that start the HQ collector (the simulator, the benches and
+    the fault tests all start it this one way); no `prefix`: HQ's default topic prefix."""
+    args = ["hq", "run", "--broker", broker, "--db", str(db)]
+    if prefix is not None:
+        args += ["--prefix", prefix]
+    return [*args, *extra]
+
+
 def collector(db: Path, broker: str, prefix: str, log: Path, extra: list[str] = ()) -> Child:
     """The HQ collector as a child process (not started); `extra`: more `hq run` options."""
-    args = ["hq", "run", "--broker", broker, "--db", str(db), "--prefix", prefix, *extra]
-    return Child("hq", args, log)
+    return Child("hq", run_args(broker, db, prefix, *extra), log)
 
 
 def _hq(*argv: str) -> str:

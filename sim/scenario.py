@@ -17,13 +17,13 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import CheckpointError
+from checkpoint.support import parse_toml
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TALKER = re.compile(r"^[A-Z]{2}$")
@@ -732,11 +732,7 @@ def parse(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
 
 def loads(text: str, file: str = "<scenario>") -> Scenario:
     """Parse scenario TOML text."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{file}: not valid TOML: {e}") from None
-    return parse(data, file)
+    return parse(parse_toml(text, file, ScenarioError), file)
 
 
 def load(path: str | Path) -> Scenario:

@@ -33,6 +33,9 @@ from checkpoint.core.nmea import Fix
 NS = 1_000_000_000
 START_UTC_S = 1_767_225_000  # 2025-12-31 23:50:00 UTC: a leap_at of 599 lands on midnight
 
+# A typical crystal: slow drift, random-walk wander, small temperature swings.
+# Profile(**WANDER, ...).
+WANDER: dict = {"drift_ppm_per_min": 0.01, "wander_ppm_per_sqrt_s": 2e-4, "temp_ppm": 0.02}
 
 # A box in the sun: 1 °C temperature cycles at 0.25 ppm/°C change the frequency faster
 # than the clock's default wander allowance (0.05 ppm/min). Profile(**HOT_BOX, ...).

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from boxrig import BoxRig
 from waits import wait_for
 
 from checkpoint.mqtt import Link, LinkEvent, Message
+from sim import hqclient
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -460,21 +462,14 @@ class HQProcess:
 
     def start(self) -> HQProcess:
         """Start the collector and wait until it has subscribed (its state row says so)."""
-        import sys
-
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "checkpoint",
-                "hq",
-                "run",
-                "--broker",
-                self.broker_url,
-                "--db",
-                str(self.db),
-                "--gap-wait",
-                str(self.gap_wait_s),
+                *hqclient.run_args(
+                    self.broker_url, self.db, None, "--gap-wait", str(self.gap_wait_s)
+                ),
             ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,

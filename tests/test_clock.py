@@ -14,7 +14,17 @@ import json
 import statistics
 
 import pytest
-from clocktruth import HOT_BOX, NS, Profile, Stamped, Truth, generate, replay, restamp_all
+from clocktruth import (
+    HOT_BOX,
+    NS,
+    WANDER,
+    Profile,
+    Stamped,
+    Truth,
+    generate,
+    replay,
+    restamp_all,
+)
 
 from checkpoint.core.clock import (
     UNKNOWN_UNCERTAINTY_NS,
@@ -25,8 +35,6 @@ from checkpoint.core.clock import (
 )
 from checkpoint.core.nmea import Fix
 from checkpoint.core.pairing import Pairer, Sample
-
-WANDER = {"drift_ppm_per_min": 0.01, "wander_ppm_per_sqrt_s": 2e-4, "temp_ppm": 0.02}
 
 
 @functools.cache

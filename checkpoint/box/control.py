@@ -218,6 +218,24 @@ class ControlServer:
             conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
+# What a marshal should do when the socket cannot be reached, by the kind of failure.
+_CONNECT_ADVICE: tuple[tuple[type[OSError], str], ...] = (
+    (
+        FileNotFoundError,
+        "no control socket at {path}: is the daemon running? (systemctl status checkpoint)",
+    ),
+    (ConnectionRefusedError, "nobody listens on {path}: the daemon is not running"),
+    (PermissionError, "permission denied on {path}: run with sudo or join the checkpoint group"),
+)
+
+
+def _connect_failed(path: str, err: OSError) -> str:
+    for kind, advice in _CONNECT_ADVICE:
+        if isinstance(err, kind):
+            return advice.format(path=path)
+    return f"cannot connect to {path}: {err.strerror}"
+
+
 def request(path: str, payload: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
     """Send one request to the daemon's control socket; its reply, or ControlError."""
     _check_path(path)
@@ -225,18 +243,8 @@ def request(path: str, payload: dict[str, Any], *, timeout_s: float = 5.0) -> di
         s.settimeout(timeout_s)
         try:
             s.connect(path)
-        except FileNotFoundError:
-            raise ControlError(
-                f"no control socket at {path}: is the daemon running? (systemctl status checkpoint)"
-            ) from None
-        except ConnectionRefusedError:
-            raise ControlError(f"nobody listens on {path}: the daemon is not running") from None
-        except PermissionError:
-            raise ControlError(
-                f"permission denied on {path}: run with sudo or join the checkpoint group"
-            ) from None
         except OSError as e:
-            raise ControlError(f"cannot connect to {path}: {e.strerror}") from None
+            raise ControlError(_connect_failed(path, e)) from None
         try:
             s.sendall(json.dumps(payload).encode() + b"\n")
             data = bytearray()

@@ -45,19 +45,18 @@ class Recording:
 
     def write(self, rec: dict[str, Any]) -> None:
         """Append a record to the capture file, if recording; never raises."""
-        if self._writer is None:
-            return
-        try:
-            self._writer.write(rec)
-        except (OSError, ValueError) as e:
-            self._failed(e)
+        self._fail_soft("write", rec)
 
     def sync(self) -> None:
         """fsync the capture file; a failure stops recording like a failed write."""
+        self._fail_soft("sync")
+
+    def _fail_soft(self, op: str, *args: Any) -> None:
+        """The writer's `op`, if recording; a failure stops recording instead of raising."""
         if self._writer is None:
             return
         try:
-            self._writer.sync()
+            getattr(self._writer, op)(*args)
         except (OSError, ValueError) as e:
             self._failed(e)
 

@@ -99,6 +99,42 @@ def m001_initial(db: Database) -> None:
     )
 
 
+# Per SQLite primary result code: the error class and the message (what to do about it).
+_ADVICE: tuple[tuple[tuple[int, ...], type[StoreError], str], ...] = (
+    (
+        (sqlite3.SQLITE_READONLY,),
+        StoreError,
+        "database is read-only: {path} ({err}, while {doing}); check the SD card is "
+        "mounted read-write and the file and its directory are writable by this user "
+        "(a card the kernel remounted read-only after I/O errors needs replacing)",
+    ),
+    (
+        (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB),
+        StoreCorruptError,
+        "database is corrupt: {path} ({err}, while {doing}); restart the daemon: it "
+        "moves the file aside and starts a fresh store",
+    ),
+    (
+        (sqlite3.SQLITE_CANTOPEN,),
+        StoreError,
+        "cannot open database {path} ({err}); check the directory exists and is "
+        "writable by this user",
+    ),
+    (
+        (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED),
+        StoreError,
+        "database is locked: {path} ({err}, while {doing}); is another checkpoint "
+        "daemon using the same store?",
+    ),
+    (
+        (sqlite3.SQLITE_IOERR,),
+        StoreError,
+        "I/O error: {path} ({err}, while {doing}); the SD card may be failing: "
+        "check `dmesg` and replace the card",
+    ),
+)
+
+
 def describe(err: sqlite3.Error, path: Path, doing: str) -> StoreError:
     """Turn a sqlite3 exception into a StoreError that tells a marshal what to do."""
     if isinstance(err, sqlite3.ProgrammingError):
@@ -117,32 +153,9 @@ def describe(err: sqlite3.Error, path: Path, doing: str) -> StoreError:
             f"disk full: free space on the filesystem holding {where} ({free}); "
             f"nothing was stored while {doing}, retry once space is freed"
         )
-    if code == sqlite3.SQLITE_READONLY:
-        return StoreError(
-            f"database is read-only: {path} ({err}, while {doing}); check the SD card is "
-            "mounted read-write and the file and its directory are writable by this user "
-            "(a card the kernel remounted read-only after I/O errors needs replacing)"
-        )
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return StoreCorruptError(
-            f"database is corrupt: {path} ({err}, while {doing}); restart the daemon: it "
-            "moves the file aside and starts a fresh store"
-        )
-    if code == sqlite3.SQLITE_CANTOPEN:
-        return StoreError(
-            f"cannot open database {path} ({err}); check the directory exists and is "
-            "writable by this user"
-        )
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StoreError(
-            f"database is locked: {path} ({err}, while {doing}); is another checkpoint "
-            "daemon using the same store?"
-        )
-    if code == sqlite3.SQLITE_IOERR:
-        return StoreError(
-            f"I/O error: {path} ({err}, while {doing}); the SD card may be failing: "
-            "check `dmesg` and replace the card"
-        )
+    for codes, cls, template in _ADVICE:
+        if code in codes:
+            return cls(template.format(path=path, err=err, doing=doing))
     return StoreError(f"SQLite error: {path} ({err}, while {doing})")
 
 

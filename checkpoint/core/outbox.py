@@ -24,6 +24,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
+from checkpoint.errors import require_at_least
+
 #: HQ may ask for at most this many seqs per resend request; it asks again for the rest.
 MAX_RESEND = 1000
 
@@ -126,10 +128,8 @@ class Outbox:
         doubling (up to 8x) per sweep that brought no progress, so a long HQ outage does
         not resend the whole backlog every half minute.
         """
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
-        if max_ahead < 0:
-            raise ValueError("max_ahead must be >= 0")
+        require_at_least("max_inflight", max_inflight, 1)
+        require_at_least("max_ahead", max_ahead, 0)
         self.max_ahead = max_ahead
         self.store_id = store_id
         self.max_inflight = max_inflight

@@ -100,6 +100,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from checkpoint.core.nmea import Fix
+from checkpoint.errors import require_at_least
 
 NS_PER_S = 1_000_000_000
 
@@ -156,8 +157,7 @@ class Pairer:
         """
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
-        if confirm < 1:
-            raise ValueError("confirm must be >= 1")
+        require_at_least("confirm", confirm, 1)
         self.convention = convention
         self.confirm = confirm
         self.guard_ns = guard_ns

@@ -55,7 +55,6 @@ secrets = [{control = "PC1a", target_s = 40.0}]  # intermediate secret controls
 from __future__ import annotations
 
 import datetime as _dt
-import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -63,6 +62,7 @@ from typing import Any
 
 from checkpoint.errors import ConfigError
 from checkpoint.hq.results import NS_PER_S, ROUNDING_MODES, _exact, target_ns_from
+from checkpoint.support import parse_toml
 
 DEFAULT_INPUT_ORDER = ("beam", "beam2", "button")
 TIE_RULES = ("year", "best_trials")
@@ -336,10 +336,7 @@ def _trials(
 
 def parse_event(text: str, source: str = "<event>") -> Event:
     """Parse an event (or legacy stages) TOML document; ConfigError names file and key."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    doc = parse_toml(text, source)
     known = {"event", "rules", "scoring", "identify", "control", "trial", "stage"}
     unknown = set(doc) - known
     if unknown:

@@ -31,13 +31,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from checkpoint.errors import ConfigError
+from checkpoint.support import parse_toml
 
 NS_PER_S = 1_000_000_000
 NS_PER_HUNDREDTH = 10_000_000
@@ -160,10 +160,7 @@ def target_ns_from(
 
 def parse_stages(text: str, source: str = "<stages>") -> Stages:
     """Parse a stages TOML document; errors are ConfigError naming the key and `source`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    doc = parse_toml(text, source)
     unknown = set(doc) - {"scoring", "stage"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown))}")
