@@ -120,247 +120,36 @@ Deliberate choices
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left, bisect_right
-from collections import Counter, deque
-from dataclasses import dataclass
-from enum import StrEnum
+from collections import Counter
 
+from checkpoint.core.clockparams import (
+    NS_PER_S,
+    RANK,
+    UNKNOWN_UNCERTAINTY_NS,
+    ClockParams,
+    ClockState,
+    Est,
+    Stamp,
+    ceil_ns,
+    sat_add,
+)
 from checkpoint.core.nmea import Fix
+from checkpoint.core.nmea_time import NmeaTime
 from checkpoint.core.pairing import Sample
-from checkpoint.core.regression import Fit, fit_window
+from checkpoint.core.regression import Fit
+from checkpoint.core.segment import Segment
+from checkpoint.core.wander import WanderTest
 
-NS_PER_S = 1_000_000_000
-# SQLite's INTEGER maximum: "no idea", still a true bound, still storable.
-UNKNOWN_UNCERTAINTY_NS = 2**63 - 1
-
-
-class ClockState(StrEnum):
-    """Where a stamp's UTC came from, best first."""
-
-    LOCKED = "locked"
-    HOLDOVER = "holdover"
-    NMEA = "nmea"
-    UNSYNCED = "unsynced"
-
-
-_RANK = {ClockState.LOCKED: 0, ClockState.HOLDOVER: 1, ClockState.NMEA: 2, ClockState.UNSYNCED: 3}
-
-
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """UTC of a tick: the true UTC lies within ``utc_ns ± uncertainty_ns``."""
-
-    utc_ns: int
-    uncertainty_ns: int
-    clock: ClockState
-
-
-@dataclass(frozen=True)
-class ClockParams:
-    """Thresholds of the clock model (module docstring explains how each is used).
-
-    Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs
-    at the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS
-    estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
-    times wider than a full window's: the small-sample factor below and the
-    propagated frequency error of a short line), ``min_window_samples`` (the window
-    tests never shrink a window below this many samples), ``refit_every_samples`` (a
-    stamp at the newest sample reuses the fit of this many samples ago while the newer
-    ones agree with it), ``quadratic_min_samples``
-    and ``drift_t`` (drift term only from this many samples and when significant at
-    this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
-    fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
-    (mean residual of the nearest ``local_frac`` of the window vs its σ/√k),
-    ``outlier_sigmas`` / ``outlier_floor_ns`` (rejection threshold: the larger of
-    outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a
-    step candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never
-    spans a longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a
-    polynomial bent over both sides of an outage would claim µs where it errs by tens),
-    ``early_relabel_ns`` (a whole-second relabel this soon after a segment began may
-    mean the receiver started with a wrong second: earlier ticks then carry the step).
-
-    Bound: ``k_sigma`` (coverage factor on the propagated covariance; 5 σ),
-    ``pps_accuracy_ns`` (receiver PPS vs UTC), ``misfit_sigmas``,
-    ``wander_ppm_per_min`` (default allowance for unmodelled frequency change: 0.05
-    ppm/min, 0.2 °C/min on a 0.25 ppm/°C crystal), ``wander_learn_factor`` and
-    ``self_test_*`` / ``wander_memory_ns`` (the learnt allowance).
-
-    States: ``locked_gap_ns`` (nearest sample closer than this → locked; 3.5 s lets one
-    pulse go missing and its sentence be late), ``holdover_max_ns`` (30 min; after
-    that, or as soon as NMEA's bound is smaller, NMEA).
-
-    NMEA: ``nmea_latency_min_ns``/``max_ns`` (prior latency range, ±1 s; a daemon that
-    knows the pairing convention may pass 0..1 s for "after"), ``nmea_latency_margin_ns``
-    and ``nmea_latency_margin_frac`` (added to the learnt range on both sides),
-    ``nmea_learn_min`` (sentences of a kind before its learnt range is used),
-    ``nmea_learn_window``, ``nmea_min_consistent`` (consecutive sentences of a kind
-    consistent with elapsed mono before it gives time), ``nmea_jump_tolerance_ns``,
-    ``nmea_timeout_ns`` (farthest a sentence is extrapolated), ``nmea_floor_ns``
-    (arrival stamping slop).
-
-    Rates: ``max_freq_ppm`` (bound on the monotonic clock's rate error when unknown:
-    Pi crystals are ±50 ppm, NTP slews add up to 500), ``learnt_freq_margin_ppm``.
-
-    System clock: ``sysclock_uncertainty_ns`` (unknown by default; a daemon that knows
-    the kernel clock is NTP-synchronised may pass e.g. 10 s).
-
-    Memory: ``history_ns`` (how far back samples and fixes are kept for re-stamping).
-    """
-
-    window_samples: int = 600
-    min_lock_samples: int = 10
-    min_window_samples: int = 60
-    refit_every_samples: int = 32
-    quadratic_min_samples: int = 100
-    drift_t: float = 2.5
-    window_shrink: float = 0.7
-    runs_z: float = 3.0
-    local_z: float = 1.5
-    local_frac: float = 0.125
-    outlier_sigmas: float = 5.0
-    outlier_floor_ns: int = 200
-    gross_ns: int = 1_000_000
-    step_confirm: int = 4
-    early_relabel_ns: int = 120 * NS_PER_S
-
-    k_sigma: float = 5.0
-    pps_accuracy_ns: int = 100
-    misfit_sigmas: float = 2.0
-    wander_ppm_per_min: float = 0.05
-    wander_learn_factor: float = 2.0
-    self_test_every_ns: int = 60 * NS_PER_S
-    self_test_min_ns: int = 120 * NS_PER_S
-    self_test_max_ns: int = 1200 * NS_PER_S
-    wander_memory_ns: int = 3600 * NS_PER_S
-
-    locked_gap_ns: int = 3_500_000_000
-    max_bridge_ns: int = 30 * NS_PER_S
-    holdover_max_ns: int = 1800 * NS_PER_S
-
-    nmea_latency_min_ns: int = -NS_PER_S
-    nmea_latency_max_ns: int = NS_PER_S
-    nmea_latency_margin_ns: int = 20_000_000
-    nmea_latency_margin_frac: float = 0.25
-    nmea_learn_min: int = 30
-    nmea_learn_window: int = 600
-    nmea_min_consistent: int = 3
-    nmea_jump_tolerance_ns: int = 600_000_000
-    nmea_timeout_ns: int = 10 * NS_PER_S
-    nmea_floor_ns: int = 1_000_000
-
-    max_freq_ppm: float = 500.0
-    learnt_freq_margin_ppm: float = 20.0
-
-    sysclock_uncertainty_ns: int = UNKNOWN_UNCERTAINTY_NS
-
-    history_ns: int = 6 * 3600 * NS_PER_S
-
-
-def _ceil_ns(x: float) -> int:
-    if not x < UNKNOWN_UNCERTAINTY_NS:  # also catches inf/nan
-        return UNKNOWN_UNCERTAINTY_NS
-    return max(0, math.ceil(x))
-
-
-def _sat_add(a: int, b: int) -> int:
-    return min(UNKNOWN_UNCERTAINTY_NS, a + b)
-
-
-class _Segment:
-    """PPS samples whose labels are mutually consistent, on one continuous scale.
-
-    ``cont = label_ns + shift`` at the time of arrival; ``relabels`` lists whole-second
-    label steps as (cont_lo, cont_hi, delta, known_at_mono): a tick whose continuous
-    time is ≥ cont_hi is labelled ``cont − (shift before + delta)``; one in
-    [cont_lo, cont_hi) could be on either side.
-    """
-
-    __slots__ = (
-        "mono",
-        "cont",
-        "shift",
-        "relabels",
-        "doubt_before",
-        "fits",
-        "starts",
-        "bridge_ns",
-        "entry_ns",
-        "checked",
-        "tail",
-        "phase",
-        "phase0",
-    )
-
-    def __init__(self, bridge_ns: int) -> None:
-        self.mono: list[int] = []
-        self.cont: list[int] = []
-        # cont − mono of each sample, less that of the first (so small integers, fast to
-        # subtract): what a fit fits, relative to its reference sample.
-        self.phase: list[int] = []
-        self.phase0: int | None = None
-        self.shift = 0
-        self.relabels: list[tuple[int, int, int, int]] = []
-        # (cont_lo, delta, known_at_mono, mono of the last old-label sample) of relabels
-        # soon after the segment began: a receiver still settling may have had the
-        # *earlier* labels wrong, so ticks before cont_lo could be on either side.
-        self.doubt_before: list[tuple[int, int, int, int]] = []
-        self.fits: dict[tuple[int, int], Fit] = {}
-        self.starts: list[int] = [0]  # first index of each run (no gap > bridge_ns inside)
-        self.bridge_ns = bridge_ns
-        self.entry_ns = 0  # size of the phase step that opened this segment
-        # What `_still_fits` knows of the fit it last checked: ((first, last) of the
-        # fit, samples before this index agree with it, the first that does not).
-        self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
-        # The last `_fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
-        self.tail: tuple[tuple[int, int, bool], tuple[Fit, bool] | None] = ((-1, -1, False), None)
-
-    def append(self, mono: int, cont: int) -> None:
-        if self.mono and mono - self.mono[-1] > self.bridge_ns:
-            self.starts.append(len(self.mono))
-        self.mono.append(mono)
-        self.cont.append(cont)
-        if self.phase0 is None:
-            self.phase0 = cont - mono
-        self.phase.append(cont - mono - self.phase0)
-
-    def run_of(self, i: int, nk: int) -> tuple[int, int]:
-        """Index range [s, e) of the run holding sample i, cut at nk."""
-        k = bisect_right(self.starts, i) - 1
-        end = self.starts[k + 1] if k + 1 < len(self.starts) else nk
-        return self.starts[k], min(end, nk)
-
-    def shift_at(self, cont: int, now: int) -> tuple[int, int]:
-        shift = amb = 0
-        for lo, hi, delta, known in self.relabels:
-            if known > now:
-                continue
-            if cont >= hi:
-                shift += delta
-            elif cont >= lo:
-                amb += abs(delta)
-        for lo, delta, known, _ in self.doubt_before:
-            if known <= now and cont < lo:
-                amb += abs(delta)
-        return shift, amb
-
-    def trim(self, keep_after: int) -> None:
-        k = bisect_left(self.mono, keep_after)
-        if k > 0:
-            del self.mono[:k]
-            del self.cont[:k]
-            del self.phase[:k]
-            self.starts = [0] + [i - k for i in self.starts if i > k]
-            self.fits.clear()
-            self.checked = ((0, 0), 0, 0)  # its indices moved
-            self.tail = ((-1, -1, False), None)
-
-
-@dataclass(slots=True)
-class _Est:
-    utc_ns: int
-    unc_ns: int
-    clock: ClockState
+# The clock's public names live in clockparams.py; importers keep using this module.
+__all__ = [
+    "NS_PER_S",
+    "UNKNOWN_UNCERTAINTY_NS",
+    "ClockModel",
+    "ClockParams",
+    "ClockState",
+    "Stamp",
+]
 
 
 class ClockModel:
@@ -370,27 +159,16 @@ class ClockModel:
         """Start empty: every stamp is unsynced/unknown until a source arrives."""
         self.params = params or ClockParams()
         self.counters: Counter[str] = Counter()
-        self._segs: list[_Segment] = []
+        self._segs: list[Segment] = []
         self._pending: list[tuple[int, int, int]] = []  # (mono, label ns, |miss| ns)
-        self._fix_mono: list[int] = []
-        self._fix_utc: list[int] = []
-        self._fix_kind: list[str] = []
-        self._kind_last: dict[str, tuple[int, int, bool]] = {}
-        self._kind_streak: Counter[str] = Counter()
-        self._lat: dict[str, deque[int]] = {}
-        self._lat_range: dict[str, tuple[int, int]] = {}
-        self._lat_span: dict[str, tuple[int, int]] = {}  # min, max of each _lat window
-        self._last_agree_mono: int | None = None
-        self._doubts: list[list[int | None]] = []  # [start, end | None, k]
+        self._nmea = NmeaTime(self.params, self.counters)
+        self._selftest = WanderTest(self.params)
         self._leaps: set[int] = set()
         self._sys_mono: list[int] = []
         self._sys_rt: list[int] = []
-        self._snapshots: deque[Fit] = deque()
-        self._wander_obs: deque[tuple[int, float]] = deque()
-        self._wander_max: tuple[tuple, float] = ((), 0.0)  # (key of _wander_obs, max)
         self._freq_ppm: float | None = None
         # True while answering `state`, `status` or checking a new pulse: those may
-        # reuse a slightly older fit (see `_fit_for`); a published stamp never does.
+        # reuse a slightly older fit (see `Segment.fit_for`); a published stamp never does.
         self._reuse = False
 
     # ----------------------------------------------------------------- input
@@ -433,41 +211,19 @@ class ClockModel:
 
     def add_fix(self, fix: Fix) -> None:
         """Take a parsed sentence: NMEA-state time, latency learning, label cross-check."""
-        p = self.params
         if not fix.valid:
             self.counters["invalid_fix"] += 1
             return
         m = int(fix.mono_ns)
         utc = int(fix.utc_s) * NS_PER_S + int(fix.frac_ns)
-        if self._fix_mono and m < self._fix_mono[-1]:
+        if self._nmea.out_of_order(m):
             self.counters["fix_out_of_order"] += 1
             return
         if fix.leap:
             self._register_leap(fix, m)
-
-        kind = fix.kind
-        last = self._kind_last.get(kind)
-        if last is not None:
-            lm, lu, lleap = last
-            expect = (m - lm) - (NS_PER_S if lleap else 0)
-            tol = p.nmea_jump_tolerance_ns + (m - lm) * p.max_freq_ppm * 1e-6
-            if abs((utc - lu) - expect) <= tol:
-                self._kind_streak[kind] += 1
-            else:
-                self._kind_streak[kind] = 1
-                self.counters["nmea_jump"] += 1
-        else:
-            self._kind_streak[kind] = 1
-        self._kind_last[kind] = (m, utc, fix.leap)
-
-        agree = self._cross_check(kind, m, utc)
-        if agree and self._kind_streak[kind] >= p.nmea_min_consistent:
-            self._fix_mono.append(m)
-            self._fix_utc.append(utc)
-            self._fix_kind.append(kind)
-            if len(self._fix_mono) > 4096 and m - self._fix_mono[0] > p.history_ns:
-                k = bisect_left(self._fix_mono, m - p.history_ns)
-                del self._fix_mono[:k], self._fix_utc[:k], self._fix_kind[:k]
+        self._nmea.follow(fix.kind, m, utc, fix.leap)
+        if self._cross_check(fix.kind, m, utc):
+            self._nmea.keep(fix.kind, m, utc)
 
     def add_sysclock(self, mono_ns: int, realtime_ns: int) -> None:
         """Take a (CLOCK_MONOTONIC, CLOCK_REALTIME) reading: the unsynced fallback."""
@@ -494,7 +250,7 @@ class ClockModel:
         """UTC of a past (or present) tick, using every input with mono ≤ now. Never raises."""
         try:
             m, now = int(mono_ns), int(now_mono_ns)
-            best: _Est | None = None
+            best: Est | None = None
             doubt = self._doubt_ns(m, now)
             for source in (self._pps_estimate, self._nmea_estimate, self._sys_estimate):
                 if best is not None and not self._may_beat(source, best.unc_ns, doubt):
@@ -504,14 +260,14 @@ class ClockModel:
                     continue
                 if doubt and est.clock is not ClockState.UNSYNCED:
                     # GPS labels in dispute: whichever side is right must be inside.
-                    est.unc_ns = _sat_add(est.unc_ns, doubt)
+                    est.unc_ns = sat_add(est.unc_ns, doubt)
                 if est.clock is ClockState.NMEA:
                     # The sentences of a receiver that corrected its second carried it too.
-                    est.unc_ns = _sat_add(est.unc_ns, self._early_doubt_ns(m, now))
+                    est.unc_ns = sat_add(est.unc_ns, self._early_doubt_ns(m, now))
                 if (
                     best is None
                     or est.unc_ns < best.unc_ns
-                    or (est.unc_ns == best.unc_ns and _RANK[est.clock] < _RANK[best.clock])
+                    or (est.unc_ns == best.unc_ns and RANK[est.clock] < RANK[best.clock])
                 ):
                     best = est
             if best is None:
@@ -534,10 +290,8 @@ class ClockModel:
             return p.sysclock_uncertainty_ns < best_ns
         if source != self._nmea_estimate or p.max_freq_ppm < 0 or p.learnt_freq_margin_ppm < 0:
             return True
-        half = (p.nmea_latency_max_ns - p.nmea_latency_min_ns) / 2
-        for lo, hi in self._lat_range.values():
-            half = min(half, (hi - lo) / 2)
-        return _sat_add(_ceil_ns(half + p.nmea_floor_ns), doubt) < best_ns
+        half = self._nmea.narrowest_half_ns()
+        return sat_add(ceil_ns(half + p.nmea_floor_ns), doubt) < best_ns
 
     def status(self, now_mono_ns: int) -> dict:
         """JSON-able health summary at `now` (state, bound, frequency, window, counters)."""
@@ -563,12 +317,12 @@ class ClockModel:
             "last_sample_age_s": None,
             "outliers_rejected": self.counters["outliers"],
             "segments": len(self._segs),
-            "holdover_wander_ppm_per_min": self._wander(now) * 60e6,
+            "holdover_wander_ppm_per_min": self._selftest.allowance(now) * 60e6,
             "nmea_latency_ms": {
-                k: [lo / 1e6, hi / 1e6] for k, (lo, hi) in sorted(self._lat_range.items())
+                k: [lo / 1e6, hi / 1e6] for k, (lo, hi) in sorted(self._nmea.lat_range.items())
             },
             "last_fix_age_s": None,
-            "doubt_s": self._doubt_ns(now, now) // NS_PER_S,
+            "doubt_s": self._nmea.doubt_ns(now, now) // NS_PER_S,
             "counters": dict(self.counters),
         }
         seg = self._segs[-1] if self._segs else None
@@ -578,7 +332,7 @@ class ClockModel:
                 out["last_sample_age_s"] = (now - seg.mono[nk - 1]) / 1e9
             rs, re = seg.run_of(max(nk - 1, 0), nk)
             if re - rs >= p.min_lock_samples:
-                fit, _ok = self._fit_for(seg, now, rs, re)
+                fit, _ok = seg.fit_for(now, rs, re, self._reuse)
                 out.update(
                     freq_ppm=round(fit.freq_ppm(now), 6),
                     drift_ppm_per_min=round(fit.drift_ppm_per_min(), 6),
@@ -592,21 +346,21 @@ class ClockModel:
                 out["lock_in_s"] = p.min_lock_samples - (re - rs)
         else:
             out["lock_in_s"] = p.min_lock_samples
-        k = bisect_right(self._fix_mono, now)
+        k = bisect_right(self._nmea.fix_mono, now)
         if k:
-            out["last_fix_age_s"] = (now - self._fix_mono[k - 1]) / 1e9
+            out["last_fix_age_s"] = (now - self._nmea.fix_mono[k - 1]) / 1e9
         return out
 
     # ------------------------------------------------------------ PPS model
 
     def _new_segment(self, samples: list[tuple[int, int]], entry_ns: int) -> None:
-        seg = _Segment(self.params.max_bridge_ns)
+        seg = Segment(self.params)
         seg.entry_ns = entry_ns
         for m, lab in samples:
             seg.append(m, lab)
         self._segs.append(seg)
         self._pending.clear()
-        self._snapshots.clear()
+        self._selftest.restart()
 
     def _trim(self, now: int) -> None:
         keep_after = now - self.params.history_ns
@@ -615,111 +369,6 @@ class ClockModel:
         seg = self._segs[-1]
         if seg.mono[0] < keep_after - 600 * NS_PER_S:
             seg.trim(keep_after)
-
-    def _candidate_lengths(self, nk: int) -> list[int]:
-        p = self.params
-        lengths = []
-        floor = min(max(p.min_window_samples, p.min_lock_samples), nk)
-        length = min(p.window_samples, nk)
-        while length >= floor:
-            lengths.append(length)
-            length = int(length * p.window_shrink)
-        if not lengths or lengths[-1] > floor:
-            lengths.append(floor)
-        return lengths
-
-    def _fit_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
-        """Fit for a tick at m from the run [rs, re).
-
-        For the questions asked on every record (`state`, `status`, the check of each
-        new pulse), a tick at or after the run's last sample reuses the fit of the run
-        as it stood at its last multiple of `refit_every_samples` samples, provided
-        every sample since lies within that fit's outlier threshold: one 600-sample fit
-        every 32 pulses instead of one or two a pulse. The choice depends only on
-        (rs, re), so the daemon and a replay pick the same fit whatever else asked the
-        model in between. Stamps (`stamp`) always get the newest window.
-        """
-        if m >= seg.mono[re - 1]:
-            # Every tick past the run's end gets the same window: asked many times a
-            # pulse (state, status, each sentence's cross-check), answered once.
-            key = (rs, re, self._reuse)
-            if seg.tail[0] == key:
-                return seg.tail[1]
-            got = self._fit_tail(seg, m, rs, re)
-            seg.tail = (key, got)
-            return got
-        return self._fit_window_for(seg, m, rs, re)
-
-    def _fit_tail(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
-        p = self.params
-        k = p.refit_every_samples
-        n = re - rs
-        if self._reuse and k > 1 and n - n % k >= max(p.min_window_samples, 1) and n % k:
-            e = re - n % k
-            fit, ok = self._fit_window_for(seg, m, rs, e)
-            if self._still_fits(seg, fit, e, re):
-                return fit, ok
-        return self._fit_window_for(seg, m, rs, re)
-
-    def _still_fits(self, seg: _Segment, fit: Fit, e: int, re: int) -> bool:
-        """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
-        key, good_upto, bad_at = seg.checked
-        if key != (fit.first, fit.last):
-            key, good_upto, bad_at = (fit.first, fit.last), e, 1 << 62
-        if bad_at < re:
-            return False
-        p = self.params
-        thr0 = max(p.outlier_sigmas * fit.sigma, p.outlier_floor_ns)
-        for i in range(good_upto, re):
-            pred, sd = fit.predict(seg.mono[i])
-            if abs(seg.cont[i] - pred) > thr0 + p.k_sigma * sd:
-                seg.checked = (key, i, i)
-                return False
-        seg.checked = (key, max(good_upto, re), bad_at)
-        return True
-
-    def _fit_window_for(self, seg: _Segment, m: int, rs: int, re: int) -> tuple[Fit, bool]:
-        """Fit over samples [rs, re) for a tick at m, centred on m when samples allow.
-
-        The longest candidate window passing both tests wins; if none does, the
-        shortest is returned with False (its bound then gets ``misfit_sigmas``).
-        """
-        j = bisect_right(seg.mono, m, rs, re)
-        fit = None
-        for length in self._candidate_lengths(re - rs):
-            s = max(rs, min(j - length // 2, re - length))
-            key = (s, s + length)
-            fit = seg.fits.get(key)
-            if fit is None:
-                fit = fit_window(seg.mono, seg.cont, seg.phase, s, s + length, self.params)
-                if len(seg.fits) > 64:  # the window moves one sample a second
-                    for old in list(seg.fits)[:32]:
-                        del seg.fits[old]
-                seg.fits[key] = fit
-            if fit.runs_ok and fit.local_ok(j, self.params.local_z, self.params.local_frac):
-                return fit, True
-        assert fit is not None
-        return fit, False
-
-    def _wander(self, now: int) -> float:
-        """Allowed unmodelled frequency change rate A (fraction per second)."""
-        p = self.params
-        base = p.wander_ppm_per_min * 1e-6 / 60
-        obs = self._wander_obs
-        if not obs:
-            return base
-        if obs[-1][0] <= now and now - p.wander_memory_ns <= obs[0][0]:
-            # Every observation counts (the usual case): the max only changes with them.
-            key = (len(obs), obs[0], obs[-1])
-            if self._wander_max[0] != key:
-                self._wander_max = (key, max(a for _, a in obs))
-            learnt = self._wander_max[1]
-        else:
-            learnt = 0.0
-            for t, a in obs:
-                if now - p.wander_memory_ns <= t <= now and a > learnt:
-                    learnt = a
-        return max(base, p.wander_learn_factor * learnt)
 
     def _fit_bound(self, fit: Fit, sd: float, wander_ns: float, ok: bool) -> float:
         p = self.params
@@ -730,7 +379,7 @@ class ClockModel:
         return u
 
     def _predict_new(
-        self, seg: _Segment, m: int, bound: bool = True
+        self, seg: Segment, m: int, bound: bool = True
     ) -> tuple[int, float, Fit | None]:
         """Where the segment expects a new sample at m, and how far off is still 'same'.
 
@@ -757,43 +406,9 @@ class ClockModel:
             self.counters["outliers"] += 1
             return
         self._freq_ppm = fit.freq_ppm(m)
-        snaps = self._snapshots
-        while snaps and m - snaps[0].last > p.self_test_max_ns:
-            snaps.popleft()
-        # The snapshot's own statistical term only widens what it is allowed to miss by,
-        # so a miss within the rest of the allowance is no excess: that needs no σ.
-        skip, t_min, acc = p.k_sigma >= 0, p.self_test_min_ns, p.pps_accuracy_ns
-        for snap in snaps:
-            d = m - snap.last
-            if d < t_min:
-                break
-            if skip:
-                # snap.value(m), inline: this loop runs for ~18 snapshots every pulse.
-                dm = m - snap.ref_mono
-                u = (dm / 1e9 - snap.xc) / snap.xs
-                v = snap.ref_cont + dm + round(snap.a + u * (snap.b + u * snap.c))
-                if abs(cont - v) <= 3 * snap.sigma + acc:
-                    continue
-            spred, ssd = snap.predict(m)
-            excess = abs(cont - spred) - (p.k_sigma * ssd + 3 * snap.sigma + p.pps_accuracy_ns)
-            if excess > 0:
-                ds = d / 1e9
-                self._observe_wander(m, 2 * excess / 1e9 / (ds * ds))
-        while self._wander_obs and m - self._wander_obs[0][0] > p.wander_memory_ns:
-            self._wander_obs.popleft()
-        if fit.order == 2 and (not snaps or fit.last - snaps[-1].last >= p.self_test_every_ns):
-            snaps.append(fit)
+        self._selftest.check(fit, m, cont)
 
-    def _observe_wander(self, m: int, a: float) -> None:
-        """Keep one maximum per self-test period: bounded memory, same answer."""
-        obs = self._wander_obs
-        if obs and m - obs[-1][0] < self.params.self_test_every_ns:
-            if a > obs[-1][1]:
-                obs[-1] = (obs[-1][0], a)
-        else:
-            obs.append((m, a))
-
-    def _try_step(self, seg: _Segment) -> None:
+    def _try_step(self, seg: Segment) -> None:
         """Held samples that agree with each other: relabel (whole seconds) or new segment."""
         p = self.params
         pend = self._pending
@@ -839,7 +454,7 @@ class ClockModel:
         self.counters["leap"] += 1
 
     def _seg_estimate(
-        self, seg: _Segment, m: int, nk: int, now: int, bound: bool = True
+        self, seg: Segment, m: int, nk: int, now: int, bound: bool = True
     ) -> tuple[int, float, float, Fit | None] | None:
         """(continuous-scale estimate, bound, distance to nearest used sample s, fit).
 
@@ -882,12 +497,12 @@ class ClockModel:
                 reach.append((rs, re, near, spread))
         if not bound and len(reach) == 1:
             rs, re, near, _ = reach[0]
-            fit, _ok = self._fit_for(seg, m, rs, re)
+            fit, _ok = seg.fit_for(m, rs, re, self._reuse)
             return fit.value(m), 0.0, near, fit
-        wander = self._wander(now)
+        wander = self._selftest.allowance(now)
         found: list[tuple[int, float, float, Fit]] = []
         for rs, re, near, spread in reach:
-            fit, ok = self._fit_for(seg, m, rs, re)
+            fit, ok = seg.fit_for(m, rs, re, self._reuse)
             if m > fit.last:  # the wander since the last sample the fit saw
                 spread = max(spread, ((m - fit.last) / 1e9) ** 2)
             cont, sd = fit.predict(m)
@@ -905,7 +520,7 @@ class ClockModel:
         mid = (lo + hi) / 2
         return round(mid), (hi - lo) / 2 + 1, min(n1, n2), None
 
-    def _pps_estimate(self, m: int, now: int, bound: bool = True) -> _Est | None:
+    def _pps_estimate(self, m: int, now: int, bound: bool = True) -> Est | None:
         """The segment owning m (the latest one starting at or before it) stamps it.
 
         With `bound` False (the sentence cross-check) the time and state are the same,
@@ -929,21 +544,20 @@ class ClockModel:
         shift, amb = seg.shift_at(cont, now)
         clock = ClockState.LOCKED if near * 1e9 <= p.locked_gap_ns else ClockState.HOLDOVER
         if not bound:
-            return _Est(cont - shift, 0, clock)
+            return Est(cont - shift, 0, clock)
         if m > seg.mono[nk - 1]:
             if k + 1 < len(segs) and segs[k + 1].mono[0] <= now:
                 amb += segs[k + 1].entry_ns  # between two segments split by a step
             elif self._pending and self._pending[0][0] <= now:
                 # Samples after this tick miss the fit grossly: outlier or step, not
                 # yet known; until then the tick could be on either side.
-                amb = _sat_add(amb, max(d for mm, _, d in self._pending if mm <= now))
-        return _Est(cont - shift, _sat_add(_ceil_ns(unc), amb), clock)
+                amb = sat_add(amb, max(d for mm, _, d in self._pending if mm <= now))
+        return Est(cont - shift, sat_add(ceil_ns(unc), amb), clock)
 
     # ------------------------------------------------------------ NMEA model
 
     def _cross_check(self, kind: str, m: int, utc: int) -> bool:
-        """Compare a sentence with the PPS labels; learn its latency; open/close doubts."""
-        p = self.params
+        """Compare a sentence with the PPS labels (nmea_time.py learns from it)."""
         self._reuse = True  # whole seconds and ms of latency: the periodic fit will do
         try:
             est = self._pps_estimate(m, m, bound=False)
@@ -951,42 +565,7 @@ class ClockModel:
             self._reuse = False
         if est is None or est.clock is not ClockState.LOCKED:
             return True
-        latency = est.utc_ns - utc
-        rng = self._lat_range.get(kind)
-        if rng is not None:
-            mid = (rng[0] + rng[1]) // 2
-            k = round((latency - mid) / NS_PER_S)
-        else:
-            k = round(latency / NS_PER_S) if abs(latency) > 3 * NS_PER_S // 2 else 0
-        if k:
-            self.counters["nmea_pps_disagree"] += 1
-            open_doubt = self._doubts[-1] if self._doubts and self._doubts[-1][1] is None else None
-            if open_doubt is None or open_doubt[2] != k:
-                if open_doubt is not None:
-                    open_doubt[1] = m
-                start = self._last_agree_mono if self._last_agree_mono is not None else m
-                self._doubts.append([start, None, k])
-                del self._doubts[:-16]
-            return False
-        self._last_agree_mono = m
-        if self._doubts and self._doubts[-1][1] is None:
-            self._doubts[-1][1] = m
-        lat = self._lat.get(kind)
-        if lat is None:
-            lat = self._lat[kind] = deque(maxlen=p.nmea_learn_window)
-        old = lat[0] if len(lat) == lat.maxlen else None
-        lat.append(latency)
-        if len(lat) >= p.nmea_learn_min:
-            span = self._lat_span.get(kind)
-            if span is None or old in span:  # the extreme left the window: look again
-                lo, hi = min(lat), max(lat)
-            else:
-                lo, hi = min(span[0], latency), max(span[1], latency)
-            if span != (lo, hi):  # else the learnt range stands as it is
-                self._lat_span[kind] = (lo, hi)
-                margin = p.nmea_latency_margin_ns + p.nmea_latency_margin_frac * (hi - lo)
-                self._lat_range[kind] = (round(lo - margin), round(hi + margin))
-        return True
+        return self._nmea.check(kind, m, est.utc_ns - utc)
 
     def _early_doubt_ns(self, m: int, now: int) -> int:
         amb = 0
@@ -997,41 +576,16 @@ class ClockModel:
         return amb
 
     def _doubt_ns(self, m: int, now: int) -> int:
-        for start, end, k in reversed(self._doubts):
-            assert start is not None and k is not None
-            if start <= now and (end is None or end > now) and m >= start:
-                return abs(k) * NS_PER_S
-        return 0
+        return self._nmea.doubt_ns(m, now)
 
-    def _nmea_estimate(self, m: int, now: int) -> _Est | None:
-        p = self.params
-        known = bisect_right(self._fix_mono, now)
-        if not known:
-            return None
-        i = bisect_left(self._fix_mono, m, 0, known)
-        if self._freq_ppm is None:
-            rate = p.max_freq_ppm * 1e-6
-        else:
-            rate = (abs(self._freq_ppm) + p.learnt_freq_margin_ppm) * 1e-6
-        best: int | None = None
-        best_unc = 0
-        prior = (p.nmea_latency_min_ns, p.nmea_latency_max_ns)
-        for j in range(max(0, i - 4), min(known, i + 4)):
-            d = m - self._fix_mono[j]
-            if abs(d) > p.nmea_timeout_ns:
-                continue
-            lo, hi = self._lat_range.get(self._fix_kind[j], prior)
-            unc = _ceil_ns((hi - lo) / 2 + abs(d) * rate + p.nmea_floor_ns)
-            if best is None or unc < best_unc:
-                # The sentence left the receiver `latency` after the second it names began.
-                best, best_unc = self._fix_utc[j] + d + (lo + hi) // 2, unc
-        return None if best is None else _Est(best, best_unc, ClockState.NMEA)
+    def _nmea_estimate(self, m: int, now: int) -> Est | None:
+        return self._nmea.estimate(m, now, self._freq_ppm)
 
-    def _sys_estimate(self, m: int, now: int) -> _Est | None:
+    def _sys_estimate(self, m: int, now: int) -> Est | None:
         known = bisect_right(self._sys_mono, now)
         if not known:
             return None
         i = bisect_left(self._sys_mono, m, 0, known)
         j = min(range(max(0, i - 1), min(known, i + 1)), key=lambda k: abs(m - self._sys_mono[k]))
         utc = self._sys_rt[j] + (m - self._sys_mono[j])
-        return _Est(utc, self.params.sysclock_uncertainty_ns, ClockState.UNSYNCED)
+        return Est(utc, self.params.sysclock_uncertainty_ns, ClockState.UNSYNCED)
