@@ -8,7 +8,7 @@ doubt produces no sample and a counted reason in `rejects`.
 
 Model
 -----
-Pulses are put on a *grid*: a pulse is accepted when it lies a whole number `n ≥ 1`
+Pulses are put on a *grid* (pulsegrid.py): a pulse is accepted when it lies a whole number `n ≥ 1`
 of periods after the previous accepted pulse, within ``grid_slop_ns + n·ppm_tol``
 (the period is learnt from the grid itself once it spans ``learn_period_s``;
 before that ``max_ppm`` bounds it). Grid index `g` counts elapsed whole seconds, so a
@@ -45,8 +45,9 @@ Only the first sentence of each named second (its *onset*) is evidence about the
 convention: a continuation arriving late in the second is what chatty receivers do.
 An onset outside the band but inside the second, or within ``guard_ns`` of a pulse
 (jitter could put it on either side), or, with "after", a label whose chain pulse has
-not come yet, votes against the configured convention and is refused. When
-``mismatch_votes`` of the last ``mismatch_window`` onsets voted so, `mismatch` is
+not come yet, votes against the configured convention and is refused (convention.py
+counts the votes). When ``mismatch_votes`` of the last ``mismatch_window`` onsets voted
+so, `mismatch` is
 raised: no sample leaves while it stands, and `advice` says what was seen and what to
 change. It is not latched for good: it clears after ``mismatch_clear`` consecutive
 clean onsets (a receiver reconfigured, a glitchy minute), and then a new chain must
@@ -99,10 +100,10 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from checkpoint.core.convention import ConventionVote, median
 from checkpoint.core.nmea import Fix
+from checkpoint.core.pulsegrid import NS_PER_S, PulseGrid
 from checkpoint.errors import require_at_least
-
-NS_PER_S = 1_000_000_000
 
 CONVENTIONS = ("after", "before")
 
@@ -165,29 +166,26 @@ class Pairer:
         self.overrun_ns = overrun_ns
         self.onset_slew_ns = onset_slew_ns
         self.double_pulse_ns = double_pulse_ns
-        self.grid_slop_ns = grid_slop_ns
-        self.max_ppm = max_ppm
-        self.learnt_ppm = learnt_ppm
-        self.learn_period_s = learn_period_s
-        self.max_gap_ns = max_gap_s * NS_PER_S
-        self.mismatch_votes = mismatch_votes
-        self.mismatch_window = mismatch_window
-        self.mismatch_clear = mismatch_clear
+        self.mismatch_clear = mismatch_clear  # clean onsets that lower a mismatch
 
         self.stats: Counter[str] = Counter()
         self.rejects: Counter[str] = Counter()
-        self.mismatch = False
-        #: While `mismatch` stands: what was seen and what to change (else None).
-        self.advice: str | None = None
-
+        self._grid = PulseGrid(
+            self.rejects,
+            grid_slop_ns=grid_slop_ns,
+            max_ppm=max_ppm,
+            learnt_ppm=learnt_ppm,
+            learn_period_s=learn_period_s,
+            max_gap_ns=max_gap_s * NS_PER_S,
+        )
+        self._conv = ConventionVote(
+            convention,
+            guard_ns=guard_ns,
+            votes=mismatch_votes,
+            window=mismatch_window,
+            clear=self.mismatch_clear,
+        )
         self._last_edge: int | None = None
-        # Grid: latest accepted pulse, its index, and where the grid started.
-        self._anchor: int | None = None
-        self._g = 0
-        self._grid_start = 0
-        self._grid_start_g = 0
-        self._candidate: int | None = None
-        self._pulses: dict[int, int] = {}  # recent grid index → pulse tick
         # Label bookkeeping for the current interval (after) / next pulse (before).
         self._label: int | None = None  # second named for the open interval / next pulse
         self._label_g: int | None = None  # grid index that label is meant for
@@ -196,10 +194,6 @@ class Pairer:
         # Recent named seconds: S → (grid index, kinds seen); continuations find theirs.
         self._named: dict[int, tuple[int, set[str]]] = {}
         self._onset_latency: int | None = None
-        # Convention evidence: one vote per onset; `_why` keeps the kind of each vote.
-        self._votes: deque[bool] = deque(maxlen=mismatch_window)
-        self._why: Counter[str] = Counter()
-        self._clean = 0
         # Chain of consistent pairings.
         self._offset: int | None = None  # S − g of the current chain
         self._streak = 0
@@ -207,25 +201,33 @@ class Pairer:
         self._phases: deque[int] = deque(maxlen=16)
         self._tails: deque[int] = deque(maxlen=16)
         self._tail_s: int | None = None
-        self._refused: deque[int] = deque(maxlen=16)  # phases of refused onsets
-        self._voted_s: int | None = None
 
     # ---------------------------------------------------------------- public
 
     @property
+    def mismatch(self) -> bool:
+        """True while the onsets say the configured convention is wrong: no samples leave."""
+        return self._conv.mismatch
+
+    @property
+    def advice(self) -> str | None:
+        """While `mismatch` stands: what was seen and what to change (else None)."""
+        return self._conv.advice
+
+    @property
     def phase_ns(self) -> int | None:
         """Median onset phase (first time sentence − latest pulse) of recent seconds."""
-        return _median(self._phases)
+        return median(self._phases)
 
     @property
     def tail_ns(self) -> int | None:
         """Median latency of the last time sentence of recent seconds (the burst's end)."""
-        return _median(self._tails)
+        return median(self._tails)
 
     @property
     def anchor_ns(self) -> int | None:
         """The latest pulse placed on the grid (None before the first)."""
-        return self._anchor
+        return self._grid.anchor
 
     def status(self) -> dict:
         """JSON-able summary for the daemon's status output."""
@@ -255,28 +257,28 @@ class Pairer:
         self._last_edge = mono_ns
 
         prev_label, prev_g, prev_bad = self._label, self._label_g, self._label_bad
-        had_grid = self._anchor is not None
-        step = self._grid_step(mono_ns)
+        had_grid = self._grid.anchor is not None
+        step = self._grid.place(mono_ns)
         if step is None:
             return []
-        self._pulses[self._g] = mono_ns
-        for old in [g for g in self._pulses if g < self._g - 3]:
-            del self._pulses[old]
+        if step == 0:
+            self._forget()  # a new grid: indices restart
+        g = self._grid.g
         self._label, self._label_g, self._label_bad = None, None, False
         if self.convention == "after":
             # Close the previous interval: its pulse was never labelled.
             if had_grid and prev_g is not None and prev_label is None and not prev_bad:
                 self.rejects["no_fix"] += 1
-            self._label_g = self._g
+            self._label_g = g
             return []
         # "before": the label was announced by a sentence ahead of this pulse.
         if prev_label is not None and not prev_bad:
-            if prev_g == self._g:
+            if prev_g == g:
                 # Named even before the grid can vouch for it: the rest of the burst,
                 # arriving after this pulse, is then known as a continuation.
-                self._name(prev_label, self._g, None)
-            if step and prev_g == self._g:
-                return self._accept(self._g, mono_ns, prev_label)
+                self._name(prev_label, g, None)
+            if step and prev_g == g:
+                return self._accept(g, mono_ns, prev_label)
             self.rejects["unpaired"] += 1  # the pulse it announced never came
         elif had_grid and prev_label is None and not prev_bad:
             self.rejects["no_fix"] += 1
@@ -289,86 +291,107 @@ class Pairer:
             self.rejects["invalid_fix"] += 1
             return []
         if fix.frac_ns != 0:
-            self.stats["fractional"] += 1
-            if self._offset is not None:
-                # It labels no pulse, but it still states the time: one that is more than
-                # a second away from what the chain says (a stream spliced from two
-                # times) means the chain's labels cannot be trusted either.
-                expect = self._g + self._offset
-                if abs(fix.utc_s - expect) > 1:
-                    self.rejects["contradicted"] += 1
-                    self._conflict()
+            self._fractional(fix)
             return []
-        anchor = self._anchor
+        anchor = self._grid.anchor
         if anchor is None:
             self.rejects["unpaired"] += 1
             return []
         phase = fix.mono_ns - anchor
-        period = self._period()
+        period = self._grid.period()
         if phase < 0:
             self.rejects["out_of_order"] += 1
             return []
-
-        # Rule 1: the rest of a burst whose second is already named.
         named = self._named.get(fix.utc_s)
         if named is not None and fix.kind not in named[1]:
-            t, kinds = named
-            latency = fix.mono_ns - self._pulses.get(t, anchor)
-            if t in self._pulses and latency <= period + self.overrun_ns:
-                kinds.add(fix.kind)
-                self.stats["duplicate_sentence"] += 1
-                if t < self._g:
-                    self.stats["overrun_sentence"] += 1
-                self._tail(fix.utc_s, latency)
-                return []
-            self.rejects["late_sentence"] += 1
+            self._continuation(fix, named, anchor, period)
             return []
-
         if phase > period + self.guard_ns:
             # The pulse this sentence belongs with did not come (or PPS is absent).
             self.rejects["unpaired"] += 1
             return []
-
         if fix.leap:
-            # 23:59:60: no label for this pulse; resume on the new day's labels.
-            target_g = self._g if self.convention == "after" else self._g + 1
-            if self._leap_g != target_g:
-                self.rejects["leap"] += 1
-                self._leap_g = target_g
-            self._spoil(target_g)
-            self._break_chain()
-            self._offset = None  # the POSIX labels step by design: not a date jump
+            self._leap(fix)
             return []
-
-        # Rule 2: the current chain says which pulse this second belongs to.
         if self.convention == "after" and self._offset is not None:
-            t = fix.utc_s - self._offset
-            confirmed = self._streak >= self.confirm
-            # A stamp is never early (the read comes after the bytes): a sentence
-            # stamped before the next pulse arrived before it, so a confirmed chain
-            # takes the whole interval; an unconfirmed one does not outweigh the phase.
-            inside = self.guard_ns < phase < (period if confirmed else self.window_ns)
-            if t == self._g and inside:
-                # Late in the second but where the chain puts it: no evidence against.
-                return self._onset(fix, t, anchor, phase, late=False)
-            if confirmed and t == self._g - 1 and t in self._pulses and self._onset_latency:
-                latency = fix.mono_ns - self._pulses[t]
-                steady = abs(latency - self._onset_latency) <= self.onset_slew_ns
-                if steady and latency <= period + self.overrun_ns:
-                    self.stats["chain_overrun"] += 1
-                    return self._onset(fix, t, self._pulses[t], latency, late=False)
-            if t > self._g and self._streak >= self.confirm:
-                # Named a second whose pulse has not come: a "before" receiver (or a
-                # label that jumped ahead, which rule 3 will count as a date jump).
-                self._vote(fix.utc_s, "early", True)
+            out = self._by_chain(fix, anchor, phase, period)
+            if out is not None:
+                return out
+        return self._by_phase(fix, anchor, phase, period)
 
-        # Rule 3: the phase alone.
+    # ------------------------------------------------------- the rules, in order
+
+    def _fractional(self, fix: Fix) -> None:
+        """A sentence at a fraction of a second labels no pulse, but still states the time."""
+        self.stats["fractional"] += 1
+        if self._offset is not None:
+            # One more than a second away from what the chain says (a stream spliced
+            # from two times) means the chain's labels cannot be trusted either.
+            expect = self._grid.g + self._offset
+            if abs(fix.utc_s - expect) > 1:
+                self.rejects["contradicted"] += 1
+                self._conflict()
+
+    def _continuation(
+        self, fix: Fix, named: tuple[int, set[str]], anchor: int, period: float
+    ) -> None:
+        """Rule 1: the rest of a burst whose second is already named."""
+        t, kinds = named
+        pulses = self._grid.pulses
+        latency = fix.mono_ns - pulses.get(t, anchor)
+        if t in pulses and latency <= period + self.overrun_ns:
+            kinds.add(fix.kind)
+            self.stats["duplicate_sentence"] += 1
+            if t < self._grid.g:
+                self.stats["overrun_sentence"] += 1
+            self._tail(fix.utc_s, latency)
+            return
+        self.rejects["late_sentence"] += 1
+
+    def _leap(self, fix: Fix) -> None:
+        """23:59:60: no label for this pulse; resume on the new day's labels."""
+        g = self._grid.g
+        target_g = g if self.convention == "after" else g + 1
+        if self._leap_g != target_g:
+            self.rejects["leap"] += 1
+            self._leap_g = target_g
+        self._spoil(target_g)
+        self._break_chain()
+        self._offset = None  # the POSIX labels step by design: not a date jump
+
+    def _by_chain(self, fix: Fix, anchor: int, phase: int, period: float) -> list[Sample] | None:
+        """Rule 2: the current chain says which pulse this second belongs to (None: no say)."""
+        assert self._offset is not None
+        g, pulses = self._grid.g, self._grid.pulses
+        t = fix.utc_s - self._offset
+        confirmed = self._streak >= self.confirm
+        # A stamp is never early (the read comes after the bytes): a sentence
+        # stamped before the next pulse arrived before it, so a confirmed chain
+        # takes the whole interval; an unconfirmed one does not outweigh the phase.
+        inside = self.guard_ns < phase < (period if confirmed else self.window_ns)
+        if t == g and inside:
+            # Late in the second but where the chain puts it: no evidence against.
+            return self._onset(fix, t, anchor, phase, late=False)
+        if confirmed and t == g - 1 and t in pulses and self._onset_latency:
+            latency = fix.mono_ns - pulses[t]
+            steady = abs(latency - self._onset_latency) <= self.onset_slew_ns
+            if steady and latency <= period + self.overrun_ns:
+                self.stats["chain_overrun"] += 1
+                return self._onset(fix, t, pulses[t], latency, late=False)
+        if t > g and self._streak >= self.confirm:
+            # Named a second whose pulse has not come: a "before" receiver (or a
+            # label that jumped ahead, which rule 3 will count as a date jump).
+            self._vote(fix.utc_s, "early", True)
+        return None
+
+    def _by_phase(self, fix: Fix, anchor: int, phase: int, period: float) -> list[Sample]:
+        """Rule 3: the phase alone."""
         if self.convention == "after":
             inside = phase
-            target_g = self._g
+            target_g = self._grid.g
         else:
             inside = period - phase  # lead to the next pulse
-            target_g = self._g + 1
+            target_g = self._grid.g + 1
         if inside <= self.guard_ns or inside >= period - self.guard_ns:
             verdict = "ambiguous_phase"
         elif inside >= self.window_ns:
@@ -376,7 +399,7 @@ class Pairer:
         else:
             verdict = ""
         if verdict:
-            self._refused.append(phase)
+            self._conv.refused(phase)
             self._vote(fix.utc_s, "late" if verdict == "convention_mismatch" else "ambiguous", True)
             self.rejects[verdict] += 1
             if self.convention == "after" or verdict == "ambiguous_phase":
@@ -388,7 +411,10 @@ class Pairer:
             return []
         if self.convention == "after":
             return self._onset(fix, target_g, anchor, phase, late=False)
+        return self._announce(fix, target_g, phase)
 
+    def _announce(self, fix: Fix, target_g: int, phase: int) -> list[Sample]:
+        """ "before": the sentence names the coming pulse; the label waits for it."""
         if self._label_g != target_g:
             self._label, self._label_g, self._label_bad = None, target_g, False
         if self._label_bad:
@@ -452,62 +478,9 @@ class Pairer:
         self._offset = None  # neither label can anchor the chain
         self._break_chain()
 
-    def _period(self) -> float:
-        """Pulse period in monotonic ns, learnt from the grid once it is long enough."""
-        seconds = self._g - self._grid_start_g
-        if self._anchor is not None and seconds >= self.learn_period_s:
-            return (self._anchor - self._grid_start) / seconds
-        return float(NS_PER_S)
-
-    def _ppm_tol(self) -> float:
-        seconds = self._g - self._grid_start_g
-        return self.learnt_ppm if seconds >= self.learn_period_s else self.max_ppm
-
-    def _on_grid(self, base: int, mono_ns: int, period: float, ppm: float) -> int:
-        """Whole periods from `base` to `mono_ns`, or 0 when not on that grid."""
-        delta = mono_ns - base
-        if delta <= 0 or delta > self.max_gap_ns:
-            return 0
-        n = round(delta / period)
-        if n < 1:
-            return 0
-        tol = self.grid_slop_ns + n * period * ppm * 1e-6
-        return n if abs(delta - n * period) <= tol else 0
-
-    def _grid_step(self, mono_ns: int) -> int | None:
-        """Place a pulse on the grid: elapsed seconds (0 = new grid) or None (dropped)."""
-        if self._anchor is None:
-            self._new_grid(mono_ns)
-            return 0
-        n = self._on_grid(self._anchor, mono_ns, self._period(), self._ppm_tol())
-        if n:
-            if n > 1:
-                self.rejects["missing_pulse"] += n - 1
-            self._anchor = mono_ns
-            self._g += n
-            self._candidate = None
-            return n
-        if mono_ns - self._anchor > self.max_gap_ns:
-            self._new_grid(mono_ns)
-            return 0
-        cand = self._candidate
-        if cand is not None and self._on_grid(cand, mono_ns, float(NS_PER_S), self.max_ppm) == 1:
-            # Two pulses agree with each other and not with the old grid: new phase.
-            self.rejects["regrid"] += 1
-            self._new_grid(mono_ns)
-            return 0
-        self.rejects["off_grid"] += 1
-        self._candidate = mono_ns
-        return None
-
-    def _new_grid(self, mono_ns: int) -> None:
-        self._anchor = mono_ns
-        self._grid_start = mono_ns
-        self._g = 0
-        self._grid_start_g = 0
-        self._candidate = None
+    def _forget(self) -> None:
+        """A new grid: labels, named seconds and the chain meant old indices."""
         self._label, self._label_g, self._label_bad = None, None, False
-        self._pulses = {}
         self._named = {}
         self._onset_latency = None
         self._offset = None  # indices restart: S − g means nothing across grids
@@ -517,57 +490,10 @@ class Pairer:
         self._label_g, self._label, self._label_bad = target_g, None, True
 
     def _vote(self, utc_s: int, why: str, against: bool) -> None:
-        """One vote per named second: raise the mismatch on enough, clear it after a clean run."""
-        if self._voted_s == utc_s:
-            if against and self._votes and not self._votes[-1]:
-                self._votes[-1] = True  # a contrary sentence of the same second flips it
-                self._why[why] += 1
-                self._clean = 0
-            return
-        self._voted_s = utc_s
-        self._votes.append(against)
-        if against:
-            self._why[why] += 1
-            self._clean = 0
-        else:
-            self._clean += 1
-        if not self.mismatch and sum(self._votes) >= self.mismatch_votes:
-            self.mismatch = True
-            self.advice = self._advise()
+        """One onset's evidence about the convention; raising the mismatch breaks the chain."""
+        if self._conv.vote(utc_s, why, against):
             self._break_chain()
             self._offset = None
-        elif self.mismatch and self._clean >= self.mismatch_clear:
-            self.mismatch = False
-            self.advice = None
-            self._why.clear()
-            self._votes.clear()
-
-    def _advise(self) -> str:
-        """What the refused onsets looked like, and what to change."""
-        why = self._why.most_common(1)[0][0] if self._why else "late"
-        guard = self.guard_ns // 1_000_000
-        seen = _median(self._refused)
-        saw = f" (seen: {round(seen / 1e6)} ms after the pulse)" if seen is not None else ""
-        return self._what_to_change(why, guard) + saw
-
-    def _what_to_change(self, why: str, guard: int) -> str:
-        if why == "ambiguous":
-            return (
-                f"time sentences arrive within {guard} ms of a PPS pulse, so the second they "
-                "name cannot be told: check the PPS wiring and the receiver's output timing"
-            )
-        if self.convention == "after":
-            return (
-                "time sentences name a second before its PPS pulse (the first of each second "
-                "arrives just ahead of the next pulse): if the receiver announces the coming "
-                'second set gps.convention = "before"; if its time sentences come at the end of '
-                "a long burst, run `checkpoint gps configure` (fewer sentences) or raise the "
-                "baud rate; else check the PPS wiring"
-            )
-        return (
-            "time sentences arrive soon after a PPS pulse, naming the second that pulse "
-            'began: set gps.convention = "after"'
-        )
 
     def _break_chain(self) -> None:
         if self._held:
@@ -593,10 +519,3 @@ class Pairer:
         self._held = []
         self.stats["paired"] += len(out)
         return out
-
-
-def _median(values: deque[int]) -> int | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
