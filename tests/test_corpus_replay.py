@@ -33,7 +33,7 @@ import pytest
 from boxrig import NS, BoxRig, truth_now
 from corpusline import CORPUS, Replay, cycles, log_bytes, lowest_baud
 
-from checkpoint.core.nmea import LineSplitter
+from checkpoint.core.lines import LineSplitter
 from checkpoint.core.timing import Pipeline
 from checkpoint.field.doctor import Limits, diagnose, gather, render
 from checkpoint.mqtt import Link, Message

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from waits import wait_for
 
 from checkpoint.box.gps_serial import SerialReader
+from checkpoint.core.lines import LineSplitter
 from checkpoint.core.nmea import (
     DEFAULT_NOT_AFTER,
     DEFAULT_NOT_BEFORE,
     Fix,
-    LineSplitter,
     NmeaParser,
 )
 from sim.gps import checksum

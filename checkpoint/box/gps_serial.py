@@ -15,7 +15,7 @@ from typing import Any
 import serial
 
 from checkpoint.box import gpsport
-from checkpoint.core.nmea import LineSplitter
+from checkpoint.core.lines import LineSplitter
 from checkpoint.errors import NmeaError
 
 log = logging.getLogger("checkpoint.core.nmea")
