@@ -467,26 +467,8 @@ class ClockModel:
         p = self.params
         mono = seg.mono
         j = bisect_right(mono, m, 0, nk)
-        # The nearest run on each side with enough samples to fit (a run just started
-        # after an outage is skipped: the run before it still holds over).
-        runs: list[tuple[int, int]] = []
-        i = j - 1
-        while i >= 0:
-            rs, re = seg.run_of(i, nk)
-            if re - rs >= p.min_lock_samples:
-                runs.append((rs, re))
-                break
-            i = rs - 1
-        i = j
-        while i < nk:
-            rs, re = seg.run_of(i, nk)
-            if re - rs >= p.min_lock_samples:
-                if (rs, re) not in runs:
-                    runs.append((rs, re))
-                break
-            i = re
         reach: list[tuple[int, int, float, float]] = []  # runs within holdover reach
-        for rs, re in runs:
+        for rs, re in self._runs_around(seg, j, nk):
             if rs < j < re:  # inside: samples on both sides
                 d_b, d_a = (m - mono[j - 1]) / 1e9, (mono[j] - m) / 1e9
                 near, spread = min(d_b, d_a), d_b * d_a
@@ -519,6 +501,28 @@ class ClockModel:
             lo, hi = min(c1 - u1, c2 - u2), max(c1 + u1, c2 + u2)
         mid = (lo + hi) / 2
         return round(mid), (hi - lo) / 2 + 1, min(n1, n2), None
+
+    def _runs_around(self, seg: Segment, j: int, nk: int) -> list[tuple[int, int]]:
+        """The nearest run on each side of sample index j with enough samples to fit (a run
+        just started after an outage is skipped: the run before it still holds over)."""
+        p = self.params
+        runs: list[tuple[int, int]] = []
+        i = j - 1
+        while i >= 0:
+            rs, re = seg.run_of(i, nk)
+            if re - rs >= p.min_lock_samples:
+                runs.append((rs, re))
+                break
+            i = rs - 1
+        i = j
+        while i < nk:
+            rs, re = seg.run_of(i, nk)
+            if re - rs >= p.min_lock_samples:
+                if (rs, re) not in runs:
+                    runs.append((rs, re))
+                break
+            i = re
+        return runs
 
     def _pps_estimate(self, m: int, now: int, bound: bool = True) -> Est | None:
         """The segment owning m (the latest one starting at or before it) stamps it.

@@ -185,6 +185,10 @@ class Pairer:
             window=mismatch_window,
             clear=self.mismatch_clear,
         )
+        self._start_state()
+
+    def _start_state(self) -> None:
+        """What the pairer learns as it goes: empty at start."""
         self._last_edge: int | None = None
         # Label bookkeeping for the current interval (after) / next pulse (before).
         self._label: int | None = None  # second named for the open interval / next pulse

@@ -285,42 +285,7 @@ def fit_window(
     n = len(us)
     order = 2 if n >= p.quadratic_min_samples else 1
 
-    # Robust start: exact polynomial through the medians of thirds (halves for a line),
-    # so a burst of late pulses cannot drag the first residuals.
-    a0, b0, c0 = _robust_start(us, ys, order)
-    resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
-    dev = list(map(abs, resid))
-    sig = 1.4826 * _median(dev)
-    thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
-    inl = [d <= thr for d in dev]
-
-    converged = None  # the solution for the final inliers, when the loop found it
-    for _ in range(6):
-        sol = _solve(order, us, ys, inl)
-        a, b, c = sol[0], sol[1], sol[2]
-        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = list(compress(resid, inl))
-        med = sig = 0.0
-        if kept:
-            ordered = sorted(kept)
-            med = _middle(ordered)
-            sig = 1.4826 * _median_distance(ordered, med)
-        thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
-        new = [abs(r - med) <= thr for r in resid]
-        if new == inl:
-            converged = sol, resid, kept
-            break
-        inl = new
-        if sum(inl) < 3:
-            inl = [True] * n
-            break
-    if converged is None:
-        sol = _solve(order, us, ys, inl)
-        a, b, c = sol[0], sol[1], sol[2]
-        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
-        kept = list(compress(resid, inl))
-    else:
-        sol, resid, kept = converged
+    sol, resid, kept, inl = _robust_fit(us, ys, order, p)
     a, b, c, cov, m, order_used = sol
     ss = sum([r * r for r in kept])
     dof = max(m - max(order_used, 0) - 1, 1)
@@ -348,3 +313,42 @@ def fit_window(
     # σ is estimated from the fit's own residuals; a short fit may draw it low.
     f.factor = small_sample_factor(f.n - f.order - 1)
     return f
+
+
+def _robust_fit(
+    us: list[float], ys: list[float], order: int, p: FitParams
+) -> tuple[tuple, list[float], list[float], list[bool]]:
+    """Least squares over an inlier set iterated at ``outlier_sigmas`` (MAD-based):
+    (the `_solve` solution, every residual, the inliers' residuals, the inlier flags)."""
+    n = len(us)
+    # Robust start: exact polynomial through the medians of thirds (halves for a line),
+    # so a burst of late pulses cannot drag the first residuals.
+    a0, b0, c0 = _robust_start(us, ys, order)
+    resid = [y - (a0 + u * (b0 + u * c0)) for u, y in zip(us, ys, strict=True)]
+    dev = list(map(abs, resid))
+    sig = 1.4826 * _median(dev)
+    thr = max(3 * p.outlier_sigmas * sig, p.outlier_floor_ns)
+    inl = [d <= thr for d in dev]
+
+    for _ in range(6):
+        sol = _solve(order, us, ys, inl)
+        a, b, c = sol[0], sol[1], sol[2]
+        resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+        kept = list(compress(resid, inl))
+        med = sig = 0.0
+        if kept:
+            ordered = sorted(kept)
+            med = _middle(ordered)
+            sig = 1.4826 * _median_distance(ordered, med)
+        thr = max(p.outlier_sigmas * sig, p.outlier_floor_ns)
+        new = [abs(r - med) <= thr for r in resid]
+        if new == inl:
+            return sol, resid, kept, inl  # the solution for the final inliers
+        inl = new
+        if sum(inl) < 3:
+            inl = [True] * n
+            break
+    sol = _solve(order, us, ys, inl)
+    a, b, c = sol[0], sol[1], sol[2]
+    resid = [y - (a + u * (b + u * c)) for u, y in zip(us, ys, strict=True)]
+    return sol, resid, list(compress(resid, inl)), inl
