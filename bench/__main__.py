@@ -49,6 +49,33 @@ def _names(text: str | None) -> list[str]:
     return names
 
 
+def _run(
+    names: list[str], work: Path, smoke: bool
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Run each benchmark, noting how busy the machine was: (results, load, failed)."""
+    results: dict[str, Any] = {}
+    load: dict[str, Any] = {}
+    failed = []
+    for name in names:
+        t0 = time.monotonic()
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        machine = MachineLoad().start()
+        try:
+            results[name] = BENCHMARKS[name](work / name, smoke)
+        except Exception as err:  # noqa: BLE001 - report it and run the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+            failed.append(name)
+        load[name] = {"seconds": round(time.monotonic() - t0, 1), **machine.stop()}
+        print(
+            f"bench: {name} took {load[name]['seconds']:.0f} s; machine busy "
+            f"{load[name]['busy_cores']} cores, of which other work {load[name]['other_cores']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return results, load, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves it runs (< 60 s)")
@@ -76,26 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "benchmarks": names,
     }
-    results: dict[str, Any] = {}
-    load: dict[str, Any] = {}
-    failed = []
-    for name in names:
-        t0 = time.monotonic()
-        print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        machine = MachineLoad().start()
-        try:
-            results[name] = BENCHMARKS[name](work / name, args.smoke)
-        except Exception as err:  # noqa: BLE001 - report it and run the others
-            traceback.print_exc()
-            results[name] = {"error": f"{type(err).__name__}: {err}"}
-            failed.append(name)
-        load[name] = {"seconds": round(time.monotonic() - t0, 1), **machine.stop()}
-        print(
-            f"bench: {name} took {load[name]['seconds']:.0f} s; machine busy "
-            f"{load[name]['busy_cores']} cores, of which other work {load[name]['other_cores']}",
-            file=sys.stderr,
-            flush=True,
-        )
+    results, load, failed = _run(names, work, args.smoke)
     meta["load"] = load
     meta["duration_s"] = round(time.monotonic() - started, 1)
     doc = {"meta": meta, "targets": report.targets(results), "results": results}

@@ -67,88 +67,101 @@ L, R = "---", "---:"
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each issue-9 target with what was measured and whether it is met (None: not run)."""
-    out = []
-    lat = _get(results, "latency", "phases")
-    for label, profile in (("100", "defaults"), ("100 tuned", "tuned")):
-        p99 = _get(lat, label, "checkpoint", "edge_to_hq_commit", "p99_ms")
-        out.append(
-            {
-                "target": f"edge→HQ commit p99 < {TARGET_P99_MS:g} ms at 100 passages/s "
-                f"(synchronous=FULL; Mosquitto {profile})",
-                "measured": None if p99 is None else f"{p99:.1f} ms",
-                "met": None if p99 is None else p99 < TARGET_P99_MS,
-            }
-        )
-    idle = _get(results, "footprint", "idle")
-    cpu = _get(idle, "cpu_percent", "box")
-    rss = _get(idle, "memory_mb", "VmHWM")
-    out.append(
-        {
-            "target": f"box daemon idle < {TARGET_IDLE_CPU:g} % of one core, "
-            f"< {TARGET_IDLE_RSS_MB:g} MB RSS",
-            "measured": None if cpu is None else f"{cpu:.2f} %, peak RSS {rss} MB",
-            "met": None if cpu is None else cpu < TARGET_IDLE_CPU and rss < TARGET_IDLE_RSS_MB,
-        }
-    )
-    drains = _get(results, "throughput", "drain") or []
-    for profile in ("defaults", "tuned"):
-        mine = [d for d in drains if d.get("broker") == profile]
-        target = f"backlog drain ≥ {TARGET_DRAIN:,} events/s (Mosquitto {profile})"
-        if not mine:
-            if profile == "defaults":
-                out.append({"target": target, "measured": None, "met": None})
-            continue
-        rates = [d["events_per_s"] or 0 for d in mine]
-        out.append(
-            {
-                "target": target,
-                "measured": ", ".join(
-                    f"{d['events']:,}: {d['events_per_s'] or 0:,}/s" for d in mine
-                ),
-                "met": all(d["complete"] for d in mine) and min(rates) >= TARGET_DRAIN,
-            }
-        )
-    out += _issue18_targets(results)
-    steps = _get(results, "hqscale", "steps") or []
-    big = [
-        s
-        for s in steps
-        if s["boxes"] >= 200 and s["rate_per_box"] == 5.0 and s["broker"] == "defaults"
+    """Each target with what was measured and whether it is met (None: not run)."""
+    return [
+        *_latency_targets(results),
+        _idle_target(results),
+        *_drain_targets(results),
+        *_issue18_targets(results),
+        _hqscale_target(results),
     ]
-    if big:
-        s = big[0]
-        out.append(
-            {
-                "target": "HQ: 200 boxes × 5 passages/s without a growing lag",
-                "measured": f"{s['hq_commit_per_s']}/s committed, lag p50 "
-                f"{s['lag_ms']['p50']} → {s['lag_ms']['p50_last_third']} ms, trend "
-                f"{s['lag_ms']['trend_ms_per_s']} ms/s",
-                "met": bool(s["keeps_up"]),
-            }
-        )
-    else:
-        out.append(
-            {
-                "target": "HQ: 200 boxes × 5 passages/s without a growing lag",
-                "measured": None,
-                "met": None,
-            }
-        )
-    return out
 
 
 def _row(target: str, measured: str | None, met: bool | None) -> dict[str, Any]:
     return {"target": target, "measured": measured, "met": met}
 
 
-def _issue18_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Time to lock, idle card writes, CPU per pulse and passage, replay speed."""
+def _latency_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    lat = _get(results, "latency", "phases")
     out = []
+    for label, profile in (("100", "defaults"), ("100 tuned", "tuned")):
+        p99 = _get(lat, label, "checkpoint", "edge_to_hq_commit", "p99_ms")
+        out.append(
+            _row(
+                f"edge→HQ commit p99 < {TARGET_P99_MS:g} ms at 100 passages/s "
+                f"(synchronous=FULL; Mosquitto {profile})",
+                None if p99 is None else f"{p99:.1f} ms",
+                None if p99 is None else p99 < TARGET_P99_MS,
+            )
+        )
+    return out
+
+
+def _idle_target(results: dict[str, Any]) -> dict[str, Any]:
+    idle = _get(results, "footprint", "idle")
+    cpu = _get(idle, "cpu_percent", "box")
+    rss = _get(idle, "memory_mb", "VmHWM")
+    return _row(
+        f"box daemon idle < {TARGET_IDLE_CPU:g} % of one core, < {TARGET_IDLE_RSS_MB:g} MB RSS",
+        None if cpu is None else f"{cpu:.2f} %, peak RSS {rss} MB",
+        None if cpu is None else cpu < TARGET_IDLE_CPU and rss < TARGET_IDLE_RSS_MB,
+    )
+
+
+def _drain_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    drains = _get(results, "throughput", "drain") or []
+    out = []
+    for profile in ("defaults", "tuned"):
+        mine = [d for d in drains if d.get("broker") == profile]
+        target = f"backlog drain ≥ {TARGET_DRAIN:,} events/s (Mosquitto {profile})"
+        if not mine:
+            if profile == "defaults":
+                out.append(_row(target, None, None))
+            continue
+        rates = [d["events_per_s"] or 0 for d in mine]
+        shown = ", ".join(f"{d['events']:,}: {d['events_per_s'] or 0:,}/s" for d in mine)
+        met = all(d["complete"] for d in mine) and min(rates) >= TARGET_DRAIN
+        out.append(_row(target, shown, met))
+    return out
+
+
+def _hqscale_target(results: dict[str, Any]) -> dict[str, Any]:
+    target = "HQ: 200 boxes × 5 passages/s without a growing lag"
+    steps = _get(results, "hqscale", "steps") or []
+    big = [
+        s
+        for s in steps
+        if s["boxes"] >= 200 and s["rate_per_box"] == 5.0 and s["broker"] == "defaults"
+    ]
+    if not big:
+        return _row(target, None, None)
+    s, lag = big[0], big[0]["lag_ms"]
+    return _row(
+        target,
+        f"{s['hq_commit_per_s']}/s committed, lag p50 {lag['p50']} → "
+        f"{lag['p50_last_third']} ms, trend {lag['trend_ms_per_s']} ms/s",
+        bool(s["keeps_up"]),
+    )
+
+
+def _issue18_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Time to lock, bound coverage, idle card writes, CPU per pulse and passage, replay."""
+    return [
+        _lock_target(results),
+        _coverage_target(results),
+        _write_target(results),
+        _cpu_target(results),
+        _replay_target(results),
+    ]
+
+
+def _clock_results(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in _get(results, "clock", "results") or [] if isinstance(r, dict)]
+
+
+def _lock_target(results: dict[str, Any]) -> dict[str, Any]:
     lock = _get(results, "footprint", "lock_wait_s")
-    clock = [r for r in _get(results, "clock", "results") or [] if isinstance(r, dict)]
-    locks = [r.get("lock_after_first_pps_s") for r in clock]
-    covs = [_get(r, "methods", "checkpoint", "coverage_all") for r in clock]
+    locks = [r.get("lock_after_first_pps_s") for r in _clock_results(results)]
     parts = []
     if lock is not None:
         parts.append(f"daemon {lock:g} s")
@@ -159,33 +172,35 @@ def _issue18_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         met = (lock is None or lock <= TARGET_LOCK_S) and (
             not locks or (None not in locks and max(locks) <= TARGET_LOCK_S)
         )
-    out.append(
-        _row(
-            f"locked ≤ {TARGET_LOCK_S:g} s after the first PPS with a fix",
-            ", ".join(parts) or None,
-            met,
-        )
+    return _row(
+        f"locked ≤ {TARGET_LOCK_S:g} s after the first PPS with a fix",
+        ", ".join(parts) or None,
+        met,
     )
-    if covs:
-        ok = None not in covs and min(covs) >= 1.0
-        shown = "—" if None in covs else f"{100 * min(covs):.2f} %"
-        out.append(
-            _row(
-                "bound coverage 100 % on every clock profile (short fits after lock included)",
-                f"min {shown} over {len(covs)} profiles",
-                ok,
-            )
-        )
-    else:
-        out.append(_row("bound coverage 100 % on every clock profile", None, None))
+
+
+def _coverage_target(results: dict[str, Any]) -> dict[str, Any]:
+    covs = [_get(r, "methods", "checkpoint", "coverage_all") for r in _clock_results(results)]
+    if not covs:
+        return _row("bound coverage 100 % on every clock profile", None, None)
+    shown = "—" if None in covs else f"{100 * min(covs):.2f} %"
+    return _row(
+        "bound coverage 100 % on every clock profile (short fits after lock included)",
+        f"min {shown} over {len(covs)} profiles",
+        None not in covs and min(covs) >= 1.0,
+    )
+
+
+def _write_target(results: dict[str, Any]) -> dict[str, Any]:
     w = _get(results, "footprint", "idle", "disk_write_kb_per_s")
-    out.append(
-        _row(
-            f"idle card writes ≤ {TARGET_IDLE_WRITE_KB_S:g} kB/s",
-            None if w is None else f"{w:g} kB/s",
-            None if w is None else w <= TARGET_IDLE_WRITE_KB_S,
-        )
+    return _row(
+        f"idle card writes ≤ {TARGET_IDLE_WRITE_KB_S:g} kB/s",
+        None if w is None else f"{w:g} kB/s",
+        None if w is None else w <= TARGET_IDLE_WRITE_KB_S,
     )
+
+
+def _cpu_target(results: dict[str, Any]) -> dict[str, Any]:
     cpu = _get(results, "replay", "cpu") or {}
     pulse, passage = cpu.get("us_per_pulse"), cpu.get("us_per_passage")
     d_pulse = _get(results, "footprint", "cpu_ms_per_pulse")
@@ -195,26 +210,22 @@ def _issue18_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if d_pulse is None
         else f" (whole daemon: {1e3 * d_pulse:.0f} µs/pulse, {1e3 * d_passage:.0f} µs/passage)"
     )
-    out.append(
-        _row(
-            f"CPU per PPS pulse ≤ {TARGET_PULSE_US:g} µs, per passage ≤ "
-            f"{TARGET_PASSAGE_US:g} µs (timing pipeline)",
-            None if pulse is None else f"{pulse:g} µs / {passage} µs{daemon}",
-            None
-            if pulse is None
-            else pulse <= TARGET_PULSE_US and (passage or 0) <= TARGET_PASSAGE_US,
-        )
+    return _row(
+        f"CPU per PPS pulse ≤ {TARGET_PULSE_US:g} µs, per passage ≤ "
+        f"{TARGET_PASSAGE_US:g} µs (timing pipeline)",
+        None if pulse is None else f"{pulse:g} µs / {passage} µs{daemon}",
+        None if pulse is None else pulse <= TARGET_PULSE_US and (passage or 0) <= TARGET_PASSAGE_US,
     )
+
+
+def _replay_target(results: dict[str, Any]) -> dict[str, Any]:
     rp = _get(results, "replay", "replay") or {}
     x = rp.get("x_real_time")
-    out.append(
-        _row(
-            f"replay ≥ {TARGET_REPLAY_X:,}× real time (a day of capture < 10 s)",
-            None if x is None else f"{x:,}× ({rp['day_s']} s a day)",
-            None if x is None else x >= TARGET_REPLAY_X,
-        )
+    return _row(
+        f"replay ≥ {TARGET_REPLAY_X:,}× real time (a day of capture < 10 s)",
+        None if x is None else f"{x:,}× ({rp['day_s']} s a day)",
+        None if x is None else x >= TARGET_REPLAY_X,
     )
-    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -347,6 +358,13 @@ def _throughput(sec: dict[str, Any]) -> list[str]:
         f"Highest sustained: **{best}/s**"
         + ("" if st["limit_reached"] else " (the highest step tried; the limit is above it)"),
         "",
+        *_drain(sec["drain"]),
+    ]
+    return lines
+
+
+def _drain(drains: list[dict[str, Any]]) -> list[str]:
+    return [
         "### Backlog drain after a broker outage (pre-filled store → fresh HQ)",
         "",
         *_table(
@@ -373,11 +391,10 @@ def _throughput(sec: dict[str, Any]) -> list[str]:
                     _cpu(d["cpu_percent"], "hq"),
                     "yes" if d["broker_dropped"] else "no",
                 ]
-                for d in sec["drain"]
+                for d in drains
             ),
         ),
     ]
-    return lines
 
 
 def _footprint(sec: dict[str, Any]) -> list[str]:
