@@ -10,6 +10,7 @@ from typing import Any
 from checkpoint import capture
 from checkpoint.config import Config, InputConfig
 from checkpoint.contracts import is_int
+from checkpoint.core.timing import Pipeline, params_for
 from checkpoint.errors import ConfigError
 
 
@@ -38,8 +39,6 @@ def replay_events(
 
     Settings come from `cfg` if given, else from the capture's header, else defaults.
     """
-    from checkpoint.core.timing import Pipeline, params_for
-
     head, records = capture.read(path)
     # Recorded with a coarse pin factory: the daemon widened every bound by this.
     extra = head.get("tick_uncertainty_ns", 0)
