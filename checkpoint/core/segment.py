@@ -11,6 +11,9 @@ from bisect import bisect_left, bisect_right
 from checkpoint.core.clockparams import ClockParams
 from checkpoint.core.regression import Fit, fit_window
 
+# Isolated misses a reused fit may have among the samples newer than it (see _still_fits).
+_MAX_MISSES = 3
+
 
 class Segment:
     """PPS samples whose labels are mutually consistent, on one continuous scale.
@@ -58,8 +61,9 @@ class Segment:
         self.bridge_ns = bridge_ns
         self.entry_ns = 0  # size of the phase step that opened this segment
         # What `_still_fits` knows of the fit it last checked: ((first, last) of the
-        # fit, samples before this index agree with it, the first that does not).
-        self.checked: tuple[tuple[int, int], int, int] = ((0, 0), 0, 0)
+        # fit, samples before this index are judged, the index where it stopped fitting,
+        # the latest sample it missed, how many it missed).
+        self.checked: tuple[tuple[int, int], int, int, int, int] = ((0, 0), 0, 0, -2, 0)
         # The last `fit_for` answer for a tick past a run's end: ((rs, re, reuse), fit).
         self.tail: tuple[tuple[int, int, bool], tuple[Fit, bool] | None] = ((-1, -1, False), None)
 
@@ -100,7 +104,7 @@ class Segment:
             del self.phase[:k]
             self.starts = [0] + [i - k for i in self.starts if i > k]
             self.fits.clear()
-            self.checked = ((0, 0), 0, 0)  # its indices moved
+            self.checked = ((0, 0), 0, 0, -2, 0)  # its indices moved
             self.tail = ((-1, -1, False), None)
 
     # -- which window to fit ---------------------------------------------------------
@@ -124,8 +128,9 @@ class Segment:
         For the questions asked on every record (`state`, `status`, the check of each
         new pulse: `reuse` True), a tick at or after the run's last sample reuses the fit
         of the run as it stood at its last multiple of `refit_every_samples` samples,
-        provided every sample since lies within that fit's outlier threshold: one
-        600-sample fit every 32 pulses instead of one or two a pulse. The choice depends
+        provided the samples since still lie within that fit's outlier threshold (an
+        isolated late pulse excepted): one 600-sample fit every 32 pulses instead of
+        one or two a pulse. The choice depends
         only on (rs, re), so the daemon and a replay pick the same fit whatever else
         asked the model in between. Stamps (`reuse` False) always get the newest window.
         """
@@ -152,10 +157,16 @@ class Segment:
         return self.fit_window_for(m, rs, re)
 
     def _still_fits(self, fit: Fit, e: int, re: int) -> bool:
-        """Do samples [e, re), newer than `fit`, all lie within its outlier threshold?"""
-        key, good_upto, bad_at = self.checked
+        """Do samples [e, re), newer than `fit`, still lie within its outlier threshold?
+
+        An isolated late pulse is what the full fit would reject too, so it does not
+        force a refit (a receiver with 2 % late pulses would otherwise refit a
+        600-sample window nearly every pulse); two misses in a row, or more than
+        `_MAX_MISSES` since the fit, mean the phase really moved.
+        """
+        key, good_upto, bad_at, miss, misses = self.checked
         if key != (fit.first, fit.last):
-            key, good_upto, bad_at = (fit.first, fit.last), e, 1 << 62
+            key, good_upto, bad_at, miss, misses = (fit.first, fit.last), e, 1 << 62, -2, 0
         if bad_at < re:
             return False
         p = self.params
@@ -163,9 +174,12 @@ class Segment:
         for i in range(good_upto, re):
             pred, sd = fit.predict(self.mono[i])
             if abs(self.cont[i] - pred) > thr0 + p.k_sigma * sd:
-                self.checked = (key, i, i)
-                return False
-        self.checked = (key, max(good_upto, re), bad_at)
+                misses += 1
+                if miss == i - 1 or misses > _MAX_MISSES:
+                    self.checked = (key, i, i, i, misses)
+                    return False
+                miss = i
+        self.checked = (key, max(good_upto, re), bad_at, miss, misses)
         return True
 
     def fit_window_for(self, m: int, rs: int, re: int) -> tuple[Fit, bool]:
