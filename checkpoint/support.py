@@ -57,6 +57,7 @@ def check_sign_key(path: str | None) -> None:
     when the optional `cryptography` package is missing (say how to install it)."""
     if path is None:
         return
+    # Loaded only when a key is configured: every command imports this module.
     from checkpoint.core import chain
 
     check_private(path, "integrity.sign_key")

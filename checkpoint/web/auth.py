@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from checkpoint.errors import ConfigError
+from checkpoint.support import read_secret
 
 #: Shortest accepted PIN/password. Six digits against the limiter below (at most
 #: `LoginLimiter.global_max` wrong tries a minute from all clients together) is
@@ -30,8 +31,6 @@ def load_secret(path: str, what: str) -> str:
     The file holds the secret on its first line (surrounding blanks ignored). It must
     not be readable by group or others (chmod 600), like the MQTT password file.
     """
-    from checkpoint.support import read_secret
-
     if not path:
         raise ConfigError(f"{what} is required when the web page is enabled")
     secret = read_secret(path, what) or ""

@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from checkpoint.errors import CommandError, StoreError
+from checkpoint.hq import ops as hq_ops
 from checkpoint.hq import results as resultsmod
 from checkpoint.hq.store import HQStore
 from checkpoint.web import forms
@@ -217,8 +218,6 @@ class BoardServer(Site):
     def _correct(self, action: str, kw: dict[str, Any]) -> dict[str, Any]:
         # A short-lived writing connection per correction, like `checkpoint hq assign`:
         # the board's own connection stays read-only.
-        from checkpoint.hq import ops as hq_ops
-
         with HQStore(self.db, create=False) as store:
             # The same checks as `hq assign`: a car with a space, not in the field, or
             # twice at one control is refused unless the operator ticked "override".

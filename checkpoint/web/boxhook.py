@@ -17,12 +17,35 @@ never stops the timing: the box times cars without its page, and says so in an a
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from checkpoint.errors import CheckpointError
 from checkpoint.web.auth import load_secret
 
 if TYPE_CHECKING:
     from checkpoint.web.marshal import MarshalServer
+
+
+class MarshalBox(Protocol):
+    """What the marshal page needs of the box daemon (`box.daemon.BoxDaemon` has it).
+
+    Must: `snapshot` (the latest status dict) and `recent` (recent passages with their
+    corrections applied), both read on every look and cheap; `correction(kind, ref_seq,
+    value)`, which only enqueues for the core thread; `alarms`, where the page reports
+    why it is not served (the daemon publishes them in every status).
+    """
+
+    alarms: dict[str, str]
+
+    @property
+    def snapshot(self) -> dict[str, Any]: ...
+
+    @property
+    def recent(self) -> tuple[dict[str, Any], ...]: ...
+
+    def correction(self, kind: str, ref_seq: int, value: str) -> None: ...
+
 
 log = logging.getLogger("checkpoint.web")
 
@@ -40,7 +63,7 @@ def marshal_pin(cfg: Any) -> str | None:
     return load_secret(web.pin_file, "web.pin_file")
 
 
-def _office(cfg: Any, daemon: Any) -> Any:
+def _office(cfg: Any, daemon: MarshalBox) -> Any:
     """The rally office at this control from `[web] event` and `entries`, if given.
 
     A file that cannot be read or is wrong costs the predictions, never the page or
@@ -50,9 +73,7 @@ def _office(cfg: Any, daemon: Any) -> Any:
     ev_path, en_path = getattr(web, "event", ""), getattr(web, "entries", "")
     if not ev_path or not en_path:
         return None
-    from pathlib import Path
-
-    from checkpoint.errors import CheckpointError
+    # Only a box given an entry list pays for loading HQ's parsers.
     from checkpoint.hq.entries import parse_entries
     from checkpoint.hq.event import parse_event
     from checkpoint.web.marshal_office import MarshalOffice
@@ -73,7 +94,7 @@ def _office(cfg: Any, daemon: Any) -> Any:
     return office
 
 
-def start_marshal(cfg: Any, daemon: Any, pin: str | None) -> MarshalServer | None:
+def start_marshal(cfg: Any, daemon: MarshalBox, pin: str | None) -> MarshalServer | None:
     """Serve the marshal page for `daemon`; None when disabled or the address is unusable.
 
     Reads `daemon.snapshot` (latest status dict) and `daemon.recent` (tuple of recent
@@ -83,6 +104,7 @@ def start_marshal(cfg: Any, daemon: Any, pin: str | None) -> MarshalServer | Non
     web = _web(cfg)
     if web is None or pin is None:
         return None
+    # aiohttp is loaded only by a box that serves the page.
     from checkpoint.web.marshal import MarshalServer
     from checkpoint.web.server import WebError
 
