@@ -132,7 +132,7 @@ def _office(args: argparse.Namespace) -> office.Office:
     if getattr(args, "event", None):
         event = parse_event(_read(args.event, "event file"), args.event)
     with _open(args) as store:
-        return office.load(store, final=not getattr(args, "live", False), event=event)
+        return officestore.load_office(store, final=not getattr(args, "live", False), event=event)
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:

@@ -32,11 +32,14 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint.contracts import MAX_SEQ, is_int
 from checkpoint.core import chain
 from checkpoint.errors import CommandError
+
+if TYPE_CHECKING:  # the store imports this module to check what it ingests
+    from checkpoint.hq.store import HQStore
 
 AUDIT_GENESIS = hashlib.sha256(b"checkpoint/audit/1").hexdigest()
 #: The columns of a correction row its seal covers (everything but id, prev, hash).
@@ -273,7 +276,7 @@ def is_integrity_db(conn: sqlite3.Connection) -> bool:
 
 
 def decide(
-    hq: Any,
+    hq: HQStore,
     box: str,
     seq: int,
     keep: str,
@@ -282,7 +285,7 @@ def decide(
     reason: str,
     store: str | None = None,
 ) -> dict[str, Any]:
-    """HQ decides which version of a disputed seq counts (`hq`: an HQStore).
+    """HQ decides which version of a disputed seq counts.
 
     `keep` is a version id or a unique prefix of one (at least 8 hex digits); the
     decision is a `keep` correction in the audit trail (who, why, which version).

@@ -81,16 +81,3 @@ def build(
         unknown=counts.get("unknown", 0),
     )
     return Office(event, entries, starts, timed, idn, identified_rows(rows, idn), cls)
-
-
-def load(store: Any, *, final: bool = True, event: Event | None = None) -> Office:
-    """Build the office from HQ's database (`HQStore`); ConfigError when not set up."""
-    from checkpoint.hq.officestore import entries_of, event_of
-
-    event = event or event_of(store)
-    if event is None:
-        raise ConfigError("no event file at HQ: run `checkpoint hq event load EVENT.toml`")
-    entries = entries_of(store)
-    if not entries:
-        raise ConfigError("no entry list at HQ: run `checkpoint hq entries import entries.csv`")
-    return build(store.passages(), event, entries, final=final)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from checkpoint.errors import CommandError
+from checkpoint.errors import CommandError, ConfigError
 from checkpoint.hq.entries import Entry, check_number, edit
 from checkpoint.hq.event import Event, parse_event
+from checkpoint.hq.office import Office, build
 from checkpoint.hq.store import HQStore, iso_now
 
 
@@ -155,3 +156,14 @@ def event_of(store: HQStore) -> Event | None:
         "SELECT text, source FROM event_files ORDER BY id DESC LIMIT 1"
     ).fetchone()
     return None if row is None else parse_event(row[0], row[1] or "<event>")
+
+
+def load_office(store: HQStore, *, final: bool = True, event: Event | None = None) -> Office:
+    """Build the office from HQ's database; ConfigError when it is not set up."""
+    event = event or event_of(store)
+    if event is None:
+        raise ConfigError("no event file at HQ: run `checkpoint hq event load EVENT.toml`")
+    entries = entries_of(store)
+    if not entries:
+        raise ConfigError("no entry list at HQ: run `checkpoint hq entries import entries.csv`")
+    return build(store.passages(), event, entries, final=final)

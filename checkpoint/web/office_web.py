@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from checkpoint.errors import CheckpointError
-from checkpoint.hq import office, posting
+from checkpoint.hq import office, officestore, posting
 from checkpoint.hq.store import iso_now, ns_to_iso
 from checkpoint.web.board_data import open_readonly
 from checkpoint.web.server import CSP, json_response
@@ -46,7 +46,7 @@ def snapshot(db: Path) -> office.Office | str:
     if store is None:
         return "HQ has no database yet"
     try:
-        return office.load(store, final=False)
+        return officestore.load_office(store, final=False)
     except CheckpointError as err:
         return str(err)
     finally:
