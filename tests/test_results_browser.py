@@ -14,8 +14,12 @@ from contextlib import closing
 import pytest
 from webrig import (
     HQFiller,
+    attrs,
     browser,
+    cells,
+    click_row,
     console_errors,
+    css,
     make_driver,
     quit_driver,
     require_browser,
@@ -97,8 +101,11 @@ def rally(tmp_path):
     server.stop()
 
 
-def css(driver, selector):
-    return driver.find_elements("css selector", selector)
+# The marshal page's "due next" list as (car, class) pairs, read at one instant.
+NEXT_JS = """
+return Array.from(document.querySelectorAll("#next li"),
+                  li => [li.querySelector("strong").innerText, li.className]);
+"""
 
 
 def test_results_page_posts_and_prints_on_a4(page, rally):
@@ -144,21 +151,24 @@ def test_results_page_posts_and_prints_on_a4(page, rally):
 
 def test_board_shows_live_classes_and_the_confirm_queue(page, rally):
     page.get(rally.url)
-    rows = wait_page(page, lambda d: css(d, "#office tbody tr"), what="classification")
-    assert [r.get_attribute("data-car") for r in rows][:3] == ["7", "12", "15"]
+    cars = wait_page(
+        page, lambda d: attrs(d, "#office tbody tr", "data-car"), what="classification"
+    )
+    assert cars[:3] == ["7", "12", "15"]
     from selenium.webdriver.support.ui import Select
 
     Select(page.find_element("id", "office-class")).select_by_value("B")
     wait_page(
         page,
-        lambda d: [r.get_attribute("data-car") for r in css(d, "#office tbody tr")] == ["15", "21"],
+        lambda d: attrs(d, "#office tbody tr", "data-car") == ["15", "21"],
         what="class B",
     )
-    queue = wait_page(page, lambda d: css(d, "#confirm tbody tr.confirm"), what="to confirm")
+    queue = wait_page(page, lambda d: cells(d, "#confirm tbody tr.confirm"), what="to confirm")
     assert len(queue) == 2
-    assert all(r.find_elements("css selector", "td")[3].text == "21" for r in queue)
+    assert all(r[3] == "21" for r in queue)
     assert "2 passage(s)" in page.find_element("id", "confirm-note").text
-    queue[0].click()  # not logged in: the correction form stays hidden and empty
+    # Not logged in: a click leaves the correction form hidden and empty.
+    assert click_row(page, "#confirm tbody tr.confirm", queue[0][2])
     assert page.find_element("id", "c-box").get_attribute("value") == ""
     assert console_errors(page) == []
 
@@ -190,9 +200,9 @@ def test_marshal_page_shows_cars_due_and_prefills_the_predicted_car(tmp_path):
         s2 = box.passage(starts[1] + 120 * S + 200 * MS)  # car 2 ... or the one behind it?
         s3 = box.passage(starts[1] + 120 * S + 600 * MS)
         login(phone, page.url, PIN)
-        nxt = wait_page(phone, lambda d: css(d, "#next li"), what="cars due next")
-        assert [li.find_element("tag name", "strong").text for li in nxt] == ["2", "3", "4"]
-        assert "late" in nxt[0].get_attribute("class")  # car 2: due, no sure passage yet
+        due = wait_page(phone, lambda d: d.execute_script(NEXT_JS), what="cars due next")
+        assert [car for car, _ in due] == ["2", "3", "4"]
+        assert "late" in due[0][1]  # car 2: due, no sure passage yet
         li1 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{s1}"].predicted'), what="pred")[0]
         assert li1.find_element("css selector", "input.car").get_attribute("value") == "1"
         for s in (s2, s3):

@@ -27,7 +27,10 @@ from webrig import (
     PIN,
     FakeBox,
     browser,
+    cells,
+    click_row,
     console_errors,
+    css,
     login,
     require_browser,
     screenshot_dir,
@@ -121,10 +124,6 @@ def board(hq):
 def hq_passages(db):
     with closing(HQStore(db, create=False)) as s:
         return s.passages()
-
-
-def css(driver, selector):
-    return driver.find_elements("css selector", selector)
 
 
 def row_state(driver, seq):
@@ -298,33 +297,35 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     _rally(emus, hq)
     wall.get(board.url)
     wait_page(wall, lambda d: d.find_element("tag name", "body").get_attribute("data-ready"))
-    wait_page(wall, lambda d: len(css(d, "#boxes tbody tr")) == 4, what="four boxes")
-    states = [r.find_elements("css selector", "td")[1].text for r in css(wall, "#boxes tbody tr")]
-    assert states == ["online", "online", "online", "lost"]
-    rows = wait_page(wall, lambda d: css(d, "#results tbody tr"), what="results")
-    first = rows[0].find_elements("css selector", "td")
+    boxes = wait_page(
+        wall,
+        lambda d: len(cells(d, "#boxes tbody tr")) == 4 and cells(d, "#boxes tbody tr"),
+        what="four boxes",
+    )
+    assert [r[1] for r in boxes] == ["online", "online", "online", "lost"]
+    rows = wait_page(wall, lambda d: cells(d, "#results tbody tr"), what="results")
     # Car 12: 0 + 1 + 2 hundredths = 3 points, rank 1.
-    assert [first[0].text, first[1].text, first[2].text] == ["1", "12", "3"]  # total 3rd
-    car21 = next(r for r in rows if r.find_elements("css selector", "td")[1].text == "21")
-    assert "MISSING" in car21.text
+    assert rows[0][:3] == ["1", "12", "3"]  # total 3rd
+    car21 = next(r for r in rows if r[1] == "21")
+    assert "MISSING" in " ".join(car21)
 
     # Filter by stage: only that stage's column, sorted by its points.
     from selenium.webdriver.support.ui import Select
 
     Select(wall.find_element("id", "f-stage")).select_by_value("S2")
-    heads = [h.text.rstrip(" ▾▴") for h in css(wall, "#results thead th")]
+    heads = [h.rstrip(" ▾▴") for h in cells(wall, "#results thead tr")[0]]
     assert heads == ["RANK", "CAR", "TOTAL", "T2"]  # a laptop names trials T1..Tn
-    cars = [r.find_elements("css selector", "td")[1].text for r in css(wall, "#results tbody tr")]
+    cars = [r[1] for r in cells(wall, "#results tbody tr")]
     assert cars[:2] == ["12", "7"]  # S2: 1 and 3 hundredths
     Select(wall.find_element("id", "f-stage")).select_by_value("")
 
     # One car's view: every control point, times, deviations, points.
     wall.find_element("id", "f-car").send_keys("15")
     wait_page(wall, lambda d: d.find_element("id", "car-title").text == "15", what="car view")
-    wait_page(wall, lambda d: len(css(d, "#car-passages tbody tr")) == 4, what="4 passages")
-    stage_rows = css(wall, "#car-stages tbody tr")
-    assert [r.find_elements("css selector", "td")[6].text for r in stage_rows] == ["37", "41", "12"]
-    assert "-0.413" in stage_rows[1].text
+    wait_page(wall, lambda d: len(cells(d, "#car-passages tbody tr")) == 4, what="4 passages")
+    stage_rows = cells(wall, "#car-stages tbody tr")
+    assert [r[6] for r in stage_rows] == ["37", "41", "12"]
+    assert "-0.413" in " ".join(stage_rows[1])
     wall.find_element("id", "f-car").clear()
     wall.find_element("id", "f-car").send_keys(" ")  # input event: filter off
 
@@ -334,10 +335,13 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     login(wall, board.url, PASSWORD)
     wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
     wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
-    target = next(
-        r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
+    # The feed row of box04's passage that has no car (the feed re-renders as it likes).
+    ref = next(
+        r[6]
+        for r in cells(wall, "#feed tbody tr")
+        if r[6].startswith("box04 #") and "no car" in r[3]
     )
-    target.click()
+    assert click_row(wall, "#feed tbody tr", ref)
     wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
     wall.find_element("id", "c-value").send_keys("42")
     wall.find_element("css selector", "#correct button[type=submit]").click()

@@ -16,7 +16,16 @@ from pathlib import Path
 import board_rally
 import pytest
 from waits import wait_for
-from webrig import PASSWORD, login, make_driver, quit_driver, require_browser, wait_page
+from webrig import (
+    PASSWORD,
+    cells,
+    click_row,
+    login,
+    make_driver,
+    quit_driver,
+    require_browser,
+    wait_page,
+)
 
 from checkpoint.hq.collector import Collector
 from checkpoint.hq.results import parse_stages
@@ -150,12 +159,12 @@ def test_from_the_todo_to_a_corrected_car_on_the_board(board, tmp_path):
     try:
         login(d, board.url, PASSWORD)
         wait_page(d, lambda d: d.execute_script("return document.body.dataset.ready"), 10)
-        item = wait_page(
-            d, lambda d: d.find_elements("css selector", "#todo-items button"), 10, "to-do items"
-        )[0]
-        label = item.text  # "PC4 19:30:19.71": control and local time, no box, no seq
+        # The to-do is re-rendered with every update: read and click it by its text.
+        label = wait_page(d, lambda d: cells(d, "#todo-items li")[0], 10, "to-do items")[
+            0
+        ]  # "PC4 19:30:19.71": control and local time, no box, no seq
         assert label.startswith("PC4 ")
-        item.click()
+        assert click_row(d, "#todo-items li", label)
         assert d.find_element("id", "c-passage").text.startswith(label)
         d.find_element("id", "c-value").send_keys("12")
         d.find_element("css selector", "#correct button[type=submit]").click()

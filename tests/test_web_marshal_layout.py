@@ -14,6 +14,7 @@ from webrig import (
     PIN,
     FakeBox,
     browser,
+    css,
     login,
     require_browser,
     wait_page,
@@ -54,10 +55,6 @@ def page():
 def phone(tmp_path):
     with browser(tmp_path, width=390, height=844, mobile=True) as d:
         yield d
-
-
-def css(d, sel):
-    return d.find_elements("css selector", sel)
 
 
 def test_marshal_page_for_sun_and_gloves(page, phone):

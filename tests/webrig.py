@@ -138,6 +138,46 @@ def wait_page(driver: Any, fn: Any, timeout: float = 10.0, what: str = "conditio
     return wait_for(lambda: fn(driver), timeout, what, every=0.05, swallow=stale, detail=body)
 
 
+def css(driver: Any, selector: str) -> list[Any]:
+    """The elements matching a CSS selector (empty when none)."""
+    return driver.find_elements("css selector", selector)
+
+
+# Pages re-render tables (the board's boxes every second, results and the office on
+# each update), so an element found by one WebDriver call may be gone by the next. These
+# read what a test needs in one script, atomically, and return plain data.
+_CELLS_JS = """
+return Array.from(document.querySelectorAll(arguments[0]),
+                  r => Array.from(r.cells || r.children, c => c.innerText.trim()));
+"""
+_ATTRS_JS = """
+return Array.from(document.querySelectorAll(arguments[0]), e => e.getAttribute(arguments[1]));
+"""
+_CLICK_JS = """
+for (const r of document.querySelectorAll(arguments[0])) {
+  const hit = Array.from(r.cells || r.children).find(c => c.innerText.trim() === arguments[1]);
+  if (hit) { hit.click(); return true; }  // the click bubbles up to the row's listener
+}
+return false;
+"""
+
+
+def cells(driver: Any, selector: str) -> list[list[str]]:
+    """Each element matching `selector` (a table row, a list item) as its cells' texts."""
+    return driver.execute_script(_CELLS_JS, selector)
+
+
+def attrs(driver: Any, selector: str, name: str) -> list[str | None]:
+    """Attribute `name` of each element matching `selector`, read at one instant."""
+    return driver.execute_script(_ATTRS_JS, selector, name)
+
+
+def click_row(driver: Any, selector: str, cell: str) -> bool:
+    """Click the cell reading exactly `cell` in the first row matching `selector` that
+    has one (a table row's cell, a list item's button)."""
+    return driver.execute_script(_CLICK_JS, selector, cell)
+
+
 def console_errors(driver: Any) -> list[str]:
     """Severe console messages since the last call: script errors, CSP violations.
 
