@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import sys
 import threading
@@ -27,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import pct
+from bench.common import BenchError, pct, wait_until
 from bench.rig import passage_event
 from checkpoint.contracts import ACK, CMD, LOST, Topics, event_bytes, message_bytes
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
@@ -90,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     for link in links.values():
         link.start()
-    deadline = time.monotonic() + 60
-    while not (all(k.connected for k in links.values()) and acks.all_subscribed.is_set()):
-        if time.monotonic() > deadline:
-            print("not all boxes connected", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
+    try:
+        wait_until(
+            lambda: all(k.connected for k in links.values()) and acks.all_subscribed.is_set(),
+            60,
+            "every box to connect and subscribe",
+            0.05,
+        )
+    except BenchError as e:
+        print(e, file=sys.stderr)
+        return 1
     for b, link in links.items():
         status = {"state": "ready", "box": b, "checkpoint": "PC9", "store": stores[b]}
         link.publish(Topics(args.prefix, b).status, message_bytes(status), qos=1, retain=True)
@@ -139,12 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                 up[box] = max(up.get(box, 0), int(json.loads(payload).get("upto", 0)))
         return up
 
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline:
-        up = highest()
-        if all(up.get(b, 0) >= per_box for b in names):
-            break
-        time.sleep(0.1)
+    # Not every ack may come: the report counts the ones missing.
+    with contextlib.suppress(BenchError):
+        wait_until(
+            lambda: all(highest().get(b, 0) >= per_box for b in names), args.wait, "acks", 0.1
+        )
 
     per_box_acks: dict[str, list[tuple[int, int]]] = {b: [] for b in names}
     cmds = 0

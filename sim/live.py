@@ -41,6 +41,7 @@ from sim.procs import Child
 from sim.proxy import LinkProxy
 from sim.scenario import Incident, Scenario, ScenarioError
 from sim.secure import Credentials
+from sim.waits import wait_for
 from sim.world import Rally
 
 NS = 1_000_000_000
@@ -133,6 +134,17 @@ class LiveRun:
         if self._abort.wait(seconds):
             self._check()  # the reason, if a part failed
             raise SimError("aborted")
+
+    def _wait(
+        self,
+        done: Callable[[], bool],
+        timeout_s: float,
+        what: str,
+        detail: Callable[[], str] | None = None,
+        error: Callable[[str], BaseException] = SimError,
+    ) -> None:
+        """Poll `done` five times a second (an abort stops the wait at once)."""
+        wait_for(done, timeout_s, what, 0.2, detail=detail, error=error, sleep=self._sleep)
 
     # -- setup ----------------------------------------------------------------------
     def _sock_path(self, box: str) -> str:
@@ -229,14 +241,18 @@ class LiveRun:
         self.boxes_started_wall_ns = time.time_ns()
         for child in self.children.values():
             child.start()
-        deadline = time.monotonic() + 60
-        for box, feed in self.feeds.items():
-            while not feed.connected.wait(0.2):
-                self._check()
-                if time.monotonic() > deadline:
-                    raise SimError(
-                        f"box {box} never connected its pins:\n{self.children[box].tail()}"
-                    )
+        unconnected = [box for box, feed in self.feeds.items() if not feed.connected.is_set()]
+
+        def connected() -> bool:
+            self._check()
+            unconnected[:] = [b for b in unconnected if not self.feeds[b].connected.is_set()]
+            return not unconnected
+
+        def which() -> str:
+            box = unconnected[0]
+            return f"box {box} never connected its pins:\n{self.children[box].tail()}"
+
+        self._wait(connected, 60, "every box to connect its pins", which)
         self.say(f"{len(self.children)} box daemons and HQ running")
 
     # -- phases -----------------------------------------------------------------------
@@ -248,25 +264,27 @@ class LiveRun:
         cold = [b.id for b in sc.boxes if b.receiver.cold_start_s > 0]
         if cold:
             self.say(f"not waiting for {', '.join(cold)}: their GPS starts cold")
-        deadline = time.monotonic() + sc.lock_timeout_s
         assert self.monitor is not None
-        while True:
+        monitor = self.monitor
+        states: dict[str, str | None] = {}
+
+        def locked() -> bool:
             self._check()
-            status, at = self.monitor.snapshot()
-            states = {
-                b: status[b].get("clock") if at.get(b, 0) > self.boxes_started_wall_ns else None
+            status, at = monitor.snapshot()
+            states.update(
+                (b, status[b].get("clock") if at.get(b, 0) > self.boxes_started_wall_ns else None)
                 for b in boxes
-            }
+            )
             if all(s == "locked" for s in states.values()):
-                self.say("GPS locked at " + ", ".join(boxes))
-                return
-            if time.monotonic() > deadline:
-                raise SimError(
-                    f"no GPS lock after {sc.lock_timeout_s:g} s: "
-                    + ", ".join(f"{b} {s or 'no status'}" for b, s in states.items())
-                )
+                return True
             self._progress(lambda: "waiting for GPS lock: " + self._box_line())
-            self._sleep(0.2)
+            return False
+
+        def seen() -> str:
+            return ", ".join(f"{b} {s or 'no status'}" for b, s in states.items())
+
+        self._wait(locked, sc.lock_timeout_s, "GPS lock", seen)
+        self.say("GPS locked at " + ", ".join(boxes))
 
     def start_rally(self) -> None:
         assert self.scheduler is not None
@@ -309,12 +327,14 @@ class LiveRun:
     def drain(self) -> bool:
         """Wait until HQ has acknowledged every box's last event; False on timeout."""
         assert self.monitor is not None
+        monitor = self.monitor
         since = time.time_ns() + NS // 2
-        deadline = time.monotonic() + self.sc.drain_timeout_s
-        while True:
+        pending: list[str] = []
+
+        def drained() -> bool:
             self._check()
-            status, at = self.monitor.snapshot()
-            pending = []
+            status, at = monitor.snapshot()
+            pending.clear()
             for b in self.sc.boxes:
                 st = status.get(b.id)
                 fresh = at.get(b.id, 0) >= since
@@ -331,13 +351,17 @@ class LiveRun:
                 if not done:
                     pending.append(b.id)
             if not pending:
-                self.say("every box's events are acknowledged by HQ")
                 return True
-            if time.monotonic() > deadline:
-                self.say(f"drain timeout: still pending at {', '.join(pending)}")
-                return False
             self._progress(lambda p=pending: "draining: " + self._box_line(p))
-            self._sleep(0.2)
+            return False
+
+        try:
+            self._wait(drained, self.sc.drain_timeout_s, "HQ's acks", error=TimeoutError)
+        except TimeoutError:
+            self.say(f"drain timeout: still pending at {', '.join(pending)}")
+            return False
+        self.say("every box's events are acknowledged by HQ")
+        return True
 
     def judge(self) -> verdict.Verdict:
         assert self.rally is not None and self.scheduler is not None
