@@ -209,6 +209,46 @@ LinkEvent = Connected | Disconnected | PubAck | Message | SubAck
 # --- the link -----------------------------------------------------------------------
 
 
+def _check_session(client_id: str, session_expiry_s: int, keepalive: int) -> None:
+    """Raise LinkError for session settings that cannot work."""
+    if session_expiry_s < 0:
+        raise LinkError(f"session_expiry_s must be >= 0, got {session_expiry_s}")
+    if session_expiry_s > 0 and not client_id:
+        raise LinkError("a persistent session (session_expiry_s > 0) needs a client_id")
+    if keepalive < 1:
+        raise LinkError(f"keepalive must be >= 1 s, got {keepalive}")
+
+
+def _check_security(
+    broker: BrokerUrl,
+    username: str | None,
+    password: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+) -> None:
+    """Raise LinkError for credentials and TLS files that do not fit together or the URL;
+    warn of a plain link to another machine."""
+    if password is not None and username is None:
+        raise LinkError("an MQTT password was given without a username")
+    if ca_file is not None and not broker.tls:
+        raise LinkError(
+            f"ca_file {ca_file!r} is set but the broker URL is plain mqtt://; use mqtts://"
+        )
+    if (cert_file is not None or key_file is not None) and not broker.tls:
+        raise LinkError("a client certificate needs mqtts://, but the broker URL is mqtt://")
+    if key_file is not None and cert_file is None:
+        raise LinkError(f"key_file {key_file!r} is set without cert_file")
+    if not broker.tls and not _is_loopback(broker.host):
+        # Once per link, not per reconnect: a reminder, not log spam.
+        log.warning(
+            "insecure: broker %s:%d is plain mqtt://, passages and credentials travel "
+            "unencrypted; use mqtts://",
+            broker.host,
+            broker.port,
+        )
+
+
 class Link:
     """One MQTT v5 client connection that reconnects by itself and reports `LinkEvent`s.
 
@@ -241,30 +281,8 @@ class Link:
         max_queued: int = 0,
     ) -> None:
         self.broker = parse_broker_url(url)
-        if session_expiry_s < 0:
-            raise LinkError(f"session_expiry_s must be >= 0, got {session_expiry_s}")
-        if session_expiry_s > 0 and not client_id:
-            raise LinkError("a persistent session (session_expiry_s > 0) needs a client_id")
-        if password is not None and username is None:
-            raise LinkError("an MQTT password was given without a username")
-        if ca_file is not None and not self.broker.tls:
-            raise LinkError(
-                f"ca_file {ca_file!r} is set but the broker URL is plain mqtt://; use mqtts://"
-            )
-        if (cert_file is not None or key_file is not None) and not self.broker.tls:
-            raise LinkError("a client certificate needs mqtts://, but the broker URL is mqtt://")
-        if key_file is not None and cert_file is None:
-            raise LinkError(f"key_file {key_file!r} is set without cert_file")
-        if keepalive < 1:
-            raise LinkError(f"keepalive must be >= 1 s, got {keepalive}")
-        if not self.broker.tls and not _is_loopback(self.broker.host):
-            # Once per link, not per reconnect: a reminder, not log spam.
-            log.warning(
-                "insecure: broker %s:%d is plain mqtt://, passages and credentials travel "
-                "unencrypted; use mqtts://",
-                self.broker.host,
-                self.broker.port,
-            )
+        _check_session(client_id, session_expiry_s, keepalive)
+        _check_security(self.broker, username, password, ca_file, cert_file, key_file)
         self.client_id = client_id
         self._on_event = on_event
         self._keepalive = keepalive
@@ -278,15 +296,36 @@ class Link:
         self._started = False
         self._start_lock = threading.Lock()
 
+        client = self._new_client(will, username, password, ca_file, cert_file, key_file)
+        client.max_queued_messages_set(max_queued)
+        client.on_socket_open = _no_delay
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        self._thread: threading.Thread | None = None
+
+    def _new_client(
+        self,
+        will: tuple[str, bytes, bool] | None,
+        username: str | None,
+        password: str | None,
+        ca_file: str | None,
+        cert_file: str | None,
+        key_file: str | None,
+    ) -> paho.Client:
+        """A paho v5 client with this link's identity, will and TLS, callbacks not yet set."""
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.on_log = self._on_log
         # Floats work: paho only does arithmetic with the delays.
         client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
-        client.max_queued_messages_set(max_queued)
         if username is not None:
             client.username_pw_set(username, password)
         if will is not None:
@@ -301,15 +340,7 @@ class Link:
                     f"TLS setup failed (ca_file {ca_file!r}, cert_file {cert_file!r}, "
                     f"key_file {key_file!r}): {err}"
                 ) from err
-        client.on_socket_open = _no_delay
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self._client = client
-        self._thread: threading.Thread | None = None
+        return client
 
     # -- control (any thread) ------------------------------------------------------
 
