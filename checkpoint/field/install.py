@@ -396,6 +396,24 @@ def install(
             f"warning: {program} is under /home or /root, which the unit hides "
             "(ProtectHome=yes): install checkpoint under /opt or /usr/local instead"
         )
+    changed = _install_files(root, assets, program, say)
+    if firmware:
+        changed |= _install_firmware(root, assets, yes, ask, say)
+    else:
+        say("firmware files not checked (--no-firmware)")
+    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
+    _run_commands(plan_commands(root, changed, load), root, real, say, run or _run)
+    if changed:
+        say(f"{len(changed)} file(s) changed.")
+        if real:
+            say("Next: edit /etc/checkpoint/box.toml, then sudo systemctl restart checkpoint")
+    else:
+        say("nothing to change: already installed")
+    return len(changed)
+
+
+def _install_files(root: Path, assets: Path, program: str, say: Callable[[str], None]) -> set[str]:
+    """Write the system files that differ; the destinations written."""
     changed: set[str] = set()
     for change in plan_files(root, assets, program):
         if not change.needed:
@@ -405,44 +423,48 @@ def install(
         write(root, change)
         changed.add(change.dest)
         say(f"{'created' if change.old is None else 'updated'}  {change.dest}")
+    return changed
 
-    if firmware:
-        fw, notes = plan_firmware(root, assets)
-        for note in notes:
-            say(note)
-        pending = [c for c in fw if c.needed]
-        if pending:
-            for change in pending:
-                say(diff(change).rstrip("\n"))
-            if yes or ask("Apply these changes to the Raspberry Pi firmware files?"):
-                for change in pending:
-                    write(root, change)
-                    changed.add(change.dest)
-                    say(f"updated  {change.dest} (takes effect at the next boot)")
-            else:
-                say("firmware files left unchanged")
-    else:
-        say("firmware files not checked (--no-firmware)")
 
-    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
-    commands = plan_commands(root, changed, load)
+def _install_firmware(
+    root: Path, assets: Path, yes: bool, ask: Callable[[str], bool], say: Callable[[str], None]
+) -> set[str]:
+    """Show the firmware files' changes and write them if the person agrees (or `yes`)."""
+    fw, notes = plan_firmware(root, assets)
+    for note in notes:
+        say(note)
+    pending = [c for c in fw if c.needed]
+    if not pending:
+        return set()
+    for change in pending:
+        say(diff(change).rstrip("\n"))
+    if not (yes or ask("Apply these changes to the Raspberry Pi firmware files?")):
+        say("firmware files left unchanged")
+        return set()
+    for change in pending:
+        write(root, change)
+        say(f"updated  {change.dest} (takes effect at the next boot)")
+    return {change.dest for change in pending}
+
+
+def _run_commands(
+    commands: list[list[str]],
+    root: Path,
+    real: bool,
+    say: Callable[[str], None],
+    run: Callable[[list[str]], int],
+) -> None:
+    """Run the commands on the real system; under --root (or without the tool) say them."""
     have_systemctl = shutil.which("systemctl") is not None
     for cmd in commands:
         if real and (cmd[0] != "systemctl" or have_systemctl) and shutil.which(cmd[0]):
             say(f"running  {' '.join(cmd)}")
-            rc = (run or _run)(cmd)
+            rc = run(cmd)
             if rc != 0:
                 raise InstallError(f"{' '.join(cmd)} failed with exit code {rc}")
         else:
             why = f"--root {root}" if not real else f"{cmd[0]} not found"
             say(f"not run ({why}): {' '.join(cmd)}")
-    if changed:
-        say(f"{len(changed)} file(s) changed.")
-        if real:
-            say("Next: edit /etc/checkpoint/box.toml, then sudo systemctl restart checkpoint")
-    else:
-        say("nothing to change: already installed")
-    return len(changed)
 
 
 def _run(cmd: list[str]) -> int:
