@@ -273,15 +273,53 @@ def _daemon(f: Facts, snaps: list[Snapshot], add: Callable[[Check], None]) -> bo
     return True
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The GPS counters at the baseline snapshot and the latest, and the seconds between.
+
+    Each counter pair is (then, now). A window shorter than `Limits.min_window_s` is
+    not `confirmed`: only "never seen" can be said of it, not "stopped".
+    """
+
+    seconds: float
+    confirmed: bool
+    lines: tuple[int, int]
+    accepted: tuple[int, int]
+    valid: tuple[int, int]
+    pps: tuple[int, int]
+
+    @property
+    def span(self) -> str:
+        return f"in {self.seconds:.0f} s" if self.confirmed else "so far"
+
+    @property
+    def has_fix(self) -> bool:
+        then, now = self.valid
+        return now > then if self.confirmed else now > 0
+
+
+def _window(snaps: list[Snapshot], lim: Limits) -> _Window:
+    base = baseline(snaps)
+    seconds = snaps[-1].received_s - base.received_s
+    then, now = _counters(base.status), _counters(snaps[-1].status)
+    lines, accepted, valid, pps = zip(then, now, strict=True)
+    return _Window(seconds, seconds >= lim.min_window_s, lines, accepted, valid, pps)
+
+
 def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], None]) -> None:
     latest = snaps[-1].status
-    base = baseline(snaps)
-    window = snaps[-1].received_s - base.received_s
-    lines0, acc0, valid0, pps0 = _counters(base.status)
-    lines1, acc1, valid1, pps1 = _counters(latest)
-    confirmed = window >= lim.min_window_s
-    span = f"in {window:.0f} s" if confirmed else "so far"
+    w = _window(snaps, lim)
+    if _gps_data(f, latest, w, add):
+        _burst(f, latest, lim, add)
+        _fix(w, add)
+    _pps(f, w, add)
+    _clock(latest, lim, add)
+
+
+def _gps_data(f: Facts, latest: dict[str, Any], w: _Window, add: Callable[[Check], None]) -> bool:
+    """Is the port open and are readable time sentences arriving? True if so."""
     port = f.gps_port or "the GPS port"
+    (lines0, lines1), (acc0, acc1) = w.lines, w.accepted
     if not latest.get("gps_port"):
         add(
             Check(
@@ -292,68 +330,69 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
                 "GPS port not open",
             )
         )
-        receiving = False
-    elif lines1 == 0 or (confirmed and lines1 == lines0):
+        return False
+    if lines1 == 0 or (w.confirmed and lines1 == lines0):
         add(
             Check(
                 "gps",
                 FAIL,
-                f"no NMEA from the GPS {span}: port {port} is open but silent; check the "
+                f"no NMEA from the GPS {w.span}: port {port} is open but silent; check the "
                 "TX→RX wire and gps.baudrate",
                 "no GPS data",
             )
         )
-        receiving = False
-    elif acc1 == acc0 and confirmed:
+        return False
+    if acc1 == acc0 and w.confirmed:
         add(
             Check(
                 "gps",
                 FAIL,
-                f"GPS sends data but no readable time sentence {span} (rejects: "
+                f"GPS sends data but no readable time sentence {w.span} (rejects: "
                 f"{(latest.get('fix') or {}).get('rejects')}): wrong baud rate or RMC/ZDA off",
                 "GPS data unreadable",
             )
         )
-        receiving = False
-    else:
-        add(Check("gps", OK, f"NMEA arriving ({lines1 - lines0} lines {span})"))
-        receiving = True
-        _burst(f, latest, lim, add)
+        return False
+    add(Check("gps", OK, f"NMEA arriving ({lines1 - lines0} lines {w.span})"))
+    return True
 
-    has_fix = valid1 > valid0 if confirmed else valid1 > 0
-    if receiving:
-        if has_fix:
-            add(Check("fix", OK, "GPS has a fix"))
-        else:
-            add(
-                Check(
-                    "fix",
-                    FAIL,
-                    f"GPS has no fix {span} (status V): give the antenna open sky; a cold "
-                    "start takes a few minutes",
-                    "no GPS fix",
-                )
-            )
 
-    pulses = pps1 - pps0
-    if pulses > 0 or (not confirmed and pps1 > 0):
+def _fix(w: _Window, add: Callable[[Check], None]) -> None:
+    if w.has_fix:
+        add(Check("fix", OK, "GPS has a fix"))
+        return
+    add(
+        Check(
+            "fix",
+            FAIL,
+            f"GPS has no fix {w.span} (status V): give the antenna open sky; a cold "
+            "start takes a few minutes",
+            "no GPS fix",
+        )
+    )
+
+
+def _pps(f: Facts, w: _Window, add: Callable[[Check], None]) -> None:
+    pin = f.pps_pin or "the PPS pin"
+    pulses = w.pps[1] - w.pps[0]
+    if pulses > 0 or (not w.confirmed and w.pps[1] > 0):
         # Status messages are not aligned to the pulses: a window of W s holds up to
         # W + 2 pulse counts, so a rate (3 pulses / 2.1 s = "1.4/s") is a sampling
         # artefact. Only a count beyond that slack is noise.
-        noisy = confirmed and window > 0 and pulses > window * 1.5 + 2
+        window = w.seconds
+        noisy = w.confirmed and window > 0 and pulses > window * 1.5 + 2
         rate = (
             f" ({pulses} in {window:.0f} s: more than one a second, noise on the PPS line?)"
             if noisy
-            else (" (one a second)" if confirmed and window > 0 else "")
+            else (" (one a second)" if w.confirmed and window > 0 else "")
         )
-        level = WARN if noisy else OK
-        add(Check("pps", level, f"PPS pulses on {f.pps_pin or 'the PPS pin'}{rate}"))
-    elif has_fix:
+        add(Check("pps", WARN if noisy else OK, f"PPS pulses on {pin}{rate}"))
+    elif w.has_fix:
         add(
             Check(
                 "pps",
                 FAIL,
-                f"no PPS on {f.pps_pin or 'the PPS pin'} {span} although the GPS has a fix: "
+                f"no PPS on {pin} {w.span} although the GPS has a fix: "
                 "check the PPS wire (and that no pps-gpio overlay claims the pin)",
                 "no PPS",
             )
@@ -363,12 +402,14 @@ def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], No
             Check(
                 "pps",
                 FAIL,
-                f"no PPS {span} (a receiver set up by `checkpoint gps configure` pulses "
+                f"no PPS {w.span} (a receiver set up by `checkpoint gps configure` pulses "
                 "only with a fix)",
                 "no PPS",
             )
         )
 
+
+def _clock(latest: dict[str, Any], lim: Limits, add: Callable[[Check], None]) -> None:
     clock = latest.get("clock")
     unc = latest.get("uncertainty_ns")
     unc_text = f"±{unc / 1000:.1f} µs" if isinstance(unc, int | float) else "± unknown"
