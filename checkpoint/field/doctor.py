@@ -34,7 +34,8 @@ from typing import Any
 
 from checkpoint.contracts import Topics
 from checkpoint.field import doctor_web
-from checkpoint.field.diagnosis import (  # re-exported: doctor's one door for its callers
+from checkpoint.field.diagnosis import diagnose, render
+from checkpoint.field.facts import (  # re-exported: doctor is its callers' one door
     FAIL,
     INFO,
     MB,
@@ -46,8 +47,6 @@ from checkpoint.field.diagnosis import (  # re-exported: doctor's one door for i
     Report,
     Snapshot,
     baseline,
-    diagnose,
-    render,
     usable,
 )
 
