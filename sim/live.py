@@ -39,7 +39,7 @@ from sim.gps import GpsReceiver
 from sim.monitor import Monitor
 from sim.procs import Child
 from sim.proxy import LinkProxy
-from sim.scenario import Incident, Scenario, ScenarioError
+from sim.scenario import Box, Incident, Scenario, ScenarioError
 from sim.secure import Credentials
 from sim.waits import wait_for
 from sim.world import Rally
@@ -157,10 +157,22 @@ class LiveRun:
         return f"{self._sock_dir}/{box}.sock"
 
     def setup(self) -> None:
+        """Broker, every box's files and feeds, HQ and the monitor; then the daemons,
+        until each has connected its pins."""
+        self._start_broker()
+        # True UTC is this machine's wall clock minus the boxes' system clock error
+        # (all daemons read this one CLOCK_REALTIME, so they share the error).
+        self.mono0 = time.monotonic_ns()
+        self.utc0 = time.time_ns() - round(self.sc.sysclock_error_s * NS)
+        for b in self.sc.boxes:
+            self._prepare_box(b)
+        self._start_hq()
+        self._start_boxes()
+
+    def _start_broker(self) -> None:
         sc = self.sc
-        needs_broker = any(i.kind == "broker_outage" for i in sc.incidents)
         if self.opts.broker:
-            if needs_broker:
+            if any(i.kind == "broker_outage" for i in sc.incidents):
                 raise ScenarioError(
                     f"{sc.source}: a broker_outage needs the simulator's own broker; drop --broker"
                 )
@@ -170,53 +182,56 @@ class LiveRun:
             self.broker = Mosquitto(workdir=self.workdir / "broker").start()
             self.broker_url = self.broker.url
         self.say(f"broker {self.broker_url}; work dir {self.workdir}")
-        # True UTC is this machine's wall clock minus the boxes' system clock error
-        # (all daemons read this one CLOCK_REALTIME, so they share the error).
-        self.mono0 = time.monotonic_ns()
-        self.utc0 = time.time_ns() - round(sc.sysclock_error_s * NS)
-        for b in sc.boxes:
-            boxdir = self.workdir / "boxes" / b.id
-            boxdir.mkdir(parents=True, exist_ok=True)
-            # A reused work dir starts a new rally: a new store, a new capture.
-            for stale in ("box.db", "box.db-wal", "box.db-shm", "capture.jsonl"):
-                (boxdir / stale).unlink(missing_ok=True)
-            clock = BoxClock(self.mono0, self.utc0, b.clock_ppm, b.clock_drift_ppm_per_h)
-            cp = sc.control(b.control)
-            self.clocks[b.id] = clock
-            self.receivers[b.id] = GpsReceiver(
-                b.receiver,
-                clock,
-                seed=f"{sc.seed}/{b.id}",
-                power_on_utc_ns=self.utc0,
-                lat=cp.lat,
-                lon=cp.lon,
+
+    def _prepare_box(self, b: Box) -> None:
+        """Box `b`'s clock, GPS receiver, feed, link (through a proxy if it is to be
+        cut), config file and daemon process (not started yet)."""
+        sc = self.sc
+        boxdir = self.workdir / "boxes" / b.id
+        boxdir.mkdir(parents=True, exist_ok=True)
+        # A reused work dir starts a new rally: a new store, a new capture.
+        for stale in ("box.db", "box.db-wal", "box.db-shm", "capture.jsonl"):
+            (boxdir / stale).unlink(missing_ok=True)
+        clock = BoxClock(self.mono0, self.utc0, b.clock_ppm, b.clock_drift_ppm_per_h)
+        cp = sc.control(b.control)
+        self.clocks[b.id] = clock
+        self.receivers[b.id] = GpsReceiver(
+            b.receiver,
+            clock,
+            seed=f"{sc.seed}/{b.id}",
+            power_on_utc_ns=self.utc0,
+            lat=cp.lat,
+            lon=cp.lon,
+        )
+        feed = BoxFeed(b.id, self._sock_path(b.id))
+        self.feeds[b.id] = feed
+        url = self.broker_url
+        if any(i.kind == "link_cut" and i.box == b.id for i in sc.incidents):
+            u = parse_broker_url(self.broker_url)
+            proxy = LinkProxy(u.host, u.port)
+            self.proxies[b.id] = proxy
+            url = proxy.url
+        cfg = boxdir / "box.toml"
+        creds = self.opts.credentials
+        cfg.write_text(
+            boxconfig.render(
+                sc,
+                b,
+                gps_port=feed.port,
+                broker=url,
+                capture="capture.jsonl",
+                mqtt=creds.box_toml(b.id) if creds else None,
             )
-            feed = BoxFeed(b.id, self._sock_path(b.id))
-            self.feeds[b.id] = feed
-            url = self.broker_url
-            if any(i.kind == "link_cut" and i.box == b.id for i in sc.incidents):
-                u = parse_broker_url(self.broker_url)
-                proxy = LinkProxy(u.host, u.port)
-                self.proxies[b.id] = proxy
-                url = proxy.url
-            cfg = boxdir / "box.toml"
-            creds = self.opts.credentials
-            cfg.write_text(
-                boxconfig.render(
-                    sc,
-                    b,
-                    gps_port=feed.port,
-                    broker=url,
-                    capture="capture.jsonl",
-                    mqtt=creds.box_toml(b.id) if creds else None,
-                )
-            )
-            self.children[b.id] = Child(
-                b.id,
-                ["run", "--config", str(cfg)],
-                boxdir / "daemon.log",
-                env={"CHECKPOINT_SIM_FEED": feed.sock_path},
-            )
+        )
+        self.children[b.id] = Child(
+            b.id,
+            ["run", "--config", str(cfg)],
+            boxdir / "daemon.log",
+            env={"CHECKPOINT_SIM_FEED": feed.sock_path},
+        )
+
+    def _start_hq(self) -> None:
+        """HQ's collector on a fresh database, and the monitor beside it."""
         for stale in ("hq.db", "hq.db-wal", "hq.db-shm"):
             (self.workdir / stale).unlink(missing_ok=True)
         creds = self.opts.credentials
@@ -224,16 +239,19 @@ class LiveRun:
         self.hq = hqclient.collector(
             self.workdir / "hq.db",
             hq_url,
-            sc.prefix,
+            self.sc.prefix,
             self.workdir / "hq.log",
             [*creds.hq_args(), "--client-id", "checkpoint-sim-hq"] if creds else [],
         )
         self.hq.start()
-        self.monitor = Monitor(hq_url, sc.prefix, **(creds.hq_link() if creds else {}))
+        self.monitor = Monitor(hq_url, self.sc.prefix, **(creds.hq_link() if creds else {}))
         self.monitor.start()
+
+    def _start_boxes(self) -> None:
+        """The GPS feeds, then the daemons; until every box has connected its pins."""
         self.scheduler = Scheduler(self.feeds)
         self.scheduler.on_error = lambda _e: self._abort.set()
-        for b in sc.boxes:
+        for b in self.sc.boxes:
             self.scheduler.add(gps_items(b.id, self.receivers[b.id]))
         self.scheduler.start()
         # A broker given with --broker may hold retained statuses of an earlier run:
