@@ -135,16 +135,11 @@ class LiveRun:
             self._check()  # the reason, if a part failed
             raise SimError("aborted")
 
-    def _wait(
-        self,
-        done: Callable[[], bool],
-        timeout_s: float,
-        what: str,
-        detail: Callable[[], str] | None = None,
-        error: Callable[[str], BaseException] = SimError,
-    ) -> None:
-        """Poll `done` five times a second (an abort stops the wait at once)."""
-        wait_for(done, timeout_s, what, 0.2, detail=detail, error=error, sleep=self._sleep)
+    def _wait(self, done: Callable[[], bool], timeout_s: float, what: str, **kw: Any) -> None:
+        """`wait_for`, polling five times a second with the run's sleep (an abort stops
+        it at once); a timeout is a SimError unless `error` says otherwise."""
+        kw.setdefault("error", SimError)
+        wait_for(done, timeout_s, what, 0.2, sleep=self._sleep, **kw)
 
     # -- setup ----------------------------------------------------------------------
     def _sock_path(self, box: str) -> str:
@@ -270,7 +265,7 @@ class LiveRun:
             box = unconnected[0]
             return f"box {box} never connected its pins:\n{self.children[box].tail()}"
 
-        self._wait(connected, 60, "every box to connect its pins", which)
+        self._wait(connected, 60, "every box to connect its pins", detail=which)
         self.say(f"{len(self.children)} box daemons and HQ running")
 
     # -- phases -----------------------------------------------------------------------
@@ -301,7 +296,7 @@ class LiveRun:
         def seen() -> str:
             return ", ".join(f"{b} {s or 'no status'}" for b, s in states.items())
 
-        self._wait(locked, sc.lock_timeout_s, "GPS lock", seen)
+        self._wait(locked, sc.lock_timeout_s, "GPS lock", detail=seen)
         self.say("GPS locked at " + ", ".join(boxes))
 
     def start_rally(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sim.boxclock import BoxClock
 from sim.scenario import MIN_BREAK_S, Box, Scenario
@@ -91,17 +91,8 @@ class TruthPassage:
         return (self.box, self.input, self.car)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "box": self.box,
-            "checkpoint": self.checkpoint,
-            "input": self.input,
-            "car": self.car,
-            "utc_ns": self.utc_ns,
-            "tick": self.tick,
-            "nose_utc_ns": self.nose_utc_ns,
-            "end_tick": self.end_tick,
-            "detectable": self.detectable,
-        }
+        """Every field by its name (truth.json, the verdict's input)."""
+        return asdict(self)
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
