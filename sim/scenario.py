@@ -394,6 +394,23 @@ _RECEIVER_KEYS = (
 )
 
 
+#: The receiver's numeric keys: int or float, and the range each may take.
+_RECEIVER_RANGES: dict[str, tuple[type, float, float]] = {
+    "delay_ms": (float, 0.0, 990.0),
+    "delay_jitter_ms": (float, 0.0, 100.0),
+    "pps_outlier_rate": (float, 0.0, 0.5),
+    "pps_width_ms": (float, 1.0, 500.0),
+    "cold_start_s": (float, 0.0, 3600.0),
+    "baudrate": (int, 1200, 921_600),
+    "decimals": (int, 0, 3),
+    "pps_jitter_ns": (int, 0, 1_000_000),
+    "pps_outlier_ns": (int, 0, 1_000_000),
+    "gsv_every_s": (int, 1, 60),
+    "ubx_bytes": (int, 0, 100_000),
+    "tx_buffer": (int, 0, 1_000_000),
+}
+
+
 def _receiver_fields(t: _Table, base: Receiver) -> Receiver:
     """`base` with the receiver keys present in `t` applied (each checked)."""
     changes: dict[str, Any] = {}
@@ -403,58 +420,44 @@ def _receiver_fields(t: _Table, base: Receiver) -> Receiver:
             raise t.fail("talker", f"must be two capital letters like GP or GN, got {talker!r}")
         changes["talker"] = talker
     if t.has("sentences"):
-        value = t.raw("sentences")
-        if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-            raise t.fail("sentences", "must be a non-empty list of sentence names")
-        bad = [s for s in value if s not in SENTENCES]
-        if bad:
-            raise t.fail("sentences", f"unknown {bad}; known: {', '.join(SENTENCES)}")
-        if not {"RMC", "ZDA"} & set(value):
-            raise t.fail("sentences", "needs RMC or ZDA: without a date no second can be named")
-        changes["sentences"] = tuple(value)
+        changes["sentences"] = _sentences(t)
     if t.has("convention"):
         changes["convention"] = t.str("convention", choices=("after", "before"))
-    numbers = {
-        "delay_ms": (0.0, 990.0),
-        "delay_jitter_ms": (0.0, 100.0),
-        "pps_outlier_rate": (0.0, 0.5),
-        "pps_width_ms": (1.0, 500.0),
-        "cold_start_s": (0.0, 3600.0),
-    }
-    for key, (lo, hi) in numbers.items():
+    for key, (kind, lo, hi) in _RECEIVER_RANGES.items():
         if t.has(key):
-            changes[key] = t.num(key, lo=lo, hi=hi)
-    if t.has("baudrate"):
-        changes["baudrate"] = t.int("baudrate", lo=1200, hi=921_600)
-    if t.has("decimals"):
-        changes["decimals"] = t.int("decimals", lo=0, hi=3)
-    if t.has("pps_jitter_ns"):
-        changes["pps_jitter_ns"] = t.int("pps_jitter_ns", lo=0, hi=1_000_000)
-    if t.has("pps_outlier_ns"):
-        changes["pps_outlier_ns"] = t.int("pps_outlier_ns", lo=0, hi=1_000_000)
+            read = t.num if kind is float else t.int
+            changes[key] = read(key, lo=lo, hi=hi)
     if t.has("outages"):
         changes["outages"] = t.windows("outages")
     if t.has("week_rollover"):
         changes["week_rollover"] = t.bool("week_rollover", False)
     if t.has("constellations"):
-        value = t.raw("constellations")
-        if (
-            not isinstance(value, list)
-            or not value
-            or any(c not in CONSTELLATIONS for c in value)
-            or len(set(value)) != len(value)
-        ):
-            raise t.fail(
-                "constellations", f"must be a list of distinct {', '.join(CONSTELLATIONS)}"
-            )
-        changes["constellations"] = tuple(value)
-    if t.has("gsv_every_s"):
-        changes["gsv_every_s"] = t.int("gsv_every_s", lo=1, hi=60)
-    if t.has("ubx_bytes"):
-        changes["ubx_bytes"] = t.int("ubx_bytes", lo=0, hi=100_000)
-    if t.has("tx_buffer"):
-        changes["tx_buffer"] = t.int("tx_buffer", lo=0, hi=1_000_000)
+        changes["constellations"] = _constellations(t)
     return replace(base, **changes)
+
+
+def _sentences(t: _Table) -> tuple[str, ...]:
+    value = t.raw("sentences")
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise t.fail("sentences", "must be a non-empty list of sentence names")
+    bad = [s for s in value if s not in SENTENCES]
+    if bad:
+        raise t.fail("sentences", f"unknown {bad}; known: {', '.join(SENTENCES)}")
+    if not {"RMC", "ZDA"} & set(value):
+        raise t.fail("sentences", "needs RMC or ZDA: without a date no second can be named")
+    return tuple(value)
+
+
+def _constellations(t: _Table) -> tuple[str, ...]:
+    value = t.raw("constellations")
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(c not in CONSTELLATIONS for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise t.fail("constellations", f"must be a list of distinct {', '.join(CONSTELLATIONS)}")
+    return tuple(value)
 
 
 def burst_ms(rx: Receiver) -> float:
