@@ -20,7 +20,7 @@ from test_timing import UTC0, World, run
 from checkpoint.box.store import Store
 from checkpoint.cli.hq import main as hq_main
 from checkpoint.config import InputConfig
-from checkpoint.core import chain
+from checkpoint.core import chain, chainsig
 from checkpoint.core.timing import Pipeline, format_utc, params_for
 from checkpoint.hq.collector import Ingest, parse_event
 from checkpoint.hq.store import HQStore
@@ -566,17 +566,17 @@ def ed25519_pair(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 def test_signed_head_round_trip(tmp_path):
     priv, pub = ed25519_pair(tmp_path, "box07")
-    key = chain.load_signing_key(priv.read_bytes())
-    verify_key = chain.load_verify_key(pub.read_bytes())
+    key = chainsig.load_signing_key(priv.read_bytes())
+    verify_key = chainsig.load_verify_key(pub.read_bytes())
     head = events(3)[-1]["hash"]
-    signed = chain.sign_head(key, "box07", STORE, 3, head)
+    signed = chainsig.sign_head(key, "box07", STORE, 3, head)
     assert set(signed) == {"seq", "head", "sig"}
-    assert chain.check_signed_head(verify_key, "box07", STORE, signed) is None
+    assert chainsig.check_signed_head(verify_key, "box07", STORE, signed) is None
     for change in ({"seq": 4}, {"head": "0" * 64}):
-        assert chain.check_signed_head(verify_key, "box07", STORE, signed | change) is not None
-    assert chain.check_signed_head(verify_key, "box08", STORE, signed) is not None
+        assert chainsig.check_signed_head(verify_key, "box07", STORE, signed | change) is not None
+    assert chainsig.check_signed_head(verify_key, "box08", STORE, signed) is not None
     with pytest.raises(ValueError):
-        chain.load_signing_key(pub.read_bytes())
+        chainsig.load_signing_key(pub.read_bytes())
 
 
 def test_box_refuses_a_bad_signing_key(tmp_path):
@@ -602,12 +602,12 @@ def test_verify_checks_signed_heads_in_an_hq_database(tmp_path):
     db = hq_db(tmp_path, evs)
 
     def with_status(path: Path, signer: Path, seq: int = 6) -> Path:
-        key = chain.load_signing_key(signer.read_bytes())
+        key = chainsig.load_signing_key(signer.read_bytes())
         st = {
             "state": "ready",
             "box": "box07",
             "store": STORE,
-            "chain": chain.sign_head(key, "box07", STORE, seq, evs[seq - 1]["hash"]),
+            "chain": chainsig.sign_head(key, "box07", STORE, seq, evs[seq - 1]["hash"]),
         }
         store = HQStore(path)
         ing = Ingest(store)
