@@ -135,6 +135,43 @@ def row_state(driver, seq):
 # -- marshal page -----------------------------------------------------------------------
 
 
+def _marshal_assigns_42(phone, wall, board, box: FakeBox, hq, li, seq: int) -> None:
+    """The marshal types the car number: an assign event, seen on the box and at HQ,
+    and HQ's board shows it in the live feed."""
+    car = li.find_element("css selector", "input.car")
+    car.send_keys("42")
+    li.find_element("css selector", "button.set").click()
+    wait_page(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
+    assert box.corrections == [("assign", seq, "42")]
+    wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
+    wall.get(board.url)
+    wait_page(
+        wall,
+        lambda d: any(
+            f"box07 #{seq}" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
+        ),
+        what="passage with car 42 on the board",
+    )
+
+
+def _marshal_voids_a_false_trigger(phone, wall, box: FakeBox, hq, utc_ns: int) -> None:
+    """A false trigger at `utc_ns` is voided with a reason; HQ and the board follow."""
+    seq2 = box.passage(utc_ns)
+    li2 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
+    li2.find_element("css selector", "button.void").click()
+    reason = wait_page(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
+    reason.clear()
+    reason.send_keys("photographer in the beam")
+    phone.find_element("css selector", "#void-form button[type=submit]").click()
+    wait_page(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
+    wait_for(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
+    wait_page(
+        wall,
+        lambda d: any(f"box07 #{seq2}" in r.text for r in css(d, "#feed tbody tr.voided")),
+        what="void on the board",
+    )
+
+
 def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
     phone, wall, hq, emus, board, tmp_path
 ):
@@ -159,40 +196,8 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
         utc = li.find_element("css selector", ".utc").text
         assert local.endswith(".45") and utc.endswith(".45 UTC") and local != utc[:11]
 
-        # The marshal types the car number: an assign event, seen on the box and at HQ.
-        car = li.find_element("css selector", "input.car")
-        car.send_keys("42")
-        li.find_element("css selector", "button.set").click()
-        wait_page(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
-        assert box.corrections == [("assign", seq, "42")]
-        wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
-
-        # ...and HQ's board shows it in the live feed.
-        wall.get(board.url)
-        wait_page(
-            wall,
-            lambda d: any(
-                f"box07 #{seq}" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
-            ),
-            what="passage with car 42 on the board",
-        )
-
-        # A false trigger is voided with a reason.
-        seq2 = box.passage(utc_ns + 2 * NS + 170_000_000)
-        li2 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
-        li2.find_element("css selector", "button.void").click()
-        reason = wait_page(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
-        reason.clear()
-        reason.send_keys("photographer in the beam")
-        phone.find_element("css selector", "#void-form button[type=submit]").click()
-        wait_page(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
-        wait_for(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
-        wait_page(
-            wall,
-            lambda d: any(f"box07 #{seq2}" in r.text for r in css(d, "#feed tbody tr.voided")),
-            what="void on the board",
-        )
-
+        _marshal_assigns_42(phone, wall, board, box, hq, li, seq)
+        _marshal_voids_a_false_trigger(phone, wall, box, hq, utc_ns + 2 * NS + 170_000_000)
         # More traffic for the screenshot: assigned, unassigned, a clock warning.
         for i, (car_no, clock) in enumerate((("7", "locked"), ("15", "locked"), ("", "holdover"))):
             s = box.passage(utc_ns + (6 + 4 * i) * NS + 30_000_000 * i, clock=clock)
@@ -294,6 +299,26 @@ def _events(db):
         return s.event_count()
 
 
+def _hq_assigns_42_on_the_board(wall, board, hq) -> None:
+    """HQ logs in on the board and assigns car 42 to the passage nobody assigned."""
+    assert wall.find_element("id", "correct-panel").is_displayed() is False
+    wall.find_element("id", "login").click()
+    login(wall, board.url, PASSWORD)
+    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
+    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
+    target = next(
+        r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
+    )
+    target.click()
+    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
+    wall.find_element("id", "c-value").send_keys("42")
+    wall.find_element("css selector", "#correct button[type=submit]").click()
+    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
+    wait_for(
+        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
+    )
+
+
 def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, board, tmp_path):
     _rally(emus, hq)
     wall.get(board.url)
@@ -328,23 +353,7 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     wall.find_element("id", "f-car").clear()
     wall.find_element("id", "f-car").send_keys(" ")  # input event: filter off
 
-    # HQ assigns the passage nobody assigned; results follow at once.
-    assert wall.find_element("id", "correct-panel").is_displayed() is False
-    wall.find_element("id", "login").click()
-    login(wall, board.url, PASSWORD)
-    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
-    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
-    target = next(
-        r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
-    )
-    target.click()
-    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
-    wall.find_element("id", "c-value").send_keys("42")
-    wall.find_element("css selector", "#correct button[type=submit]").click()
-    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
-    wait_for(
-        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
-    )
+    _hq_assigns_42_on_the_board(wall, board, hq)
     wall.find_element("id", "f-car").send_keys("42")
     wait_page(
         wall,
