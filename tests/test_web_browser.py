@@ -299,26 +299,6 @@ def _events(db):
         return s.event_count()
 
 
-def _hq_assigns_42_on_the_board(wall, board, hq) -> None:
-    """HQ logs in on the board and assigns car 42 to the passage nobody assigned."""
-    assert wall.find_element("id", "correct-panel").is_displayed() is False
-    wall.find_element("id", "login").click()
-    login(wall, board.url, PASSWORD)
-    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
-    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
-    target = next(
-        r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
-    )
-    target.click()
-    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
-    wall.find_element("id", "c-value").send_keys("42")
-    wall.find_element("css selector", "#correct button[type=submit]").click()
-    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
-    wait_for(
-        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
-    )
-
-
 def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, board, tmp_path):
     _rally(emus, hq)
     wall.get(board.url)
@@ -353,7 +333,23 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     wall.find_element("id", "f-car").clear()
     wall.find_element("id", "f-car").send_keys(" ")  # input event: filter off
 
-    _hq_assigns_42_on_the_board(wall, board, hq)
+    # HQ assigns the passage nobody assigned; results follow at once.
+    assert wall.find_element("id", "correct-panel").is_displayed() is False
+    wall.find_element("id", "login").click()
+    login(wall, board.url, PASSWORD)
+    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
+    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
+    target = next(
+        r for r in css(wall, "#feed tbody tr") if "box04 #" in r.text and "no car" in r.text
+    )
+    target.click()
+    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
+    wall.find_element("id", "c-value").send_keys("42")
+    wall.find_element("css selector", "#correct button[type=submit]").click()
+    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
+    wait_for(
+        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
+    )
     wall.find_element("id", "f-car").send_keys("42")
     wait_page(
         wall,
