@@ -39,6 +39,7 @@ from clocktruth import (  # noqa: E402
     WANDER,
     Profile,
     Stamped,
+    Truth,
     generate,
     replay,
     restamp_all,
@@ -223,6 +224,39 @@ def _stamp_with(model, truth, m: int, now: int, late: bool) -> Stamped:
     return Stamped(m, now, truth.utc_of(m), s.utc_ns, s.uncertainty_ns, str(s.clock), late)
 
 
+def _by_state(recs: list[Stamped], final: list[Stamped]) -> dict[str, dict]:
+    """checkpoint's figures per stamp (immediate, 2 s later, final) and clock state."""
+    by_state: dict[str, dict] = {}
+    for kind, rs in (
+        ("immediate", [r for r in recs if not r.late]),
+        ("+2 s", [r for r in recs if r.late]),
+        ("final", final),
+    ):
+        for state in ("locked", "holdover", "nmea", "unsynced"):
+            sub = [r for r in rs if r.clock == state]
+            if sub:
+                by_state[f"{kind}/{state}"] = _stats(sub)
+    return by_state
+
+
+def _outage_end(p: Profile, truth: Truth, recs: list[Stamped]) -> dict | None:
+    """The last immediate stamp inside the first PPS outage, and the outage's worst."""
+    a, d = p.pps_outages[0]
+    lo, hi = truth.mono_at[a], truth.mono_at[a + d]
+    inside = [r for r in recs if not r.late and lo <= r.mono < hi]
+    if not inside:
+        return None
+    last = inside[-1]
+    return {
+        "after_s": round((last.mono - lo) / 1e9, 1),
+        "clock": last.clock,
+        "err_us": round(abs(last.err) / 1e3, 2),
+        "unc_us": round(last.unc / 1e3, 2),
+        "max_err_us": round(max(abs(r.err) for r in inside) / 1e3, 2),
+        "coverage": sum(r.covered for r in inside) / len(inside),
+    }
+
+
 def run_profile(p: Profile) -> dict:
     truth = generate(p)
     t_start = truth.mono_at[0]
@@ -274,31 +308,11 @@ def run_profile(p: Profile) -> dict:
     since = max(p.pps_start_s, p.nmea_start_s)
     lock_s = first["checkpoint"]
     out["lock_after_first_pps_s"] = None if lock_s is None else round(lock_s - since, 1)
-    by_state: dict[str, dict] = {}
-    for kind, rs in (
-        ("immediate", [r for r in recs if not r.late]),
-        ("+2 s", [r for r in recs if r.late]),
-        ("final", final),
-    ):
-        for state in ("locked", "holdover", "nmea", "unsynced"):
-            sub = [r for r in rs if r.clock == state]
-            if sub:
-                by_state[f"{kind}/{state}"] = _stats(sub)
-    out["checkpoint_by_state"] = by_state
+    out["checkpoint_by_state"] = _by_state(recs, final)
     if p.pps_outages:
-        a, d = p.pps_outages[0]
-        lo, hi = truth.mono_at[a], truth.mono_at[a + d]
-        inside = [r for r in recs if not r.late and lo <= r.mono < hi]
-        if inside:
-            last = inside[-1]
-            out["outage_end"] = {
-                "after_s": round((last.mono - lo) / 1e9, 1),
-                "clock": last.clock,
-                "err_us": round(abs(last.err) / 1e3, 2),
-                "unc_us": round(last.unc / 1e3, 2),
-                "max_err_us": round(max(abs(r.err) for r in inside) / 1e3, 2),
-                "coverage": sum(r.covered for r in inside) / len(inside),
-            }
+        outage = _outage_end(p, truth, recs)
+        if outage is not None:
+            out["outage_end"] = outage
     out["status_end"] = est.status(end)
     return out
 

@@ -26,6 +26,7 @@ from checkpoint.errors import CheckpointError
 from checkpoint.hq.store import HQStore
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
 from sim import hqclient
+from sim.waits import wait_for
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -227,15 +228,8 @@ def wall_offset_ns() -> int:
 
 
 def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.02) -> Any:
-    """Poll `pred` until it is truthy and return its value; BenchError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(step_s)
+    """`sim.waits.wait_for`, failing with the bench's BenchError after `timeout_s`."""
+    return wait_for(pred, timeout_s, what, step_s, error=BenchError)
 
 
 # -- /proc -----------------------------------------------------------------------------

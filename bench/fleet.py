@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import pct
+from bench.common import BenchError, pct, wait_until
 from bench.rig import passage_event
-from checkpoint.contracts import ACK, CMD, LOST, Topics, event_bytes, message_bytes
+from checkpoint.contracts import CMD, LOST, Topics, event_bytes, message_bytes
 from checkpoint.mqtt import Link, LinkEvent, Message, SubAck
 from sim import secure
 
@@ -57,7 +59,7 @@ class Acks:
                     self.all_subscribed.set()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--broker", required=True)
     ap.add_argument("--prefix", default="rally")
@@ -68,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, default=30.0, help="max seconds to wait for acks")
     ap.add_argument("--out", required=True)
     secure.add_arguments(ap)  # a secured broker: DIR/secrets/fleetNNN.password per box
-    args = ap.parse_args(argv)
-    creds = secure.Credentials.from_args(args)
+    return ap.parse_args(argv)
 
-    names = [f"fleet{args.first + i:03d}" for i in range(args.boxes)]
-    mine = set(names)
-    stores = {b: uuid.uuid4().hex for b in names}
-    acks = Acks(len(names))
+
+def _connect(args: argparse.Namespace, names: list[str], acks: Acks) -> dict[str, Link]:
+    """One link per box, connected and subscribed (BenchError after a minute)."""
+    creds = secure.Credentials.from_args(args)
     # Like a real box, each emulated box subscribes to its own ack and cmd topics only,
     # so the broker fans HQ's acks out exactly as in the field.
     links = {
@@ -90,97 +91,132 @@ def main(argv: list[str] | None = None) -> int:
     }
     for link in links.values():
         link.start()
-    deadline = time.monotonic() + 60
-    while not (all(k.connected for k in links.values()) and acks.all_subscribed.is_set()):
-        if time.monotonic() > deadline:
-            print("not all boxes connected", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
-    for b, link in links.items():
-        status = {"state": "ready", "box": b, "checkpoint": "PC9", "store": stores[b]}
-        link.publish(Topics(args.prefix, b).status, message_bytes(status), qos=1, retain=True)
-    print("READY", flush=True)
-    if sys.stdin.readline().strip() != "GO":
-        return 1
+    wait_until(
+        lambda: all(k.connected for k in links.values()) and acks.all_subscribed.is_set(),
+        60,
+        "every box to connect and subscribe",
+        0.05,
+    )
+    return links
 
+
+@dataclass
+class _Run:
+    """What the boxes published: per box the publish ticks (seq = index + 1)."""
+
+    t0: int
+    per_box: int
+    published: dict[str, list[int]]
+    late: list[int] = field(default_factory=list)
+    refused: int = 0
+    end: int = 0
+
+
+def _publish(args: argparse.Namespace, links: dict[str, Link], stores: dict[str, str]) -> _Run:
+    """Each box's passages at `--rate`, the boxes spread evenly over each period."""
+    names = list(links)
     period = NS / args.rate
-    per_box = max(1, round(args.rate * args.seconds))
-    t0 = time.monotonic_ns() + NS // 5
+    run = _Run(
+        t0=time.monotonic_ns() + NS // 5,
+        per_box=max(1, round(args.rate * args.seconds)),
+        published={b: [] for b in names},
+    )
     utc0 = 1_776_000_000 * NS
-    published: dict[str, list[int]] = {b: [] for b in names}
-    late: list[int] = []
-    refused = 0
     topics = {b: Topics(args.prefix, b).event for b in names}
-    for s in range(per_box):
+    for s in range(run.per_box):
         for i, b in enumerate(names):
-            due = t0 + int(s * period + i * period / len(names))
+            due = run.t0 + int(s * period + i * period / len(names))
             now = time.monotonic_ns()
             if due > now:
                 time.sleep((due - now) / NS)
-            seq = s + 1
-            mono = due
             ev = passage_event(
-                box=b, store=stores[b], seq=seq, mono_ns=mono, utc_ns=utc0 + mono % (10**6 * NS)
+                box=b, store=stores[b], seq=s + 1, mono_ns=due, utc_ns=utc0 + due % (10**6 * NS)
             )
             ev["checkpoint"] = "PC9"
             data = event_bytes(ev)
             t_pub = time.monotonic_ns()
             if links[b].publish(topics[b], data, qos=1) is None:
-                refused += 1
-            published[b].append(t_pub)
-            late.append(t_pub - due)
-    end_pub = time.monotonic_ns()
+                run.refused += 1
+            run.published[b].append(t_pub)
+            run.late.append(t_pub - due)
+    run.end = time.monotonic_ns()
+    return run
 
-    def highest() -> dict[str, int]:
-        up: dict[str, int] = {}
-        for _t, topic, payload in list(acks.raw):
-            box = topic.split("/")[-2]
-            if box in mine and topic.endswith(f"/{ACK}"):
-                up[box] = max(up.get(box, 0), int(json.loads(payload).get("upto", 0)))
-        return up
 
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline:
-        up = highest()
-        if all(up.get(b, 0) >= per_box for b in names):
-            break
-        time.sleep(0.1)
-
-    per_box_acks: dict[str, list[tuple[int, int]]] = {b: [] for b in names}
+def _acks_by_box(acks: Acks, names: list[str]) -> tuple[dict[str, list[tuple[int, int]]], int]:
+    """Per box (arrival tick, upto) of each ack; and how many resend commands came."""
+    per_box: dict[str, list[tuple[int, int]]] = {b: [] for b in names}
     cmds = 0
     for t, topic, payload in list(acks.raw):
         box = topic.split("/")[-2]
-        if box not in mine:
+        if box not in per_box:
             continue
         if topic.endswith(f"/{CMD}"):
             cmds += 1
             continue
-        per_box_acks[box].append((t, int(json.loads(payload).get("upto", 0))))
-    lags: list[tuple[float, float]] = []  # (publish time since t0 in s, lag in ms)
+        per_box[box].append((t, int(json.loads(payload).get("upto", 0))))
+    return per_box, cmds
+
+
+def _lags(
+    run: _Run, per_box_acks: dict[str, list[tuple[int, int]]]
+) -> tuple[list[tuple[float, float]], int]:
+    """(publish time since t0 in s, lag in ms) of each acked event; and the unacked count."""
+    lags: list[tuple[float, float]] = []
     unacked = 0
-    for b in names:
+    for b, published in run.published.items():
         times, highs, high = [], [], 0
         for t, upto in sorted(per_box_acks[b]):
             if upto > high:
                 high = upto
                 times.append(t)
                 highs.append(upto)
-        for seq, t_pub in enumerate(published[b], start=1):
+        for seq, t_pub in enumerate(published, start=1):
             i = bisect.bisect_left(highs, seq)
             if i == len(times):
                 unacked += 1
                 continue
-            lags.append((round((t_pub - t0) / NS, 4), round((times[i] - t_pub) / 1e6, 3)))
+            lags.append((round((t_pub - run.t0) / NS, 4), round((times[i] - t_pub) / 1e6, 3)))
+    return lags, unacked
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    names = [f"fleet{args.first + i:03d}" for i in range(args.boxes)]
+    stores = {b: uuid.uuid4().hex for b in names}
+    acks = Acks(len(names))
+    try:
+        links = _connect(args, names, acks)
+    except BenchError as e:
+        print(e, file=sys.stderr)
+        return 1
+    for b, link in links.items():
+        status = {"state": "ready", "box": b, "checkpoint": "PC9", "store": stores[b]}
+        link.publish(Topics(args.prefix, b).status, message_bytes(status), qos=1, retain=True)
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() != "GO":
+        return 1
+    run = _publish(args, links, stores)
+
+    def acked_all() -> bool:
+        per_box, _ = _acks_by_box(acks, names)
+        return all(max((u for _, u in per_box[b]), default=0) >= run.per_box for b in names)
+
+    # Not every ack may come: the report counts the ones missing.
+    with contextlib.suppress(BenchError):
+        wait_until(acked_all, args.wait, "acks", 0.1)
+    per_box_acks, cmds = _acks_by_box(acks, names)
+    lags, unacked = _lags(run, per_box_acks)
     result: dict[str, Any] = {
         "boxes": len(names),
-        "published": sum(len(v) for v in published.values()),
-        "refused": refused,
+        "published": sum(len(v) for v in run.published.values()),
+        "refused": run.refused,
         "unacked": unacked,
         "resend_commands": cmds,
-        "publish_seconds": round((end_pub - t0) / NS, 3),
-        "late_p50_ms": round((pct(late, 50) or 0) / 1e6, 3),
-        "late_p99_ms": round((pct(late, 99) or 0) / 1e6, 3),
-        "late_max_ms": round(max(late, default=0) / 1e6, 3),
+        "publish_seconds": round((run.end - run.t0) / NS, 3),
+        "late_p50_ms": round((pct(run.late, 50) or 0) / 1e6, 3),
+        "late_p99_ms": round((pct(run.late, 99) or 0) / 1e6, 3),
+        "late_max_ms": round(max(run.late, default=0) / 1e6, 3),
         "lags": lags,
     }
     with open(args.out, "w") as f:

@@ -20,8 +20,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,63 +67,50 @@ def _file_size(path: Path) -> int:
     )
 
 
-def db_growth(work: Path, *, passages: int, seconds: int) -> dict[str, Any]:
-    """Bytes the store grows by per 1,000 passages and per 1,000 idle seconds."""
-    work.mkdir(parents=True, exist_ok=True)
-    boot = Store.boot_id()
-    out: dict[str, Any] = {}
-
-    path = work / "passages.db"
-    Store(path, box="size01", checkpoint="PC3").close()
+def _grown(path: Path, box: str, fill: Callable[[Store], None]) -> int:
+    """Bytes a new store at `path` grows by while `fill` records into it."""
+    Store(path, box=box, checkpoint="PC3").close()
     base = _file_size(path)
-    store = Store(path, box="size01", checkpoint="PC3")
-    mono0 = time.monotonic_ns()
+    store = Store(path, box=box, checkpoint="PC3")
     try:
-        for lo in range(1, passages + 1, 100):
-            events, edges = [], []
-            for seq in range(lo, min(lo + 100, passages + 1)):
-                mono = mono0 + seq * 3 * NS + seq * 7919
-                name = f"beam{seq % 4 + 1}"
-                events.append(
-                    passage_event(
-                        box="size01",
-                        store=store.store_id,
-                        seq=seq,
-                        mono_ns=mono,
-                        utc_ns=1_776_000_000 * NS + seq * 3 * NS + seq * 7907,
-                        input_name=name,
-                    )
+        fill(store)
+    finally:
+        store.close()
+    return _file_size(path) - base
+
+
+def _record_passages(store: Store, boot: str, mono0: int, passages: int) -> None:
+    """`passages` passages on four beams, 100 to a transaction, with their edges."""
+    for lo in range(1, passages + 1, 100):
+        events, edges = [], []
+        for seq in range(lo, min(lo + 100, passages + 1)):
+            mono = mono0 + seq * 3 * NS + seq * 7919
+            name = f"beam{seq % 4 + 1}"
+            events.append(
+                passage_event(
+                    box=store.box,
+                    store=store.store_id,
+                    seq=seq,
+                    mono_ns=mono,
+                    utc_ns=1_776_000_000 * NS + seq * 3 * NS + seq * 7907,
+                    input_name=name,
                 )
-                edges += [(name, mono, True), (name, mono + 150 * MS + seq * 13, False)]
-            store.record(boot=boot, edges=edges, events=events)
-    finally:
-        store.close()
-    out["bytes_per_1000_passages"] = round((_file_size(path) - base) * 1000 / passages)
+            )
+            edges += [(name, mono, True), (name, mono + 150 * MS + seq * 13, False)]
+        store.record(boot=boot, edges=edges, events=events)
 
-    path = work / "idle.db"
-    Store(path, box="size02", checkpoint="PC3").close()
-    base = _file_size(path)
-    store = Store(path, box="size02", checkpoint="PC3")
-    try:
-        for lo in range(0, seconds, 1000):
-            secs = range(lo, min(lo + 1000, seconds))
-            pps = [mono0 + s * NS + (s * 7919) % 5000 for s in secs]
-            samples = [(t, 1_776_000_000 + s) for t, s in zip(pps, secs, strict=True)]
-            store.record(boot=boot, pps=pps, samples=samples)
-    finally:
-        store.close()
-    per_1000_s = (_file_size(path) - base) * 1000 / seconds
-    out["bytes_per_1000_idle_s"] = round(per_1000_s)
-    idle_day = per_1000_s * DAY_S / 1000
-    out["idle_mb_per_day"] = round(idle_day / 1e6, 2)
-    busy_day = idle_day + PASSAGES_PER_DAY * out["bytes_per_1000_passages"] / 1000
-    out["passages_per_day_assumed"] = PASSAGES_PER_DAY
-    out["busy_mb_per_day"] = round(busy_day / 1e6, 2)
-    out["week_mb"] = round(7 * busy_day / 1e6, 1)
-    out["week_share_of_16gb_percent"] = round(100 * 7 * busy_day / SD_CARD_BYTES, 3)
-    out["days_to_fill_16gb"] = round(SD_CARD_BYTES / busy_day)
 
-    # The optional capture file ([record] capture) grows too: PPS + RMC + GGA a second.
+def _record_idle(store: Store, boot: str, mono0: int, seconds: int) -> None:
+    """`seconds` of an idle box: a pulse and a paired sample a second."""
+    for lo in range(0, seconds, 1000):
+        secs = range(lo, min(lo + 1000, seconds))
+        pps = [mono0 + s * NS + (s * 7919) % 5000 for s in secs]
+        samples = [(t, 1_776_000_000 + s) for t, s in zip(pps, secs, strict=True)]
+        store.record(boot=boot, pps=pps, samples=samples)
+
+
+def _capture_bytes_per_1000_s(work: Path, mono0: int) -> int:
+    """The optional capture file ([record] capture): PPS + RMC + GGA a second."""
     from boxrig import gga, rmc  # tests/boxrig.py, on the path via bench.rig
 
     cap = work / "capture.jsonl"
@@ -138,7 +125,32 @@ def db_growth(work: Path, *, passages: int, seconds: int) -> dict[str, Any]:
                 writer.write({"type": "sysclock", "mono_ns": t, "realtime_ns": t + 10**18})
     finally:
         writer.close()
-    out["capture_mb_per_day_if_enabled"] = round(cap.stat().st_size * DAY_S / 1000 / 1e6, 1)
+    return cap.stat().st_size
+
+
+def db_growth(work: Path, *, passages: int, seconds: int) -> dict[str, Any]:
+    """Bytes the store grows by per 1,000 passages and per 1,000 idle seconds."""
+    work.mkdir(parents=True, exist_ok=True)
+    boot = Store.boot_id()
+    mono0 = time.monotonic_ns()
+    out: dict[str, Any] = {}
+    grown = _grown(
+        work / "passages.db", "size01", lambda st: _record_passages(st, boot, mono0, passages)
+    )
+    out["bytes_per_1000_passages"] = round(grown * 1000 / passages)
+    grown = _grown(work / "idle.db", "size02", lambda st: _record_idle(st, boot, mono0, seconds))
+    per_1000_s = grown * 1000 / seconds
+    out["bytes_per_1000_idle_s"] = round(per_1000_s)
+    idle_day = per_1000_s * DAY_S / 1000
+    out["idle_mb_per_day"] = round(idle_day / 1e6, 2)
+    busy_day = idle_day + PASSAGES_PER_DAY * out["bytes_per_1000_passages"] / 1000
+    out["passages_per_day_assumed"] = PASSAGES_PER_DAY
+    out["busy_mb_per_day"] = round(busy_day / 1e6, 2)
+    out["week_mb"] = round(7 * busy_day / 1e6, 1)
+    out["week_share_of_16gb_percent"] = round(100 * 7 * busy_day / SD_CARD_BYTES, 3)
+    out["days_to_fill_16gb"] = round(SD_CARD_BYTES / busy_day)
+    cap = _capture_bytes_per_1000_s(work, mono0)
+    out["capture_mb_per_day_if_enabled"] = round(cap * DAY_S / 1000 / 1e6, 1)
     return out
 
 
@@ -149,6 +161,26 @@ def _writes(pid: int, bytes0: int, t0: float) -> dict[str, float]:
         "disk_write_kb_per_s": round(rate / 1e3, 1),
         "disk_write_mb_per_day": round(rate * DAY_S / 1e6),
     }
+
+
+def _startups(box: BenchBox, watcher: Watcher, starts: int) -> dict[str, Any]:
+    """Seconds to `ready`: the first start on a new store, then restarts on it."""
+    times = []
+    for k in range(starts):
+        times.append(startup(box, watcher))
+        if k + 1 < starts:
+            box.stop()
+            with box.lock:
+                box.conn = None
+    return {"first_start_new_store": times[0], "restarts": times[1:]}
+
+
+def _window(cpu: CpuWindow, pid: int, during: Callable[[], object]) -> dict[str, Any]:
+    """CPU of every process, the box's memory and its storage writes while `during` runs."""
+    cpu.start()
+    w0, t0 = write_bytes(pid), time.monotonic()
+    during()
+    return {"cpu_percent": cpu.stop(), "memory_mb": memory_mb(pid), **_writes(pid, w0, t0)}
 
 
 def run(work: Path, smoke: bool = False) -> dict[str, Any]:
@@ -167,42 +199,16 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
         box = BenchBox(work / "box", broker.url, box="bench03", status_interval_s=10)
         gps: GpsFeeder | None = None
         try:
-            times = []
-            for k in range(starts):
-                times.append(startup(box, watcher))
-                if k + 1 < starts:
-                    box.stop()
-                    with box.lock:
-                        box.conn = None
-            out["startup_s"] = {
-                "first_start_new_store": times[0],
-                "restarts": times[1:],
-            }
+            out["startup_s"] = _startups(box, watcher, starts)
             gps = GpsFeeder(box, Truth())
             gps.start()
             # From the first pulse with a fix (the feeder starts with both) to `locked`.
             out["lock_wait_s"] = wait_locked(watcher, box.box, 120)
             time.sleep(0 if smoke else 5)  # let the lock's own work settle
             cpu = CpuWindow({"box": box.pid, "hq": hq.pid, "mosquitto": broker.pid or 0})
-            cpu.start()
-            w0, t0 = write_bytes(box.pid), time.monotonic()
-            time.sleep(idle_s)
-            out["idle"] = {
-                "cpu_percent": cpu.stop(),
-                "memory_mb": memory_mb(box.pid),
-                **_writes(box.pid, w0, t0),
-            }
+            out["idle"] = _window(cpu, box.pid, lambda: time.sleep(idle_s))
             sched = schedule(time.monotonic_ns() + NS // 2, 100, load_s)
-            cpu.start()
-            w0, t0 = write_bytes(box.pid), time.monotonic()
-            feed = threading.Thread(target=play, args=(box.send, sched.lines), daemon=True)
-            feed.start()
-            feed.join()
-            out["load_100_per_s"] = {
-                "cpu_percent": cpu.stop(),
-                "memory_mb": memory_mb(box.pid),
-                **_writes(box.pid, w0, t0),
-            }
+            out["load_100_per_s"] = _window(cpu, box.pid, lambda: play(box.send, sched.lines))
             watcher.update()
             st = (watcher.status.get(box.box) or (0, {}))[1]
             out["clock_at_end"] = st.get("clock")

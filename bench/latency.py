@@ -27,11 +27,13 @@ by themselves. The naive box then runs the same phases on the same broker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ from bench.common import (
     wait_until,
     wall_offset_ns,
 )
-from bench.rig import BenchBox, FeedServer, GpsFeeder, Truth, play, schedule
+from bench.rig import BenchBox, FeedServer, GpsFeeder, Schedule, Truth, play, schedule
 from checkpoint.contracts import ACK, EVENT, STATUS, all_boxes
 from sim.broker import Mosquitto
 
@@ -78,15 +80,23 @@ def wait_locked(watcher: Watcher, box: str, timeout_s: float) -> float:
     return round(time.monotonic() - t0, 1)
 
 
+def _play(
+    send: Callable[[bytes], None], rate: int, seconds: float, pids: dict[str, int]
+) -> tuple[Schedule, dict[str, Any], dict[str, Any]]:
+    """`rate` passages a second for `seconds` through `send`, starting in half a second:
+    the schedule, how late the feed was, and the CPU the processes `pids` took."""
+    sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds)
+    cpu = CpuWindow(pids)
+    cpu.start()
+    fed = play(send, sched.lines)
+    return sched, fed, cpu.stop()
+
+
 def checkpoint_phase(
     box: BenchBox, watcher: Watcher, rate: int, seconds: float, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Inject `rate` passages/s for `seconds`; wait for HQ's acks; per-passage timings."""
-    sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds)
-    cpu = CpuWindow(pids)
-    cpu.start()
-    feed = play(box.send, sched.lines)
-    cpu_share = cpu.stop()
+    sched, feed, cpu_share = _play(box.send, rate, seconds, pids)
     leads = set(sched.leads)
 
     def all_acked() -> bool:
@@ -150,6 +160,34 @@ def broker_conf(broker: Mosquitto, profile: str, watchers: list[Watcher]) -> boo
     return True
 
 
+def _naive_phase(
+    feed: FeedServer, watcher: Watcher, pid: int, rate: int, seconds: float, log: Path
+) -> dict[str, Any]:
+    """One phase of the naive box: its publishes' arrival after each passage's tick."""
+    sched, fed, share = _play(feed.send, rate, seconds, {"naive": pid})
+    leads = set(sched.leads)
+
+    def arrived() -> bool:
+        watcher.update()
+        got = {m for m, _t in watcher.events.get("naive01", {}).values()}
+        return leads <= got
+
+    with contextlib.suppress(BenchError):  # the missing ones are counted below
+        wait_until(arrived, 10, "naive publishes")
+    by_mono = {m: t for m, t in watcher.events.get("naive01", {}).values()}
+    lat = [by_mono[t] - t for t in sched.leads if t in by_mono]
+    if not lat:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        raise BenchError("the naive box published nothing: " + " / ".join(tail))
+    return {
+        "passages": len(sched.leads),
+        "missing": len(sched.leads) - len(lat),
+        "edge_to_subscriber": summary_ms(lat),
+        "feed": fed,
+        "cpu_percent": share,
+    }
+
+
 def naive_run(
     work: Path, broker: Mosquitto, phases: list[tuple[str, int, float, str]]
 ) -> dict[str, dict[str, Any]]:
@@ -181,35 +219,7 @@ def naive_run(
                     "the naive box to reconnect",
                 )
                 time.sleep(1)
-            sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds)
-            cpu = CpuWindow({"naive": proc.pid})
-            cpu.start()
-            fed = play(feed.send, sched.lines)
-            share = cpu.stop()
-            leads = set(sched.leads)
-
-            def arrived(leads: set[int] = leads) -> bool:
-                watcher.update()
-                got = {m for m, _t in watcher.events.get("naive01", {}).values()}
-                return leads <= got
-
-            try:
-                wait_until(arrived, 10, "naive publishes")
-            except BenchError:
-                pass
-            by_mono = {m: t for m, t in watcher.events.get("naive01", {}).values()}
-            lat = [by_mono[t] - t for t in sched.leads if t in by_mono]
-            if not lat:
-                log.flush()
-                tail = (work / "naive.log").read_text(errors="replace").splitlines()[-5:]
-                raise BenchError("the naive box published nothing: " + " / ".join(tail))
-            out[label] = {
-                "passages": len(sched.leads),
-                "missing": len(sched.leads) - len(lat),
-                "edge_to_subscriber": summary_ms(lat),
-                "feed": fed,
-                "cpu_percent": share,
-            }
+            out[label] = _naive_phase(feed, watcher, proc.pid, rate, seconds, work / "naive.log")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -221,6 +231,39 @@ def naive_run(
         watcher.stop()
         feed.close()
     return out
+
+
+def _broker_profile(broker: Mosquitto, profile: str, watcher: Watcher) -> None:
+    """The broker on `profile`; after a restart, until the box and HQ are back."""
+    t_restart = time.monotonic_ns()
+    if not broker_conf(broker, profile, [watcher]):
+        return
+    # The box and HQ reconnect by themselves: wait for both to be back.
+    wait_until(lambda: watcher.ready_since(BOX, t_restart), 30, "box back")
+    wait_until(lambda: watcher.ack_since(BOX, t_restart), 30, "HQ back (its re-published ack)")
+    time.sleep(1)
+
+
+def _side_by_side(
+    plan: list[tuple[str, int, float, str]],
+    checkpoint: dict[str, dict[str, Any]],
+    naive: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Per phase: both boxes' figures and checkpoint's latency over the naive one's."""
+    by_label = {}
+    for label, rate, seconds, profile in plan:
+        cp, nv = checkpoint[label], naive[label]
+        c, n = cp["edge_to_hq_commit"], nv["edge_to_subscriber"]
+        by_label[label] = {
+            "rate": rate,
+            "seconds": seconds,
+            "broker": profile,
+            "checkpoint": cp,
+            "naive": nv,
+            "ratio_p50": _ratio(c["p50_ms"], n["p50_ms"]),
+            "ratio_p99": _ratio(c["p99_ms"], n["p99_ms"]),
+        }
+    return by_label
 
 
 def run(work: Path, smoke: bool = False) -> dict[str, Any]:
@@ -244,16 +287,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
             # that out here.
             time.sleep(1.5 if smoke else 0)
             for label, rate, seconds, profile in plan:
-                t_restart = time.monotonic_ns()
-                if broker_conf(broker, profile, [watcher]):
-                    # The box and HQ reconnect by themselves: wait for both to be back.
-                    wait_until(lambda t=t_restart: watcher.ready_since(BOX, t), 30, "box back")
-                    wait_until(
-                        lambda t=t_restart: watcher.ack_since(BOX, t),
-                        30,
-                        "HQ back (its re-published ack)",
-                    )
-                    time.sleep(1)
+                _broker_profile(broker, profile, watcher)
                 pids = {"box": box.pid, "hq": hq.pid, "mosquitto": broker.pid or 0}
                 phases[label] = checkpoint_phase(box, watcher, rate, seconds, pids)
                 time.sleep(0.5)
@@ -272,19 +306,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
         }
         broker_conf(broker, plan[0][3], [])
         naive = naive_run(work, broker, plan)
-    by_label = {}
-    for label, rate, seconds, profile in plan:
-        cp, nv = checkpoint[label], naive[label]
-        c, n = cp["edge_to_hq_commit"], nv["edge_to_subscriber"]
-        by_label[label] = {
-            "rate": rate,
-            "seconds": seconds,
-            "broker": profile,
-            "checkpoint": cp,
-            "naive": nv,
-            "ratio_p50": _ratio(c["p50_ms"], n["p50_ms"]),
-            "ratio_p99": _ratio(c["p99_ms"], n["p99_ms"]),
-        }
+    by_label = _side_by_side(plan, checkpoint, naive)
     return {
         "phases": by_label,
         "clock_at_end": clock,

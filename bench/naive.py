@@ -17,13 +17,13 @@ import itertools
 import json
 import signal
 import threading
-import time
 
 from bench.rig import BEAM_PINS
 from checkpoint.box.edges import EdgeSource
 from checkpoint.config import InputConfig
 from checkpoint.contracts import Topics
 from checkpoint.mqtt import Connected, Link, LinkEvent
+from sim.waits import wait_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     link = Link(args.broker, f"bench-naive-{args.box}", on_link)
     link.start()
-    deadline = time.monotonic() + 15
-    while not link.connected:
-        if time.monotonic() > deadline:
-            return 1
-        time.sleep(0.01)
+    try:
+        wait_for(lambda: link.connected, 15, "the broker", 0.01, error=TimeoutError)
+    except TimeoutError:
+        return 1
     seq = itertools.count(1)
 
     def on_edge(name: str, mono_ns: int, active: bool, *_more: object) -> None:

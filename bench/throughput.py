@@ -38,7 +38,7 @@ from bench.common import (
     slope,
     wait_until,
 )
-from bench.rig import BEAM_PINS_8, BenchBox, play, prefill, schedule
+from bench.rig import BEAM_PINS_8, BenchBox, Schedule, play, prefill, schedule
 from checkpoint.contracts import ACK, STATUS, all_boxes
 from sim.broker import Mosquitto
 
@@ -51,11 +51,12 @@ FULL_DRAIN = [(10_000, "defaults"), (100_000, "defaults"), (10_000, "tuned"), (1
 SMOKE_DRAIN = [(1_000, "defaults")]
 
 
-def _step(
-    box: BenchBox, watcher: Watcher, rate: int, seconds: float, pids: dict[str, int]
-) -> dict[str, Any]:
-    base = watcher.upto.get(box.box, 0)
-    sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds, pins=box.pins)
+def _feed_and_sample(
+    box: BenchBox, watcher: Watcher, sched: Schedule, base: int, pids: dict[str, int]
+) -> tuple[list[tuple[float, int]], dict[str, Any], dict[str, Any]]:
+    """Play `sched` to the box, sampling its backlog (passages due but not yet acked by
+    HQ beyond `base`) every 0.2 s: the samples (s since the first passage, backlog), how
+    late the feed was, and the CPU the processes took."""
     leads = sched.leads
     result: dict[str, Any] = {}
 
@@ -76,9 +77,12 @@ def _step(
         watcher.update()
         samples.append(((now - leads[0]) / NS, base + i - watcher.upto.get(box.box, 0)))
     thread.join()
-    share = cpu.stop()
+    return samples, result["feed"], cpu.stop()
+
+
+def _drain_s(box: BenchBox, watcher: Watcher, target: int, rate: int) -> float | None:
+    """Seconds until HQ has acked up to `target` (None: not within a minute)."""
     end_ns = time.monotonic_ns()
-    target = base + len(leads)
     try:
         wait_until(
             lambda: watcher.acked(box.box) >= target,
@@ -86,13 +90,23 @@ def _step(
             f"the backlog after {rate}/s to drain",
             step_s=0.1,
         )
-        drained_s: float | None = round((time.monotonic_ns() - end_ns) / NS, 2)
     except BenchError:
-        drained_s = None
+        return None
+    return round((time.monotonic_ns() - end_ns) / NS, 2)
+
+
+def _step(
+    box: BenchBox, watcher: Watcher, rate: int, seconds: float, pids: dict[str, int]
+) -> dict[str, Any]:
+    base = watcher.upto.get(box.box, 0)
+    sched = schedule(time.monotonic_ns() + NS // 2, rate, seconds, pins=box.pins)
+    leads = sched.leads
+    samples, fed, share = _feed_and_sample(box, watcher, sched, base, pids)
+    drained_s = _drain_s(box, watcher, base + len(leads), rate)
     half = [s for s in samples if s[0] >= seconds / 2 and s[0] <= seconds]
     growth = (half[-1][1] - half[0][1]) if len(half) >= 2 else 0
     injected_meanwhile = rate * seconds / 2
-    feed_ok = result["feed"]["late_p99_ms"] < 50
+    feed_ok = fed["late_p99_ms"] < 50
     backlog_max = max((s[1] for s in samples), default=0)
     sustained = (
         feed_ok
@@ -109,7 +123,7 @@ def _step(
         "backlog_growth_2nd_half": growth,
         "backlog_slope_per_s": round(slope(half) or 0.0, 1),
         "drained_after_s": drained_s,
-        "feed": result["feed"],
+        "feed": fed,
         "cpu_percent": share,
         "sustained": sustained,
     }

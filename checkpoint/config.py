@@ -7,7 +7,6 @@ marshal at dawn has no debugger. `examples/box.toml` documents every key.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from typing import Any
 from checkpoint import pins
 from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import ConfigError
+from checkpoint.tomltable import TableReader
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9_./-]{1,64}$")
@@ -144,61 +144,8 @@ def default_inputs() -> tuple[InputConfig, ...]:
     return (InputConfig(name="beam", pin="GPIO17"),)
 
 
-class _Reader:
-    """Pops keys from one TOML table, so leftovers are unknown keys.
-
-    Problems are collected in `errors` (shared by every reader of one file) and the
-    reader carries on with the default, so `parse` reports every mistake at once:
-    a marshal fixing one line per run at dawn would need a dozen runs.
-    """
-
-    def __init__(self, table: Any, where: str, file: str, errors: list[str]) -> None:
-        self.errors = errors
-        self.where = where
-        self.file = file
-        self.asked: set[str] = set()
-        if not isinstance(table, dict):
-            errors.append(f"{file}: [{where}] must be a table")
-            table = {}
-        self.table = dict(table)
-
-    def _name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def bad(self, key: str, why: str) -> None:
-        """Record one problem with `key`."""
-        self.errors.append(f"{self.file}: {self._name(key)}: {why}")
-
-    def get(self, key: str, kind: type, default: Any = ..., *, choices: tuple = ()) -> Any:
-        self.asked.add(key)
-        fallback = kind() if default is ... else default
-        if key not in self.table:
-            if default is ...:
-                self.bad(key, "is required")
-            return fallback
-        value = self.table.pop(key)
-        # bool is an int in Python; a marshal writing `port = true` deserves an error.
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            self.bad(key, f"must be an integer, got {value!r}")
-            return fallback
-        if kind is not int and not isinstance(value, kind):
-            self.bad(key, f"must be a {kind.__name__}, got {value!r}")
-            return fallback
-        if choices and value not in choices:
-            self.bad(
-                key,
-                f"must be one of {', '.join(map(str, choices))}, got {value!r}"
-                + did_you_mean(str(value), [str(c) for c in choices]),
-            )
-            return fallback
-        return value
-
-    def positive(self, key: str, default: int, *, lo: int = 1, hi: int = 10**9) -> int:
-        value = self.get(key, int, default)
-        if not lo <= value <= hi:
-            self.bad(key, f"must be between {lo} and {hi}, got {value}")
-            return default
-        return value
+class _Reader(TableReader):
+    """A TableReader that also knows the Pi's pins."""
 
     def pin(self, key: str, default: Any = ...) -> str:
         """A GPIO pin name checked against the Pi's 40-pin header."""
@@ -209,20 +156,10 @@ class _Reader:
                 self.bad(key, why)
         return value
 
-    def done(self) -> None:
-        prefix = f"{self.where}." if self.where else ""
-        for key in sorted(self.table):
-            hint = did_you_mean(key, sorted(self.asked), prefix=prefix)
-            self.errors.append(f"{self.file}: unknown key {self._name(key)}{hint}")
 
-
-def did_you_mean(given: str, known: list[str], *, prefix: str = "") -> str:
-    """ " (did you mean X?)" for the closest known spelling, or "" when none is close."""
-    close = difflib.get_close_matches(given.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
-    if not close:
-        return ""
-    match = next(k for k in known if k.lower() == close[0])
-    return f" (did you mean {prefix}{match}?)"
+def _wire(pin: str) -> str:
+    """The header's GPIO number: "BOARD11" and "GPIO17" are the same wire."""
+    return pins.canonical(pin) or pin
 
 
 def _inputs(raw: Any, file: str, errors: list[str]) -> tuple[InputConfig, ...]:
@@ -260,10 +197,9 @@ def _inputs(raw: Any, file: str, errors: list[str]) -> tuple[InputConfig, ...]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         errors.append(f"{file}: inputs: duplicate name {', '.join(dupes)}")
-    # "BOARD11" and "GPIO17" are the same wire: compare the header's GPIO numbers.
     used: dict[str, str] = {}
     for i in result:
-        key = pins.canonical(i.pin) or i.pin
+        key = _wire(i.pin)
         if key in used:
             errors.append(f"{file}: inputs: pin {i.pin} used twice (also {used[key]})")
         used.setdefault(key, i.pin)
@@ -324,16 +260,9 @@ def _web(table: Any, file: str, errors: list[str]) -> WebConfig:
     return web
 
 
-def parse(data: dict[str, Any], file: str = "<config>") -> Config:
-    """Turn an already-parsed TOML document into a `Config`, checking every key.
-
-    Raises one ConfigError listing every problem (one per line, in file order of
-    sections), each naming the file and the key.
-    """
-    errors: list[str] = []
-    top = _Reader(data, "", file, errors)
-    top.asked.add("inputs")
-    box = _Reader(top.get("box", dict), "box", file, errors)
+def _box(table: Any, file: str, errors: list[str]) -> tuple[str, str, int, str]:
+    """[box]: (id, checkpoint, status_interval_s, place)."""
+    box = _Reader(table, "box", file, errors)
     box_id = box.get("id", str)
     if box_id and not _ID.match(box_id):
         box.bad("id", f"must be 1-64 of letters, digits, _.- (got {box_id!r})")
@@ -346,17 +275,11 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         box.bad("place", "must be a place name of at most 64 printable characters")
         place = ""
     box.done()
+    return box_id, checkpoint, status_interval, place
 
-    store = _Reader(top.get("store", dict, {}), "store", file, errors)
-    store_path = store.get("path", str, "/var/lib/checkpoint/checkpoint.db")
-    store.done()
 
-    gpio = _Reader(top.get("gpio", dict, {}), "gpio", file, errors)
-    pin_factory = gpio.get("pin_factory", str, "")
-    allow_coarse_ticks = gpio.get("allow_coarse_ticks", bool, False)
-    gpio.done()
-
-    g = _Reader(top.get("gps", dict, {}), "gps", file, errors)
+def _gps(table: Any, file: str, errors: list[str]) -> GpsConfig:
+    g = _Reader(table, "gps", file, errors)
     gps = GpsConfig(
         port=g.get("port", str, GpsConfig.port),
         baudrate=g.positive("baudrate", GpsConfig.baudrate, lo=300, hi=921_600),
@@ -365,8 +288,11 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         convention=g.get("convention", str, "after", choices=("after", "before")),
     )
     g.done()
+    return gps
 
-    m = _Reader(top.get("mqtt", dict, {}), "mqtt", file, errors)
+
+def _mqtt(table: Any, file: str, errors: list[str]) -> MqttConfig:
+    m = _Reader(table, "mqtt", file, errors)
     mqtt = MqttConfig(
         broker=m.get("broker", str, MqttConfig.broker),
         prefix=m.get("prefix", str, MqttConfig.prefix),
@@ -393,54 +319,78 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     if mqtt.key_file and not mqtt.cert_file:
         m.bad("key_file", "is set without mqtt.cert_file")
     m.done()
+    return mqtt
 
-    rec = _Reader(top.get("record", dict, {}), "record", file, errors)
-    capture = rec.get("capture", str, "") or None
-    rec.done()
 
-    clock = _clock(top.get("clock", dict, {}), file, errors)
-    inputs = _inputs(top.table.pop("inputs", None), file, errors)
-    pps_key = pins.canonical(gps.pps_pin) or gps.pps_pin
-    if pps_key in {pins.canonical(i.pin) or i.pin for i in inputs}:
-        errors.append(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
-
-    ind = _Reader(top.get("indicator", dict, {}), "indicator", file, errors)
+def _indicator(
+    table: Any, inputs: tuple[InputConfig, ...], gps: GpsConfig, file: str, errors: list[str]
+) -> IndicatorConfig:
+    """[indicator]: output pins, none on a pin the daemon reads."""
+    ind = _Reader(table, "indicator", file, errors)
     indicator = IndicatorConfig(
         led_pin=ind.pin("led_pin", "") or None,
         buzzer_pin=ind.pin("buzzer_pin", "") or None,
         active_low=ind.get("active_low", bool, False),
         chirp_ms=ind.positive("chirp_ms", 60, lo=5, hi=2000),
     )
-
     # An output on a pin the daemon reads would fight the sensor (or short it).
-    def wire(pin: str) -> str:
-        return pins.canonical(pin) or pin
-
-    taken = {wire(i.pin): f"input {i.name}" for i in inputs} | {wire(gps.pps_pin): "gps.pps_pin"}
+    taken = {_wire(i.pin): f"input {i.name}" for i in inputs} | {_wire(gps.pps_pin): "gps.pps_pin"}
     for key in ("led_pin", "buzzer_pin"):
         pin = getattr(indicator, key)
-        if pin is not None and wire(pin) in taken:
-            ind.bad(key, f"{pin} is already used by {taken[wire(pin)]}")
+        if pin is not None and _wire(pin) in taken:
+            ind.bad(key, f"{pin} is already used by {taken[_wire(pin)]}")
         if pin is not None:
-            taken[wire(pin)] = f"indicator.{key}"
+            taken[_wire(pin)] = f"indicator.{key}"
     ind.done()
+    return indicator
 
-    ctl = _Reader(top.get("control", dict, {}), "control", file, errors)
-    control = ControlConfig(socket=ctl.get("socket", str, ""))
-    if control.socket and not control.socket.startswith("/"):
+
+def _socket(table: Any, section: str, default: str, file: str, errors: list[str]) -> str:
+    """[control] or [chrony]: `socket`, an absolute path or empty."""
+    r = _Reader(table, section, file, errors)
+    path = r.get("socket", str, default)
+    if path and not path.startswith("/"):
         # The daemon and the CLI run from different folders: only an absolute path
         # names the same socket for both.
-        ctl.bad("socket", f"must be an absolute path or empty, got {control.socket!r}")
-    ctl.done()
+        r.bad("socket", f"must be an absolute path or empty, got {path!r}")
+    r.done()
+    return path
 
-    chr_ = _Reader(top.get("chrony", dict, {}), "chrony", file, errors)
-    chrony = ChronyConfig(socket=chr_.get("socket", str, ChronyConfig.socket))
-    if chrony.socket and not chrony.socket.startswith("/"):
-        chr_.bad("socket", f"must be an absolute path or empty, got {chrony.socket!r}")
-    chr_.done()
-    integ = _Reader(top.get("integrity", dict, {}), "integrity", file, errors)
-    integrity = IntegrityConfig(sign_key=integ.get("sign_key", str, "") or None)
-    integ.done()
+
+def _one(top: _Reader, section: str, key: str, kind: type, default: Any) -> Any:
+    """A section that holds a single key."""
+    r = _Reader(top.get(section, dict, {}), section, top.file, top.errors)
+    value = r.get(key, kind, default)
+    r.done()
+    return value
+
+
+def parse(data: dict[str, Any], file: str = "<config>") -> Config:
+    """Turn an already-parsed TOML document into a `Config`, checking every key.
+
+    Raises one ConfigError listing every problem (one per line, in file order of
+    sections), each naming the file and the key.
+    """
+    errors: list[str] = []
+    top = _Reader(data, "", file, errors)
+    top.asked.add("inputs")
+    box_id, checkpoint, status_interval, place = _box(top.get("box", dict), file, errors)
+    store_path = _one(top, "store", "path", str, "/var/lib/checkpoint/checkpoint.db")
+    gpio = _Reader(top.get("gpio", dict, {}), "gpio", file, errors)
+    pin_factory = gpio.get("pin_factory", str, "")
+    allow_coarse_ticks = gpio.get("allow_coarse_ticks", bool, False)
+    gpio.done()
+    gps = _gps(top.get("gps", dict, {}), file, errors)
+    mqtt = _mqtt(top.get("mqtt", dict, {}), file, errors)
+    capture = _one(top, "record", "capture", str, "") or None
+    clock = _clock(top.get("clock", dict, {}), file, errors)
+    inputs = _inputs(top.table.pop("inputs", None), file, errors)
+    if _wire(gps.pps_pin) in {_wire(i.pin) for i in inputs}:
+        errors.append(f"{file}: gps.pps_pin {gps.pps_pin} is also an input's pin")
+    indicator = _indicator(top.get("indicator", dict, {}), inputs, gps, file, errors)
+    control = _socket(top.get("control", dict, {}), "control", "", file, errors)
+    chrony = _socket(top.get("chrony", dict, {}), "chrony", ChronyConfig.socket, file, errors)
+    sign_key = _one(top, "integrity", "sign_key", str, "") or None
     web = _web(top.get("web", dict, {}), file, errors)
     top.done()
     if errors:
@@ -460,9 +410,9 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         clock=clock,
         source=file,
         indicator=indicator,
-        control=control,
-        integrity=integrity,
-        chrony=chrony,
+        control=ControlConfig(socket=control),
+        integrity=IntegrityConfig(sign_key=sign_key),
+        chrony=ChronyConfig(socket=chrony),
         web=web,
     )
 

@@ -26,9 +26,7 @@ Delivery contract, which the outbox relies on:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 import socket
 import ssl
 import sys
@@ -36,7 +34,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -44,94 +41,29 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from checkpoint.brokerurl import BrokerUrl, check_security, check_session, parse_broker_url
 from checkpoint.errors import LinkError
+
+__all__ = [  # BrokerUrl and parse_broker_url: re-exported, callers import them from here
+    "BrokerUrl",
+    "Connected",
+    "Disconnected",
+    "Link",
+    "LinkEvent",
+    "Message",
+    "PubAck",
+    "SubAck",
+    "parse_broker_url",
+]
 
 log = logging.getLogger("checkpoint.mqtt")
 _paho_log = logging.getLogger("checkpoint.mqtt.paho")
 _PAHO_SOCKET_NOISE = ("Client is not connected", "failed to receive on socket", "timeout on socket")
 
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
 # Reconnect back-off: quick enough that a broker restart costs a second, capped so
 # a box on a dead mobile link still retries every few seconds.
 _RECONNECT_MIN_S = 0.5
 _RECONNECT_MAX_S = 8
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """A parsed broker URL; `tls` is True for mqtts://."""
-
-    scheme: str
-    host: str
-    port: int
-    tls: bool
-
-
-def _redacted(url: str) -> str:
-    # Never echo a password into a log or an error message.
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """Parse mqtt://host[:port] (default 1883) or mqtts://host[:port] (default 8883).
-
-    Anything else raises LinkError naming the bad part. Credentials in the URL are
-    refused: they are configured separately, so they never end up in logs.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise LinkError("broker URL is empty; expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    shown = _redacted(url)
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError as err:
-        raise LinkError(f"broker URL {shown!r} is malformed: {err}") from None
-    scheme = parts.scheme.lower()
-    if "://" not in url or scheme not in _DEFAULT_PORTS:
-        raise LinkError(
-            f"broker URL {shown!r}: scheme {parts.scheme or '(none)'!r} is not mqtt or mqtts "
-            "(expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT])"
-        )
-    if "@" in parts.netloc:
-        raise LinkError(
-            f"broker URL {shown!r}: user info is not allowed in the URL; "
-            "configure username and password separately"
-        )
-    host = parts.hostname or ""
-    if not host:
-        raise LinkError(f"broker URL {shown!r}: host is missing")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise LinkError(
-                f"broker URL {shown!r}: host {host!r} is not a valid IPv6 address"
-            ) from None
-    elif not _HOSTNAME.match(host):
-        raise LinkError(f"broker URL {shown!r}: host {host!r} is not a valid host name")
-    try:
-        port = parts.port
-    except ValueError:
-        port_text = parts.netloc.rsplit(":", 1)[-1]
-        raise LinkError(
-            f"broker URL {shown!r}: port {port_text!r} is not a number in 1..65535"
-        ) from None
-    if port is None:
-        if parts.netloc.endswith(":"):
-            raise LinkError(f"broker URL {shown!r}: port is empty")
-        port = _DEFAULT_PORTS[scheme]
-    elif not 1 <= port <= 65535:
-        raise LinkError(f"broker URL {shown!r}: port {port} is not in 1..65535")
-    if parts.path not in ("", "/"):
-        raise LinkError(f"broker URL {shown!r}: path {parts.path!r} is not allowed")
-    if parts.query or parts.fragment:
-        bad = f"?{parts.query}" if parts.query else f"#{parts.fragment}"
-        raise LinkError(f"broker URL {shown!r}: {bad!r} is not allowed")
-    return BrokerUrl(scheme=scheme, host=host, port=port, tls=scheme == "mqtts")
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -141,15 +73,6 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
         pass
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- events -----------------------------------------------------------------------
@@ -241,30 +164,8 @@ class Link:
         max_queued: int = 0,
     ) -> None:
         self.broker = parse_broker_url(url)
-        if session_expiry_s < 0:
-            raise LinkError(f"session_expiry_s must be >= 0, got {session_expiry_s}")
-        if session_expiry_s > 0 and not client_id:
-            raise LinkError("a persistent session (session_expiry_s > 0) needs a client_id")
-        if password is not None and username is None:
-            raise LinkError("an MQTT password was given without a username")
-        if ca_file is not None and not self.broker.tls:
-            raise LinkError(
-                f"ca_file {ca_file!r} is set but the broker URL is plain mqtt://; use mqtts://"
-            )
-        if (cert_file is not None or key_file is not None) and not self.broker.tls:
-            raise LinkError("a client certificate needs mqtts://, but the broker URL is mqtt://")
-        if key_file is not None and cert_file is None:
-            raise LinkError(f"key_file {key_file!r} is set without cert_file")
-        if keepalive < 1:
-            raise LinkError(f"keepalive must be >= 1 s, got {keepalive}")
-        if not self.broker.tls and not _is_loopback(self.broker.host):
-            # Once per link, not per reconnect: a reminder, not log spam.
-            log.warning(
-                "insecure: broker %s:%d is plain mqtt://, passages and credentials travel "
-                "unencrypted; use mqtts://",
-                self.broker.host,
-                self.broker.port,
-            )
+        check_session(client_id, session_expiry_s, keepalive)
+        check_security(self.broker, username, password, ca_file, cert_file, key_file)
         self.client_id = client_id
         self._on_event = on_event
         self._keepalive = keepalive
@@ -278,15 +179,36 @@ class Link:
         self._started = False
         self._start_lock = threading.Lock()
 
+        client = self._new_client(will, username, password, ca_file, cert_file, key_file)
+        client.max_queued_messages_set(max_queued)
+        client.on_socket_open = _no_delay
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        self._thread: threading.Thread | None = None
+
+    def _new_client(
+        self,
+        will: tuple[str, bytes, bool] | None,
+        username: str | None,
+        password: str | None,
+        ca_file: str | None,
+        cert_file: str | None,
+        key_file: str | None,
+    ) -> paho.Client:
+        """A paho v5 client with this link's identity, will and TLS, callbacks not yet set."""
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.on_log = self._on_log
         # Floats work: paho only does arithmetic with the delays.
         client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
-        client.max_queued_messages_set(max_queued)
         if username is not None:
             client.username_pw_set(username, password)
         if will is not None:
@@ -301,15 +223,7 @@ class Link:
                     f"TLS setup failed (ca_file {ca_file!r}, cert_file {cert_file!r}, "
                     f"key_file {key_file!r}): {err}"
                 ) from err
-        client.on_socket_open = _no_delay
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self._client = client
-        self._thread: threading.Thread | None = None
+        return client
 
     # -- control (any thread) ------------------------------------------------------
 

@@ -58,11 +58,11 @@ def check_sign_key(path: str | None) -> None:
     if path is None:
         return
     # Loaded only when a key is configured: every command imports this module.
-    from checkpoint.core import chain
+    from checkpoint.core import chainsig
 
     check_private(path, "integrity.sign_key")
     try:
-        chain.load_signing_key(Path(path).read_bytes())
+        chainsig.load_signing_key(Path(path).read_bytes())
     except OSError as e:
         raise ConfigError(f"integrity.sign_key {path}: cannot read: {e.strerror}") from None
     except (ValueError, RuntimeError) as e:

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
+
+from sim.waits import listening, wait_for
 
 # Debian installs the broker in /usr/sbin, which is often not on a user's PATH.
 _FALLBACK_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
@@ -210,33 +211,28 @@ class Mosquitto:
                 # runner, which then stops the broker in order.
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def up() -> bool:
+            assert self._proc is not None
             code = self._proc.poll()
             if code is not None:
                 self._proc = None
                 raise self._failure(f"exited with status {code} at start")
             # A TCP connect alone could reach another process on a port we were
             # told to use; mosquitto logs "running" only after its listeners bound.
-            if self._logged_running(log_offset) and self._accepts_tcp():
-                return
-            if time.monotonic() > deadline:
-                self._terminate(hard=True)
-                raise self._failure(f"not listening after {timeout_s:g} s")
-            time.sleep(0.02)
+            return self._logged_running(log_offset) and listening(self.port)
+
+        try:
+            wait_for(up, timeout_s, "mosquitto to listen", error=TimeoutError)
+        except TimeoutError:
+            self._terminate(hard=True)
+            raise self._failure(f"not listening after {timeout_s:g} s") from None
 
     def _logged_running(self, offset: int) -> bool:
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(offset)
                 return b" running" in f.read()
-        except OSError:
-            return False
-
-    def _accepts_tcp(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
         except OSError:
             return False
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 
 from checkpoint.field import gpsconf as ubx
 from sim.boxclock import BoxClock
-from sim.scenario import Receiver
+from sim.receivers import Receiver
 
 NS = 1_000_000_000
 ROLLOVER_DAYS = 1024 * 7

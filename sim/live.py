@@ -39,8 +39,9 @@ from sim.gps import GpsReceiver
 from sim.monitor import Monitor
 from sim.procs import Child
 from sim.proxy import LinkProxy
-from sim.scenario import Incident, Scenario, ScenarioError
+from sim.scenario import Box, Incident, Scenario, ScenarioError
 from sim.secure import Credentials
+from sim.waits import wait_for
 from sim.world import Rally
 
 NS = 1_000_000_000
@@ -134,6 +135,12 @@ class LiveRun:
             self._check()  # the reason, if a part failed
             raise SimError("aborted")
 
+    def _wait(self, done: Callable[[], bool], timeout_s: float, what: str, **kw: Any) -> None:
+        """`wait_for`, polling five times a second with the run's sleep (an abort stops
+        it at once); a timeout is a SimError unless `error` says otherwise."""
+        kw.setdefault("error", SimError)
+        wait_for(done, timeout_s, what, 0.2, sleep=self._sleep, **kw)
+
     # -- setup ----------------------------------------------------------------------
     def _sock_path(self, box: str) -> str:
         path = self.workdir / "boxes" / box / "feed.sock"
@@ -145,10 +152,22 @@ class LiveRun:
         return f"{self._sock_dir}/{box}.sock"
 
     def setup(self) -> None:
+        """Broker, every box's files and feeds, HQ and the monitor; then the daemons,
+        until each has connected its pins."""
+        self._start_broker()
+        # True UTC is this machine's wall clock minus the boxes' system clock error
+        # (all daemons read this one CLOCK_REALTIME, so they share the error).
+        self.mono0 = time.monotonic_ns()
+        self.utc0 = time.time_ns() - round(self.sc.sysclock_error_s * NS)
+        for b in self.sc.boxes:
+            self._prepare_box(b)
+        self._start_hq()
+        self._start_boxes()
+
+    def _start_broker(self) -> None:
         sc = self.sc
-        needs_broker = any(i.kind == "broker_outage" for i in sc.incidents)
         if self.opts.broker:
-            if needs_broker:
+            if any(i.kind == "broker_outage" for i in sc.incidents):
                 raise ScenarioError(
                     f"{sc.source}: a broker_outage needs the simulator's own broker; drop --broker"
                 )
@@ -158,53 +177,56 @@ class LiveRun:
             self.broker = Mosquitto(workdir=self.workdir / "broker").start()
             self.broker_url = self.broker.url
         self.say(f"broker {self.broker_url}; work dir {self.workdir}")
-        # True UTC is this machine's wall clock minus the boxes' system clock error
-        # (all daemons read this one CLOCK_REALTIME, so they share the error).
-        self.mono0 = time.monotonic_ns()
-        self.utc0 = time.time_ns() - round(sc.sysclock_error_s * NS)
-        for b in sc.boxes:
-            boxdir = self.workdir / "boxes" / b.id
-            boxdir.mkdir(parents=True, exist_ok=True)
-            # A reused work dir starts a new rally: a new store, a new capture.
-            for stale in ("box.db", "box.db-wal", "box.db-shm", "capture.jsonl"):
-                (boxdir / stale).unlink(missing_ok=True)
-            clock = BoxClock(self.mono0, self.utc0, b.clock_ppm, b.clock_drift_ppm_per_h)
-            cp = sc.control(b.control)
-            self.clocks[b.id] = clock
-            self.receivers[b.id] = GpsReceiver(
-                b.receiver,
-                clock,
-                seed=f"{sc.seed}/{b.id}",
-                power_on_utc_ns=self.utc0,
-                lat=cp.lat,
-                lon=cp.lon,
+
+    def _prepare_box(self, b: Box) -> None:
+        """Box `b`'s clock, GPS receiver, feed, link (through a proxy if it is to be
+        cut), config file and daemon process (not started yet)."""
+        sc = self.sc
+        boxdir = self.workdir / "boxes" / b.id
+        boxdir.mkdir(parents=True, exist_ok=True)
+        # A reused work dir starts a new rally: a new store, a new capture.
+        for stale in ("box.db", "box.db-wal", "box.db-shm", "capture.jsonl"):
+            (boxdir / stale).unlink(missing_ok=True)
+        clock = BoxClock(self.mono0, self.utc0, b.clock_ppm, b.clock_drift_ppm_per_h)
+        cp = sc.control(b.control)
+        self.clocks[b.id] = clock
+        self.receivers[b.id] = GpsReceiver(
+            b.receiver,
+            clock,
+            seed=f"{sc.seed}/{b.id}",
+            power_on_utc_ns=self.utc0,
+            lat=cp.lat,
+            lon=cp.lon,
+        )
+        feed = BoxFeed(b.id, self._sock_path(b.id))
+        self.feeds[b.id] = feed
+        url = self.broker_url
+        if any(i.kind == "link_cut" and i.box == b.id for i in sc.incidents):
+            u = parse_broker_url(self.broker_url)
+            proxy = LinkProxy(u.host, u.port)
+            self.proxies[b.id] = proxy
+            url = proxy.url
+        cfg = boxdir / "box.toml"
+        creds = self.opts.credentials
+        cfg.write_text(
+            boxconfig.render(
+                sc,
+                b,
+                gps_port=feed.port,
+                broker=url,
+                capture="capture.jsonl",
+                mqtt=creds.box_toml(b.id) if creds else None,
             )
-            feed = BoxFeed(b.id, self._sock_path(b.id))
-            self.feeds[b.id] = feed
-            url = self.broker_url
-            if any(i.kind == "link_cut" and i.box == b.id for i in sc.incidents):
-                u = parse_broker_url(self.broker_url)
-                proxy = LinkProxy(u.host, u.port)
-                self.proxies[b.id] = proxy
-                url = proxy.url
-            cfg = boxdir / "box.toml"
-            creds = self.opts.credentials
-            cfg.write_text(
-                boxconfig.render(
-                    sc,
-                    b,
-                    gps_port=feed.port,
-                    broker=url,
-                    capture="capture.jsonl",
-                    mqtt=creds.box_toml(b.id) if creds else None,
-                )
-            )
-            self.children[b.id] = Child(
-                b.id,
-                ["run", "--config", str(cfg)],
-                boxdir / "daemon.log",
-                env={"CHECKPOINT_SIM_FEED": feed.sock_path},
-            )
+        )
+        self.children[b.id] = Child(
+            b.id,
+            ["run", "--config", str(cfg)],
+            boxdir / "daemon.log",
+            env={"CHECKPOINT_SIM_FEED": feed.sock_path},
+        )
+
+    def _start_hq(self) -> None:
+        """HQ's collector on a fresh database, and the monitor beside it."""
         for stale in ("hq.db", "hq.db-wal", "hq.db-shm"):
             (self.workdir / stale).unlink(missing_ok=True)
         creds = self.opts.credentials
@@ -212,16 +234,19 @@ class LiveRun:
         self.hq = hqclient.collector(
             self.workdir / "hq.db",
             hq_url,
-            sc.prefix,
+            self.sc.prefix,
             self.workdir / "hq.log",
             [*creds.hq_args(), "--client-id", "checkpoint-sim-hq"] if creds else [],
         )
         self.hq.start()
-        self.monitor = Monitor(hq_url, sc.prefix, **(creds.hq_link() if creds else {}))
+        self.monitor = Monitor(hq_url, self.sc.prefix, **(creds.hq_link() if creds else {}))
         self.monitor.start()
+
+    def _start_boxes(self) -> None:
+        """The GPS feeds, then the daemons; until every box has connected its pins."""
         self.scheduler = Scheduler(self.feeds)
         self.scheduler.on_error = lambda _e: self._abort.set()
-        for b in sc.boxes:
+        for b in self.sc.boxes:
             self.scheduler.add(gps_items(b.id, self.receivers[b.id]))
         self.scheduler.start()
         # A broker given with --broker may hold retained statuses of an earlier run:
@@ -229,14 +254,18 @@ class LiveRun:
         self.boxes_started_wall_ns = time.time_ns()
         for child in self.children.values():
             child.start()
-        deadline = time.monotonic() + 60
-        for box, feed in self.feeds.items():
-            while not feed.connected.wait(0.2):
-                self._check()
-                if time.monotonic() > deadline:
-                    raise SimError(
-                        f"box {box} never connected its pins:\n{self.children[box].tail()}"
-                    )
+        unconnected = [box for box, feed in self.feeds.items() if not feed.connected.is_set()]
+
+        def connected() -> bool:
+            self._check()
+            unconnected[:] = [b for b in unconnected if not self.feeds[b].connected.is_set()]
+            return not unconnected
+
+        def which() -> str:
+            box = unconnected[0]
+            return f"box {box} never connected its pins:\n{self.children[box].tail()}"
+
+        self._wait(connected, 60, "every box to connect its pins", detail=which)
         self.say(f"{len(self.children)} box daemons and HQ running")
 
     # -- phases -----------------------------------------------------------------------
@@ -248,25 +277,27 @@ class LiveRun:
         cold = [b.id for b in sc.boxes if b.receiver.cold_start_s > 0]
         if cold:
             self.say(f"not waiting for {', '.join(cold)}: their GPS starts cold")
-        deadline = time.monotonic() + sc.lock_timeout_s
         assert self.monitor is not None
-        while True:
+        monitor = self.monitor
+        states: dict[str, str | None] = {}
+
+        def locked() -> bool:
             self._check()
-            status, at = self.monitor.snapshot()
-            states = {
-                b: status[b].get("clock") if at.get(b, 0) > self.boxes_started_wall_ns else None
+            status, at = monitor.snapshot()
+            states.update(
+                (b, status[b].get("clock") if at.get(b, 0) > self.boxes_started_wall_ns else None)
                 for b in boxes
-            }
+            )
             if all(s == "locked" for s in states.values()):
-                self.say("GPS locked at " + ", ".join(boxes))
-                return
-            if time.monotonic() > deadline:
-                raise SimError(
-                    f"no GPS lock after {sc.lock_timeout_s:g} s: "
-                    + ", ".join(f"{b} {s or 'no status'}" for b, s in states.items())
-                )
+                return True
             self._progress(lambda: "waiting for GPS lock: " + self._box_line())
-            self._sleep(0.2)
+            return False
+
+        def seen() -> str:
+            return ", ".join(f"{b} {s or 'no status'}" for b, s in states.items())
+
+        self._wait(locked, sc.lock_timeout_s, "GPS lock", detail=seen)
+        self.say("GPS locked at " + ", ".join(boxes))
 
     def start_rally(self) -> None:
         assert self.scheduler is not None
@@ -309,12 +340,14 @@ class LiveRun:
     def drain(self) -> bool:
         """Wait until HQ has acknowledged every box's last event; False on timeout."""
         assert self.monitor is not None
+        monitor = self.monitor
         since = time.time_ns() + NS // 2
-        deadline = time.monotonic() + self.sc.drain_timeout_s
-        while True:
+        pending: list[str] = []
+
+        def drained() -> bool:
             self._check()
-            status, at = self.monitor.snapshot()
-            pending = []
+            status, at = monitor.snapshot()
+            pending.clear()
             for b in self.sc.boxes:
                 st = status.get(b.id)
                 fresh = at.get(b.id, 0) >= since
@@ -331,13 +364,17 @@ class LiveRun:
                 if not done:
                     pending.append(b.id)
             if not pending:
-                self.say("every box's events are acknowledged by HQ")
                 return True
-            if time.monotonic() > deadline:
-                self.say(f"drain timeout: still pending at {', '.join(pending)}")
-                return False
             self._progress(lambda p=pending: "draining: " + self._box_line(p))
-            self._sleep(0.2)
+            return False
+
+        try:
+            self._wait(drained, self.sc.drain_timeout_s, "HQ's acks", error=TimeoutError)
+        except TimeoutError:
+            self.say(f"drain timeout: still pending at {', '.join(pending)}")
+            return False
+        self.say("every box's events are acknowledged by HQ")
+        return True
 
     def judge(self) -> verdict.Verdict:
         assert self.rally is not None and self.scheduler is not None

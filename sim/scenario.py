@@ -24,15 +24,11 @@ from typing import Any
 from checkpoint.contracts import DEFAULT_PREFIX
 from checkpoint.errors import CheckpointError
 from checkpoint.support import parse_toml
+from sim.receivers import BUILTIN_RECEIVERS, CONSTELLATIONS, SENTENCES, Receiver
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TALKER = re.compile(r"^[A-Z]{2}$")
 
-#: Sentences a receiver may emit. Only RMC, GGA and ZDA carry time; the others are
-#: filler that costs serial bytes (and so shifts the later sentences of a burst).
-#: GSA and GSV come once per constellation (GSV in groups of four satellites).
-SENTENCES = ("RMC", "GGA", "ZDA", "GSA", "GSV", "VTG", "GLL")
-CONSTELLATIONS = ("GP", "GL", "GA", "GB")
 #: Standard UART rates a receiver can be set to.
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 INCIDENT_KINDS = ("broker_outage", "link_cut", "box_kill")
@@ -84,37 +80,6 @@ class Regularity:
     identify_sigma_s: float = 0.25
     classes: tuple[str, ...] = ("A", "B", "C")
     service_vehicles: int = 0
-
-
-@dataclass(frozen=True)
-class Receiver:
-    """A GPS receiver profile: what it sends on the serial line and the PPS pin."""
-
-    name: str
-    talker: str = "GP"
-    sentences: tuple[str, ...] = ("RMC", "GGA")
-    convention: str = "after"
-    delay_ms: float = 50.0
-    delay_jitter_ms: float = 2.0
-    baudrate: int = 9600
-    decimals: int = 2
-    pps_jitter_ns: int = 500
-    pps_outlier_rate: float = 0.0
-    pps_outlier_ns: int = 50_000
-    pps_width_ms: float = 100.0
-    cold_start_s: float = 0.0
-    outages: tuple[tuple[float, float], ...] = ()
-    week_rollover: bool = False
-    #: Constellations tracked: one GSA each (GN talker) and a GSV group each, whose
-    #: length follows the satellites in view (it varies with the sky).
-    constellations: tuple[str, ...] = ("GP",)
-    #: GSV only every this many seconds (MediaTek's default is 5).
-    gsv_every_s: int = 1
-    #: Binary (UBX) bytes a second, sent as frames between the sentences.
-    ubx_bytes: int = 0
-    #: The receiver's TX buffer (bytes). Output that does not fit when a second's
-    #: messages are queued is dropped, as a u-blox does; 0: it never drops.
-    tx_buffer: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,88 +142,6 @@ class Scenario:
             if c.id == control_id:
                 return c
         raise KeyError(control_id)
-
-
-# -- built-in receiver profiles ---------------------------------------------------
-
-# u-blox M8 (MAX-M8Q on a Pi HAT) at its factory settings: 9600 baud, GN talker,
-# GPS + GLONASS, RMC VTG GGA 2xGSA GPGSV GLGSV GLL (~750 bytes, ending ~0.85 s
-# after the pulse with a full sky). No ZDA: `checkpoint gps configure` adds it.
-_UBLOX_M8 = Receiver(
-    name="ublox-m8",
-    talker="GN",
-    sentences=("RMC", "VTG", "GGA", "GSA", "GSV", "GLL"),
-    convention="after",
-    delay_ms=50,
-    delay_jitter_ms=3,
-    baudrate=9600,
-    decimals=2,
-    pps_jitter_ns=300,
-    constellations=("GP", "GL"),
-    tx_buffer=4096,
-)
-_WITH_ZDA = (*_UBLOX_M8.sentences, "ZDA")
-# u-blox M9 (NEO-M9N) at its factory settings: 38400 baud, four constellations.
-_UBLOX_M9 = replace(
-    _UBLOX_M8,
-    name="ublox-m9",
-    delay_ms=40,
-    baudrate=38400,
-    pps_jitter_ns=200,
-    constellations=("GP", "GL", "GA", "GB"),
-)
-
-BUILTIN_RECEIVERS: dict[str, Receiver] = {
-    "ublox-m8": _UBLOX_M8,
-    # The same M8 with the ZDA `gps configure` enables (as in the corpus' ublox-8.log):
-    # ~830 bytes; the ZDA lands 0.9 s or more after its pulse.
-    "ublox-m8-zda": replace(_UBLOX_M8, name="ublox-m8-zda", sentences=_WITH_ZDA),
-    "ublox-m9": _UBLOX_M9,
-    # An M9 someone set to 9600 baud: ~1300 bytes a second do not fit in 960. The
-    # tail of each second overruns the next pulse and what the TX buffer cannot
-    # hold is dropped.
-    "ublox-m9-overrun": replace(
-        _UBLOX_M9, name="ublox-m9-overrun", sentences=_WITH_ZDA, baudrate=9600, tx_buffer=1200
-    ),
-    # u-blox ZED-F9 at 115200 with UBX binary frames (NAV-PVT, NAV-SAT, ...) between
-    # the sentences, as in the corpus' ublox-zed-f9r.log.
-    "ublox-f9-ubx": replace(
-        _UBLOX_M9,
-        name="ublox-f9-ubx",
-        sentences=_WITH_ZDA,
-        delay_ms=30,
-        delay_jitter_ms=2,
-        baudrate=115200,
-        pps_jitter_ns=100,
-        ubx_bytes=1800,
-        tx_buffer=8192,
-    ),
-    # MediaTek MT3339 (Adafruit Ultimate GPS HAT) at its factory 9600 baud: GGA GSA
-    # RMC ZDA every second, GSV every fifth, late in the second (mt3339.log).
-    "mt3339": Receiver(
-        name="mt3339",
-        talker="GP",
-        sentences=("GGA", "GSA", "GSV", "RMC", "ZDA"),
-        convention="after",
-        delay_ms=400,
-        delay_jitter_ms=15,
-        baudrate=9600,
-        decimals=3,
-        pps_jitter_ns=800,
-        gsv_every_s=5,
-    ),
-    # A receiver that announces the coming second before its pulse.
-    "before-generic": Receiver(
-        name="before-generic",
-        talker="GP",
-        sentences=("ZDA", "RMC"),
-        convention="before",
-        delay_ms=400,
-        delay_jitter_ms=5,
-        decimals=2,
-        pps_jitter_ns=500,
-    ),
-}
 
 
 # -- reading ---------------------------------------------------------------------
@@ -394,6 +277,23 @@ _RECEIVER_KEYS = (
 )
 
 
+#: The receiver's numeric keys: int or float, and the range each may take.
+_RECEIVER_RANGES: dict[str, tuple[type, float, float]] = {
+    "delay_ms": (float, 0.0, 990.0),
+    "delay_jitter_ms": (float, 0.0, 100.0),
+    "pps_outlier_rate": (float, 0.0, 0.5),
+    "pps_width_ms": (float, 1.0, 500.0),
+    "cold_start_s": (float, 0.0, 3600.0),
+    "baudrate": (int, 1200, 921_600),
+    "decimals": (int, 0, 3),
+    "pps_jitter_ns": (int, 0, 1_000_000),
+    "pps_outlier_ns": (int, 0, 1_000_000),
+    "gsv_every_s": (int, 1, 60),
+    "ubx_bytes": (int, 0, 100_000),
+    "tx_buffer": (int, 0, 1_000_000),
+}
+
+
 def _receiver_fields(t: _Table, base: Receiver) -> Receiver:
     """`base` with the receiver keys present in `t` applied (each checked)."""
     changes: dict[str, Any] = {}
@@ -403,58 +303,44 @@ def _receiver_fields(t: _Table, base: Receiver) -> Receiver:
             raise t.fail("talker", f"must be two capital letters like GP or GN, got {talker!r}")
         changes["talker"] = talker
     if t.has("sentences"):
-        value = t.raw("sentences")
-        if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-            raise t.fail("sentences", "must be a non-empty list of sentence names")
-        bad = [s for s in value if s not in SENTENCES]
-        if bad:
-            raise t.fail("sentences", f"unknown {bad}; known: {', '.join(SENTENCES)}")
-        if not {"RMC", "ZDA"} & set(value):
-            raise t.fail("sentences", "needs RMC or ZDA: without a date no second can be named")
-        changes["sentences"] = tuple(value)
+        changes["sentences"] = _sentences(t)
     if t.has("convention"):
         changes["convention"] = t.str("convention", choices=("after", "before"))
-    numbers = {
-        "delay_ms": (0.0, 990.0),
-        "delay_jitter_ms": (0.0, 100.0),
-        "pps_outlier_rate": (0.0, 0.5),
-        "pps_width_ms": (1.0, 500.0),
-        "cold_start_s": (0.0, 3600.0),
-    }
-    for key, (lo, hi) in numbers.items():
+    for key, (kind, lo, hi) in _RECEIVER_RANGES.items():
         if t.has(key):
-            changes[key] = t.num(key, lo=lo, hi=hi)
-    if t.has("baudrate"):
-        changes["baudrate"] = t.int("baudrate", lo=1200, hi=921_600)
-    if t.has("decimals"):
-        changes["decimals"] = t.int("decimals", lo=0, hi=3)
-    if t.has("pps_jitter_ns"):
-        changes["pps_jitter_ns"] = t.int("pps_jitter_ns", lo=0, hi=1_000_000)
-    if t.has("pps_outlier_ns"):
-        changes["pps_outlier_ns"] = t.int("pps_outlier_ns", lo=0, hi=1_000_000)
+            read = t.num if kind is float else t.int
+            changes[key] = read(key, lo=lo, hi=hi)
     if t.has("outages"):
         changes["outages"] = t.windows("outages")
     if t.has("week_rollover"):
         changes["week_rollover"] = t.bool("week_rollover", False)
     if t.has("constellations"):
-        value = t.raw("constellations")
-        if (
-            not isinstance(value, list)
-            or not value
-            or any(c not in CONSTELLATIONS for c in value)
-            or len(set(value)) != len(value)
-        ):
-            raise t.fail(
-                "constellations", f"must be a list of distinct {', '.join(CONSTELLATIONS)}"
-            )
-        changes["constellations"] = tuple(value)
-    if t.has("gsv_every_s"):
-        changes["gsv_every_s"] = t.int("gsv_every_s", lo=1, hi=60)
-    if t.has("ubx_bytes"):
-        changes["ubx_bytes"] = t.int("ubx_bytes", lo=0, hi=100_000)
-    if t.has("tx_buffer"):
-        changes["tx_buffer"] = t.int("tx_buffer", lo=0, hi=1_000_000)
+        changes["constellations"] = _constellations(t)
     return replace(base, **changes)
+
+
+def _sentences(t: _Table) -> tuple[str, ...]:
+    value = t.raw("sentences")
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise t.fail("sentences", "must be a non-empty list of sentence names")
+    bad = [s for s in value if s not in SENTENCES]
+    if bad:
+        raise t.fail("sentences", f"unknown {bad}; known: {', '.join(SENTENCES)}")
+    if not {"RMC", "ZDA"} & set(value):
+        raise t.fail("sentences", "needs RMC or ZDA: without a date no second can be named")
+    return tuple(value)
+
+
+def _constellations(t: _Table) -> tuple[str, ...]:
+    value = t.raw("constellations")
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(c not in CONSTELLATIONS for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise t.fail("constellations", f"must be a list of distinct {', '.join(CONSTELLATIONS)}")
+    return tuple(value)
 
 
 def burst_ms(rx: Receiver) -> float:

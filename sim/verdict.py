@@ -191,12 +191,31 @@ def judge(
     """
     v = Verdict()
     truths = list(truth)
-    by_input: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for t in truths:
-        by_input[(t["box"], t["input"])].append(t)
-    for lst in by_input.values():
-        lst.sort(key=lambda t: t["tick"])
+    live_rows = _live_rows(v, rows)
+    claims = _claims(v, truths, live_rows, tolerance_ns)
+    truth_by_key = {(t["box"], t["input"], t["car"]): t for t in truths}
+    timed: set[tuple[str, str]] = set()
+    for key, cl in claims.items():
+        t = truth_by_key[key]
+        for _, extra in cl[1:]:
+            v.duplicates += 1
+            v.note("duplicates", f"{key[0]} {key[1]} car {key[2]}: seq {extra['seq']} again")
+        _score(v, t, cl[0][1], sent_wall_ns, received_wall_ns)
+        timed.add((t["checkpoint"], t["car"]))
+    _expected(v, truths, claims, blind)
+    v.untimed = len({(t["checkpoint"], t["car"]) for t in truths} - timed)
+    if locked is None:
+        locked = {r["box"] for r in live_rows if r.get("clock") == "locked"}
+    _coarse(v, claims, locked)
+    return v
 
+
+#: truth key (box, input, car) → the rows matched to it, (|error|, row), best first.
+_Claims = dict[tuple[str, str, str], list[tuple[int, Mapping[str, Any]]]]
+
+
+def _live_rows(v: Verdict, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows once each and not voided; counts the duplicates and the voided."""
     seen: Counter[tuple[str, str, int]] = Counter()
     live_rows = []
     for r in rows:
@@ -211,8 +230,23 @@ def judge(
             continue
         live_rows.append(r)
     v.received = len(live_rows)
+    return live_rows
 
-    claims: dict[tuple[str, str, str], list[tuple[int, Mapping[str, Any]]]] = defaultdict(list)
+
+def _claims(
+    v: Verdict,
+    truths: list[Mapping[str, Any]],
+    live_rows: list[Mapping[str, Any]],
+    tolerance_ns: int,
+) -> _Claims:
+    """Each row claims the true passage nearest its tick on its input; one that is
+    further than `tolerance_ns` from every true passage is false."""
+    by_input: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for t in truths:
+        by_input[(t["box"], t["input"])].append(t)
+    for lst in by_input.values():
+        lst.sort(key=lambda t: t["tick"])
+    claims: _Claims = defaultdict(list)
     for r in live_rows:
         cands = by_input.get((r["box"], r["input"]), [])
         best = _nearest(cands, r["mono_ns"])
@@ -223,19 +257,18 @@ def judge(
             continue
         key = (best["box"], best["input"], best["car"])
         claims[key].append((abs(best["tick"] - r["mono_ns"]), r))
-
-    truth_by_key = {(t["box"], t["input"], t["car"]): t for t in truths}
-    timed: set[tuple[str, str]] = set()
-    for key, cl in claims.items():
+    for cl in claims.values():
         cl.sort(key=lambda c: (c[0], c[1]["seq"]))
-        t = truth_by_key[key]
-        r = cl[0][1]
-        for _, extra in cl[1:]:
-            v.duplicates += 1
-            v.note("duplicates", f"{key[0]} {key[1]} car {key[2]}: seq {extra['seq']} again")
-        _score(v, t, r, sent_wall_ns, received_wall_ns)
-        timed.add((t["checkpoint"], t["car"]))
+    return claims
 
+
+def _expected(
+    v: Verdict,
+    truths: list[Mapping[str, Any]],
+    claims: _Claims,
+    blind: Collection[tuple[str, str, str]],
+) -> None:
+    """Count the passages a box could see (not blind) and those no row claimed."""
     for t in truths:
         key = (t["box"], t["input"], t["car"])
         b = _box(v, t["box"])
@@ -249,16 +282,16 @@ def judge(
             v.missing += 1
             b["missing"] += 1
             v.note("missing", f"{t['box']} {t['input']} car {t['car']} (tick {t['tick']})")
-    v.untimed = len({(t["checkpoint"], t["car"]) for t in truths} - timed)
-    if locked is None:
-        locked = {r["box"] for r in live_rows if r.get("clock") == "locked"}
+
+
+def _coarse(v: Verdict, claims: _Claims, locked: Collection[str]) -> None:
+    """A passage of a box whose clock locked must not be left at a coarse grade."""
     for cl in claims.values():
         r = cl[0][1]
         if r["box"] in locked and r.get("clock") in _COARSE:
             v.coarse += 1
             _box(v, r["box"])["coarse"] += 1
             v.note("coarse", f"{r['box']} {r['input']} seq {r['seq']} left at {r.get('clock')}")
-    return v
 
 
 def _box(v: Verdict, box: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sim.boxclock import BoxClock
 from sim.scenario import MIN_BREAK_S, Box, Scenario
@@ -91,21 +91,45 @@ class TruthPassage:
         return (self.box, self.input, self.car)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "box": self.box,
-            "checkpoint": self.checkpoint,
-            "input": self.input,
-            "car": self.car,
-            "utc_ns": self.utc_ns,
-            "tick": self.tick,
-            "nose_utc_ns": self.nose_utc_ns,
-            "end_tick": self.end_tick,
-            "detectable": self.detectable,
-        }
+        """Every field by its name (truth.json, the verdict's input)."""
+        return asdict(self)
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
     return min(hi, max(lo, x))
+
+
+class _Crews:
+    """[regularity]: each crew's skill (a sigma per leg, s) and the service vehicles,
+    which join the field in `at` and `length` as they are made.
+
+    Own random stream, so a scenario without [regularity] draws exactly as before.
+    """
+
+    def __init__(
+        self, sc: Scenario, names: list[str], at: dict[str, int], length: dict[str, float]
+    ) -> None:
+        reg = sc.regularity
+        assert reg is not None
+        self.rng = random.Random(f"{sc.seed}/crews")
+        lo, hi = math.log(reg.skill_min_s), math.log(reg.skill_max_s)
+        self.skill = {n: math.exp(self.rng.uniform(lo, hi)) for n in names}
+        self.legs = leg_targets_ns(sc)
+        self.service = service_names(sc)
+        for j, sv in enumerate(self.service):
+            # Service vehicles drive the route at the cars' pace: the course
+            # opener two start intervals before the first car, the sweeper two
+            # after the last, then further out. Their passages are no car's.
+            k = j // 2 + 2
+            slot = -k if j % 2 == 0 else len(names) - 1 + k
+            at[sv] = round(slot * sc.cars.start_interval_s * NS)
+            self.skill[sv] = reg.skill_min_s
+            length[sv] = 5.0
+
+    def leg(self, i: int, name: str) -> int:
+        """A regularity crew aims at its ideal time: leg `i`'s target after its own
+        passage at the previous control, missed by its skill."""
+        return self.legs[i] + round(self.rng.gauss(0, self.skill[name]) * NS)
 
 
 def plan(sc: Scenario) -> list[CarPlan]:
@@ -129,46 +153,26 @@ def plan(sc: Scenario) -> list[CarPlan]:
         for n in names
     }
     at = {n: round(i * c.start_interval_s * NS) for i, n in enumerate(names)}
-    reg = sc.regularity
-    skill: dict[str, float] = {}
-    extra: list[str] = []
-    if reg is not None:
-        # Own streams, so a scenario without [regularity] draws exactly as before.
-        crews = random.Random(f"{sc.seed}/crews")
-        lo, hi = math.log(reg.skill_min_s), math.log(reg.skill_max_s)
-        skill = {n: math.exp(crews.uniform(lo, hi)) for n in names}
-        legs = leg_targets_ns(sc)
-        extra = service_names(sc)
-        for j, sv in enumerate(extra):
-            # Service vehicles drive the route at the cars' pace: the course
-            # opener two start intervals before the first car, the sweeper two
-            # after the last, then further out. Their passages are no car's.
-            k = j // 2 + 2
-            slot = -k if j % 2 == 0 else len(names) - 1 + k
-            at[sv] = round(slot * c.start_interval_s * NS)
-            skill[sv] = reg.skill_min_s
-            length[sv] = 5.0
-        names = names + extra
+    crews = _Crews(sc, names, at, length) if sc.regularity is not None else None
+    if crews is not None:
+        names = names + crews.service
     out: list[CarPlan] = []
     min_gap = round(c.min_gap_s * NS)
     for k, ctl in enumerate(sc.controls):
         if k > 0:
             km = ctl.km - sc.controls[k - 1].km
             for n in names:
-                if n in skill:
-                    # A regularity crew aims at its ideal time: the trial's target
-                    # after its own passage at the previous control.
-                    at[n] += legs[k - 1] + round(crews.gauss(0, skill[n]) * NS)
+                if crews is not None and n in crews.skill:
+                    at[n] += crews.leg(k - 1, n)
                     continue
                 v = speed[n] * _clip(1 + rng.gauss(0, c.leg_spread_pct / 100), 0.5, 1.5)
                 at[n] += round(km / v * 3600 / sc.travel_speedup * NS)
-        here = names
         prev: int | None = None
-        for n in sorted(here, key=lambda n: (at[n], int(n) if n.isdigit() else 0)):
+        for n in sorted(names, key=lambda n: (at[n], int(n) if n.isdigit() else 0)):
             if prev is not None and at[n] < prev + min_gap:
                 at[n] = prev + min_gap + round(rng.uniform(0, 0.3) * NS)
             prev = at[n]
-        for n in here:
+        for n in names:
             v_cross = (
                 ctl.speed_kmh / 3.6 * _clip(1 + rng.gauss(0, c.crossing_spread_pct / 100), 0.7, 1.3)
             )
@@ -225,6 +229,29 @@ class Rally:
         return max(ends, default=self.start_utc_ns)
 
 
+def _beam_breaks(box: Box, p: CarPlan, nose: int, rng: random.Random) -> list[tuple[int, int]]:
+    """The (start, end) UTC of each time car `p`, nose at `nose`, breaks the main beam."""
+    v = p.speed_mps
+    t_len = round(p.length_m / v * NS)
+    if box.beam.misaligned:
+        # Aimed low, the beam sees the wheels: it is cut first by the front tyre,
+        # an overhang behind the nose, and again by the rear tyre.
+        overhang = rng.uniform(0.7, 0.95)
+        wheelbase = p.length_m - overhang - rng.uniform(0.6, 0.9)
+        tyre = round(0.55 / v * NS)
+        front = nose + round(overhang / v * NS)
+        rear = nose + round((overhang + wheelbase) / v * NS)
+        return [(front, front + tyre), (rear, rear + tyre)]
+    if rng.random() < box.beam.wheel_gaps:
+        # A gap in the body (high clearance, a towbar): two breaks within the lockout.
+        cut = nose + round(t_len * rng.uniform(0.35, 0.65))
+        gap = round(rng.uniform(0.02, 0.12) * NS)
+        # A short fast car: the gap must still end inside the car.
+        gap = min(gap, (nose + t_len - cut) // 2)
+        return [(nose, cut), (cut + gap, nose + t_len)]
+    return [(nose, nose + t_len)]
+
+
 def _box_rally(
     sc: Scenario, box: Box, clock: BoxClock, start: int, plans: list[CarPlan]
 ) -> BoxRally:
@@ -255,25 +282,7 @@ def _box_rally(
         nose = start + p.offset_ns
         v = p.speed_mps
         t_len = round(p.length_m / v * NS)
-        if box.beam.misaligned:
-            # Aimed low, the beam sees the wheels: it is cut first by the front tyre,
-            # an overhang behind the nose, and again by the rear tyre.
-            overhang = rng.uniform(0.7, 0.95)
-            wheelbase = p.length_m - overhang - rng.uniform(0.6, 0.9)
-            tyre = round(0.55 / v * NS)
-            front = nose + round(overhang / v * NS)
-            rear = nose + round((overhang + wheelbase) / v * NS)
-            utc_spans = [(front, front + tyre), (rear, rear + tyre)]
-        elif rng.random() < box.beam.wheel_gaps:
-            # A gap in the body (high clearance, a towbar): two breaks within the lockout.
-            cut = nose + round(t_len * rng.uniform(0.35, 0.65))
-            gap = round(rng.uniform(0.02, 0.12) * NS)
-            # A short fast car: the gap must still end inside the car.
-            gap = min(gap, (nose + t_len - cut) // 2)
-            utc_spans = [(nose, cut), (cut + gap, nose + t_len)]
-        else:
-            utc_spans = [(nose, nose + t_len)]
-        spans = [(clock.tick(a), clock.tick(b)) for a, b in utc_spans]
+        spans = [(clock.tick(a), clock.tick(b)) for a, b in _beam_breaks(box, p, nose, rng)]
         passage("beam", p.car, spans, nose, not box.beam.dead)
         if box.second_beam_m > 0:
             d = round(box.second_beam_m / v * NS)

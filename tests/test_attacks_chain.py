@@ -241,24 +241,17 @@ def _rehash(db: Path, from_seq: int, anchors_too: bool) -> None:
 # -- the thief -------------------------------------------------------------------------------
 
 
-@needs_tools
-def test_a_forged_event_with_a_stolen_credential_becomes_a_conflict(rally: Rally, pki) -> None:  # noqa: F811
-    rally.start()
-    rally.passages(2)
-    wait_for(lambda: rally.status().get("acked_upto") == 2, 20, "HQ's ack of 2 at the box")
-    real = box_events(rally.rig.store_path)
-    store = real[0]["store"]
-
-    # The thief reads box07's ack (allowed to box07) for the head to chain on, and
-    # publishes seq 3: a passage a minute earlier, correctly sealed.
+def _thief_publishes_seq_3(rally: Rally, creds: Path, real: list[dict]) -> dict:
+    """The thief reads box07's ack (allowed to box07) for the head to chain on, and
+    publishes seq 3: a passage a minute earlier, correctly sealed. Returns it."""
     heads: list[dict] = []
     thief = Link(
         rally.broker.pw_url,
         "thief",
         lambda ev: heads.append(json.loads(ev.payload)) if hasattr(ev, "payload") else None,
         username="box07",
-        password=password(pki, "box07"),
-        ca_file=str(pki / "ca.crt"),
+        password=password(creds, "box07"),
+        ca_file=str(creds / "ca.crt"),
         subscriptions=[("rally/box07/ack", 1)],
     )
     thief.start()
@@ -271,6 +264,28 @@ def test_a_forged_event_with_a_stolen_credential_becomes_a_conflict(rally: Rally
         wait_for(lambda: rows(rally.db, "SELECT 1 FROM events WHERE seq=3"), 10, "forgery at HQ")
     finally:
         thief.stop()
+    return forged
+
+
+def _hq_conflict(db: Path, *args: str) -> subprocess.CompletedProcess:
+    """`checkpoint hq conflict --db DB ARGS...` as an official runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "checkpoint", "hq", "conflict", "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_tools
+def test_a_forged_event_with_a_stolen_credential_becomes_a_conflict(rally: Rally, pki) -> None:  # noqa: F811
+    rally.start()
+    rally.passages(2)
+    wait_for(lambda: rally.status().get("acked_upto") == 2, 20, "HQ's ack of 2 at the box")
+    real = box_events(rally.rig.store_path)
+    store = real[0]["store"]
+
+    forged = _thief_publishes_seq_3(rally, pki, real)
 
     # The box hears HQ acknowledge a seq it never numbered: an alarm, not a skip.
     wait_for(lambda: "conflict" in rally.status().get("alarms", {}), 20, "the box's alarm")
@@ -294,22 +309,12 @@ def test_a_forged_event_with_a_stolen_credential_becomes_a_conflict(rally: Rally
     code, out = verify(rally.db)
     assert code == 1 and "seq 3: conflict" in out, out
 
-    res = subprocess.run(
-        [sys.executable, "-m", "checkpoint", "hq", "conflict", "--db", str(rally.db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _hq_conflict(rally.db)
     assert "UNDECIDED" in res.stdout and "the next seq follows it" in res.stdout, res.stdout
-    res = subprocess.run(
-        [
-            *(sys.executable, "-m", "checkpoint", "hq", "conflict", "--db", str(rally.db)),
-            *("box07", "3", "--keep", mine[2]["hash"][:12]),
-            *("--by", "chief timekeeper", "--reason", "box07's SD card and its signed head"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    res = _hq_conflict(
+        rally.db,
+        *("box07", "3", "--keep", mine[2]["hash"][:12]),
+        *("--by", "chief timekeeper", "--reason", "box07's SD card and its signed head"),
     )
     assert res.returncode == 0, res.stderr
     with closing(HQStore(rally.db, create=False)) as s:

@@ -20,7 +20,7 @@ from test_timing import UTC0, World, run
 from checkpoint.box.store import Store
 from checkpoint.cli.hq import main as hq_main
 from checkpoint.config import InputConfig
-from checkpoint.core import chain
+from checkpoint.core import chain, chainsig
 from checkpoint.core.timing import Pipeline, format_utc, params_for
 from checkpoint.hq.collector import Ingest, parse_event
 from checkpoint.hq.store import HQStore
@@ -566,17 +566,17 @@ def ed25519_pair(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 def test_signed_head_round_trip(tmp_path):
     priv, pub = ed25519_pair(tmp_path, "box07")
-    key = chain.load_signing_key(priv.read_bytes())
-    verify_key = chain.load_verify_key(pub.read_bytes())
+    key = chainsig.load_signing_key(priv.read_bytes())
+    verify_key = chainsig.load_verify_key(pub.read_bytes())
     head = events(3)[-1]["hash"]
-    signed = chain.sign_head(key, "box07", STORE, 3, head)
+    signed = chainsig.sign_head(key, "box07", STORE, 3, head)
     assert set(signed) == {"seq", "head", "sig"}
-    assert chain.check_signed_head(verify_key, "box07", STORE, signed) is None
+    assert chainsig.check_signed_head(verify_key, "box07", STORE, signed) is None
     for change in ({"seq": 4}, {"head": "0" * 64}):
-        assert chain.check_signed_head(verify_key, "box07", STORE, signed | change) is not None
-    assert chain.check_signed_head(verify_key, "box08", STORE, signed) is not None
+        assert chainsig.check_signed_head(verify_key, "box07", STORE, signed | change) is not None
+    assert chainsig.check_signed_head(verify_key, "box08", STORE, signed) is not None
     with pytest.raises(ValueError):
-        chain.load_signing_key(pub.read_bytes())
+        chainsig.load_signing_key(pub.read_bytes())
 
 
 def test_box_refuses_a_bad_signing_key(tmp_path):
@@ -594,63 +594,39 @@ def test_box_refuses_a_bad_signing_key(tmp_path):
         check_sign_key(str(pub))
 
 
-def test_verify_checks_signed_heads_in_an_hq_database(tmp_path):
-    (tmp_path / "keys").mkdir()
-    priv, _pub = ed25519_pair(tmp_path / "keys", "box07")
-    impostor, _ = ed25519_pair(tmp_path, "impostor")
-    evs = events(6)
-    db = hq_db(tmp_path, evs)
+def _with_signed_status(path: Path, signer: Path, evs: list[dict], seq: int = 6) -> Path:
+    """HQ database `path` after box07's status carrying its head at `seq`, signed."""
+    key = chainsig.load_signing_key(signer.read_bytes())
+    st = {
+        "state": "ready",
+        "box": "box07",
+        "store": STORE,
+        "chain": chainsig.sign_head(key, "box07", STORE, seq, evs[seq - 1]["hash"]),
+    }
+    store = HQStore(path)
+    ing = Ingest(store)
+    with store.transaction():
+        ing.handle("rally/box07/status", raw(st))
+        ing.finish_batch()
+    store.close()
+    return path
 
-    def with_status(path: Path, signer: Path, seq: int = 6) -> Path:
-        key = chain.load_signing_key(signer.read_bytes())
-        st = {
-            "state": "ready",
-            "box": "box07",
-            "store": STORE,
-            "chain": chain.sign_head(key, "box07", STORE, seq, evs[seq - 1]["hash"]),
-        }
-        store = HQStore(path)
-        ing = Ingest(store)
-        with store.transaction():
-            ing.handle("rally/box07/status", raw(st))
-            ing.finish_batch()
-        store.close()
-        return path
 
-    def run_verify(path: Path) -> tuple[int, str]:
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "checkpoint",
-                "verify",
-                "--keys",
-                str(tmp_path / "keys"),
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return res.returncode, res.stdout + res.stderr
+def _verify_with_keys(path: Path, keys: Path) -> tuple[int, str]:
+    """`checkpoint verify --keys KEYS PATH`: exit code and output."""
+    res = subprocess.run(
+        [sys.executable, "-m", "checkpoint", "verify", "--keys", str(keys), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return res.returncode, res.stdout + res.stderr
 
-    good = tmp_path / "good.db"
-    good.write_bytes(db.read_bytes())
-    code, out = run_verify(with_status(good, priv))
-    assert code == 0 and "signed chain head at seq 6 verified" in out, out
 
-    forged = tmp_path / "forged.db"
-    forged.write_bytes(db.read_bytes())
-    code, out = run_verify(with_status(forged, impostor))
-    assert code == 1 and "badsig" in out, out
-
-    # HQ's database rewritten consistently (every hash recomputed from seq 3 on): the
-    # chain alone verifies, the box's signature does not match it.
-    rewritten = tmp_path / "rewritten.db"
-    rewritten.write_bytes(db.read_bytes())
-    with_status(rewritten, priv)
-    assert run_verify(rewritten)[0] == 0
-    conn = sqlite3.connect(rewritten)
+def _rewrite_from_seq_3(path: Path, evs: list[dict]) -> None:
+    """HQ's database rewritten consistently: seq 3 moved a second, every hash from
+    there on recomputed, so the chain alone still verifies."""
+    conn = sqlite3.connect(path)
     with conn:
         prev = evs[1]["hash"]
         for ev in evs[2:]:
@@ -663,17 +639,35 @@ def test_verify_checks_signed_heads_in_an_hq_database(tmp_path):
                 "UPDATE events SET payload=? WHERE seq=?",
                 (json.dumps(ev, separators=(",", ":")), ev["seq"]),
             )
+    rows = conn.execute("SELECT payload FROM events ORDER BY seq").fetchall()
     conn.close()
-    assert (
-        chain.verify(
-            [
-                json.loads(r[0])
-                for r in sqlite3.connect(rewritten).execute(
-                    "SELECT payload FROM events ORDER BY seq"
-                )
-            ]
-        )
-        is None
-    )
-    code, out = run_verify(rewritten)
+    assert chain.verify([json.loads(r[0]) for r in rows]) is None
+
+
+def test_verify_checks_signed_heads_in_an_hq_database(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    priv, _pub = ed25519_pair(keys, "box07")
+    impostor, _ = ed25519_pair(tmp_path, "impostor")
+    evs = events(6)
+    db = hq_db(tmp_path, evs)
+
+    good = tmp_path / "good.db"
+    good.write_bytes(db.read_bytes())
+    code, out = _verify_with_keys(_with_signed_status(good, priv, evs), keys)
+    assert code == 0 and "signed chain head at seq 6 verified" in out, out
+
+    forged = tmp_path / "forged.db"
+    forged.write_bytes(db.read_bytes())
+    code, out = _verify_with_keys(_with_signed_status(forged, impostor, evs), keys)
+    assert code == 1 and "badsig" in out, out
+
+    # HQ's database rewritten consistently (every hash recomputed from seq 3 on): the
+    # chain alone verifies, the box's signature does not match it.
+    rewritten = tmp_path / "rewritten.db"
+    rewritten.write_bytes(db.read_bytes())
+    _with_signed_status(rewritten, priv, evs)
+    assert _verify_with_keys(rewritten, keys)[0] == 0
+    _rewrite_from_seq_3(rewritten, evs)
+    code, out = _verify_with_keys(rewritten, keys)
     assert code == 1 and "seq 6: forked" in out, out

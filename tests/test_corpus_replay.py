@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from boxrig import NS, BoxRig, truth_now
@@ -113,6 +114,52 @@ def _box(name: str) -> str:
     return name.removesuffix(".log").replace("-2019-04-07-coldboot", "")[:40]
 
 
+def _rig_at_lowest_baud(tmp_path: Path, url: str, name: str, t0: int) -> tuple[BoxRig, Replay]:
+    """A box for corpus log `name`, its GPS line at the lowest rate the log fits."""
+    data = log_bytes(CORPUS / name)
+    baud = lowest_baud(cycles(data)[1])
+    d = tmp_path / _box(name)
+    d.mkdir()
+    rig = BoxRig(d, url, box=_box(name))
+    # The box is told the line's real rate: its status reports the line's load.
+    rig.config.write_text(
+        rig.config.read_text().replace("[gps]\n", f"[gps]\nbaudrate = {baud}\n", 1)
+    )
+    return rig, Replay(data, baud, t0)
+
+
+def _figures(watch: Statuses, replays: dict[str, Replay], started: dict[str, float]) -> str:
+    """One line per log: its rate, the burst the daemon measured, the time to lock."""
+    figures = []
+    for name in LOCKS + NO_LOCK:
+        st = watch.latest.get(_box(name), {})
+        at = watch.locked_at.get(_box(name))
+        lock_s = f"{at - started[name]:.1f} s" if at else "never"
+        burst = st.get("gps_burst") or {}
+        figures.append(
+            f"{name:34} {replays[name].baud:6d} baud  end {burst.get('end_ms')} ms "
+            f"(max {burst.get('end_ms_max')})  {burst.get('bytes_per_s')} B/s  "
+            f"load {burst.get('line_load')}  lock {lock_s}  clock {st.get('clock')}"
+        )
+    return "\n".join(figures)
+
+
+def _doctor_on_the_bursts(watch: Statuses, rigs: dict[str, BoxRig]) -> None:
+    """ublox-8.log at 9600 baud: the burst the daemon measured ends ~0.9 s after the
+    pulse, and doctor (reading the real daemon's status) says what to do."""
+    burst = watch.latest[_box("ublox-8.log")]["gps_burst"]
+    assert 850 <= burst["end_ms"] < 1000 and burst["line_load"] > 0.8, burst
+    lim = Limits(min_window_s=1.5)
+    rig = rigs["ublox-8.log"]
+    rep = diagnose(gather(str(rig.config), limits=lim, service=lambda: "unknown"), lim)
+    warn = [c for c in rep.checks if c.name == "gps-burst"]
+    assert warn and "gps configure" in warn[0].text, render(rep)
+    # the M9N at 19200 is comfortable: no warning there
+    rig = rigs["ublox-neo-m9n-nmea.log"]
+    rep = diagnose(gather(str(rig.config), limits=lim, service=lambda: "unknown"), lim)
+    assert not [c for c in rep.checks if c.name == "gps-burst"], render(rep)
+
+
 @pytest.mark.slow
 def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
     if not CORPUS.is_dir():
@@ -126,17 +173,7 @@ def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
     watch = Statuses(broker.url)
     try:
         for name in LOCKS + NO_LOCK:
-            data = log_bytes(CORPUS / name)
-            baud = lowest_baud(cycles(data)[1])
-            d = tmp_path / _box(name)
-            d.mkdir()
-            rig = BoxRig(d, broker.url, box=_box(name))
-            # The box is told the line's real rate: its status reports the line's load.
-            rig.config.write_text(
-                rig.config.read_text().replace("[gps]\n", f"[gps]\nbaudrate = {baud}\n", 1)
-            )
-            rigs[name] = rig
-            replays[name] = Replay(data, baud, t0)
+            rigs[name], replays[name] = _rig_at_lowest_baud(tmp_path, broker.url, name, t0)
         for rig in rigs.values():
             rig.start()
         for name, rig in rigs.items():
@@ -162,18 +199,7 @@ def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
         boxes = [_box(n) for n in rigs]
         watch.pump(time.monotonic() + 5, lambda: all(watch.count[b] > before[b] for b in boxes))
 
-        figures = []
-        for name in LOCKS + NO_LOCK:
-            st = watch.latest.get(_box(name), {})
-            at = watch.locked_at.get(_box(name))
-            lock_s = f"{at - started[name]:.1f} s" if at else "never"
-            burst = st.get("gps_burst") or {}
-            figures.append(
-                f"{name:34} {replays[name].baud:6d} baud  end {burst.get('end_ms')} ms "
-                f"(max {burst.get('end_ms_max')})  {burst.get('bytes_per_s')} B/s  "
-                f"load {burst.get('line_load')}  lock {lock_s}  clock {st.get('clock')}"
-            )
-        report = "\n".join(figures)
+        report = _figures(watch, replays, started)
         print("\n" + report)
         for name in LOCKS:
             assert _box(name) in watch.locked_at, (
@@ -186,19 +212,7 @@ def test_every_corpus_log_replayed_at_its_lowest_baud_rate(tmp_path, broker):
             assert _box(name) not in watch.locked_at, f"{name} locked on no usable time\n{report}"
             assert replays[name].passes >= 1 or name == QUECTEL, report
 
-        # ublox-8.log at 9600 baud: the burst the daemon measured ends ~0.9 s after the
-        # pulse, and doctor (reading the real daemon's status) says what to do.
-        burst = watch.latest[_box("ublox-8.log")]["gps_burst"]
-        assert 850 <= burst["end_ms"] < 1000 and burst["line_load"] > 0.8, burst
-        lim = Limits(min_window_s=1.5)
-        rig = rigs["ublox-8.log"]
-        rep = diagnose(gather(str(rig.config), limits=lim, service=lambda: "unknown"), lim)
-        warn = [c for c in rep.checks if c.name == "gps-burst"]
-        assert warn and "gps configure" in warn[0].text, render(rep)
-        # the M9N at 19200 is comfortable: no warning there
-        rig = rigs["ublox-neo-m9n-nmea.log"]
-        rep = diagnose(gather(str(rig.config), limits=lim, service=lambda: "unknown"), lim)
-        assert not [c for c in rep.checks if c.name == "gps-burst"], render(rep)
+        _doctor_on_the_bursts(watch, rigs)
     finally:
         for f in feeders:
             f.halt.set()

@@ -341,6 +341,103 @@ def _wait_locked(broker_url: str, timeout: float) -> None:
         watch.close()
 
 
+def _doctor_with_a_walk(rig: BoxRig) -> tuple[int, str, str]:
+    """`checkpoint doctor --walk-test 10 --json` as a marshal runs it, walking through the
+    beam once doctor asks. Returns (exit code, stdout, what doctor said on stderr)."""
+    doctor = subprocess.Popen(
+        [sys.executable, "-m", "checkpoint.cli.field", "doctor", "--config", str(rig.config)]
+        + ["--walk-test", "10", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said_lines: list[str] = []
+    stderr_reader = threading.Thread(target=lambda: said_lines.extend(doctor.stderr), daemon=True)
+    stderr_reader.start()
+    try:
+        # The marshal walks once doctor asks for it (it is listening by then).
+        wait_for(
+            lambda: any("walk through the beam now" in x for x in said_lines),
+            30,
+            "doctor's walk-test prompt",
+        )
+        t = time.monotonic_ns()
+        rig.pin("GPIO17", t, 0)
+        rig.pin("GPIO17", t + 150_000_000, 1)
+        stdout = doctor.stdout.read()
+        doctor.wait(60)
+    finally:
+        doctor.kill()
+        doctor.wait()
+    stderr_reader.join(5)
+    return doctor.returncode, stdout, "".join(said_lines)
+
+
+class _Doctor:
+    """doctor's `gather` and `diagnose` on one rig, asked again until a state shows."""
+
+    def __init__(self, rig: BoxRig, lim: Limits) -> None:
+        self.rig, self.lim = rig, lim
+        self.said: list[str] = []
+
+    def check(self, **kw):
+        f = gather(
+            str(self.rig.config),
+            limits=self.lim,
+            service=lambda: "unknown",
+            say=self.said.append,
+            **kw,
+        )
+        return diagnose(f, self.lim)
+
+    def until(self, pred, timeout: float = 12.0, **kw):
+        # A state takes a moment to show (a loaded CI machine, the serial reader's
+        # 1 s reopen): ask again until doctor sees it, as a marshal would.
+        deadline = time.monotonic() + timeout
+        report = self.check(**kw)
+        while not pred(report.verdict) and time.monotonic() < deadline:
+            report = self.check(**kw)
+        return report
+
+
+def _gps_failures(rig: BoxRig, doc: _Doctor, truth, feeders: list[GpsFeeder]) -> None:
+    """GPS silent, then sentences without a fix or PPS, then a fix without PPS."""
+    report = doc.until(lambda v: "no GPS data" in v)  # powered up, GPS silent
+    assert "no GPS data" in report.verdict, render(report) + rig.log_text()[-2000:]
+
+    feeder = GpsFeeder(rig, truth, valid=False)  # sentences with status V, no PPS
+    feeder.pps_on = False
+    feeders.append(feeder)
+    feeder.start()
+    report = doc.until(lambda v: "no GPS fix" in v and "no PPS" in v)
+    assert "no GPS fix" in report.verdict and "no PPS" in report.verdict, (
+        render(report) + rig.log_text()[-3000:]
+    )
+    feeder.stop()
+
+    feeder = GpsFeeder(rig, truth)  # a fix, but the PPS wire is off
+    feeder.pps_on = False
+    feeders.append(feeder)
+    feeder.start()
+    report = doc.until(lambda v: "no GPS fix" not in v and "no PPS" in v)
+    assert "no GPS fix" not in report.verdict and "no PPS" in report.verdict, render(report)
+    feeder.stop()
+
+
+def _beam_failures(rig: BoxRig, doc: _Doctor) -> None:
+    """A car parked in the beam, then a loose wire chattering."""
+    rig.pin("GPIO17", time.monotonic_ns(), 0)  # someone parks a car in the beam
+    report = doc.until(lambda v: v == "NOT READY: beam blocked")
+    assert report.verdict == "NOT READY: beam blocked", render(report)
+    rig.pin("GPIO17", time.monotonic_ns(), 1)
+
+    t0 = time.monotonic_ns() + 50_000_000  # a loose wire: 1 kHz of edges
+    for i in range(300):
+        rig.pin("GPIO17", t0 + i * NS // 1000, i % 2)
+    report = doc.until(lambda v: v == "NOT READY: beam chattering", timeout=6)
+    assert report.verdict == "NOT READY: beam chattering", render(report)
+
+
 @pytest.mark.slow
 def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
     lim = Limits(min_window_s=1.5)
@@ -348,46 +445,11 @@ def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
     (tmp_path / "b").mkdir()
     rig = BoxRig(tmp_path / "a", broker.url)
     rigs = [rig]
-    said: list[str] = []
-
-    def check(**kw):
-        f = gather(str(rig.config), limits=lim, service=lambda: "unknown", say=said.append, **kw)
-        return diagnose(f, lim)
-
-    def until(pred, timeout: float = 12.0, **kw):
-        # A state takes a moment to show (a loaded CI machine, the serial reader's
-        # 1 s reopen): ask again until doctor sees it, as a marshal would.
-        deadline = time.monotonic() + timeout
-        report = check(**kw)
-        while not pred(report.verdict) and time.monotonic() < deadline:
-            report = check(**kw)
-        return report
-
     feeders: list[GpsFeeder] = []
     try:
         rig.start()
         truth = truth_now(ppm=20)
-
-        report = until(lambda v: "no GPS data" in v)  # powered up, GPS silent
-        assert "no GPS data" in report.verdict, render(report) + rig.log_text()[-2000:]
-
-        feeder = GpsFeeder(rig, truth, valid=False)  # sentences with status V, no PPS
-        feeder.pps_on = False
-        feeders.append(feeder)
-        feeder.start()
-        report = until(lambda v: "no GPS fix" in v and "no PPS" in v)
-        assert "no GPS fix" in report.verdict and "no PPS" in report.verdict, (
-            render(report) + rig.log_text()[-3000:]
-        )
-        feeder.stop()
-
-        feeder = GpsFeeder(rig, truth)  # a fix, but the PPS wire is off
-        feeder.pps_on = False
-        feeders.append(feeder)
-        feeder.start()
-        report = until(lambda v: "no GPS fix" not in v and "no PPS" in v)
-        assert "no GPS fix" not in report.verdict and "no PPS" in report.verdict, render(report)
-        feeder.stop()
+        _gps_failures(rig, _Doctor(rig, lim), truth, feeders)
         rigs.remove(rig)
         rig.close()  # once: its fd numbers are free for the next rig afterwards
 
@@ -401,53 +463,16 @@ def test_doctor_on_a_simulated_box_in_each_failure_state(tmp_path, broker):
         feeder.start()
         _wait_locked(broker.url, 60)
 
-        doctor = subprocess.Popen(
-            [sys.executable, "-m", "checkpoint.cli.field", "doctor", "--config", str(rig.config)]
-            + ["--walk-test", "10", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        said_lines: list[str] = []
-        stderr_reader = threading.Thread(
-            target=lambda: said_lines.extend(doctor.stderr), daemon=True
-        )
-        stderr_reader.start()
-        try:
-            # The marshal walks once doctor asks for it (it is listening by then).
-            wait_for(
-                lambda: any("walk through the beam now" in x for x in said_lines),
-                30,
-                "doctor's walk-test prompt",
-            )
-            t = time.monotonic_ns()
-            rig.pin("GPIO17", t, 0)
-            rig.pin("GPIO17", t + 150_000_000, 1)
-            stdout = doctor.stdout.read()
-            doctor.wait(60)
-        finally:
-            doctor.kill()
-            doctor.wait()
-        stderr_reader.join(5)
-        said_text = "".join(said_lines)
+        rc, stdout, said_text = _doctor_with_a_walk(rig)
         result = json.loads(stdout)
-        assert doctor.returncode == 0 and result["verdict"] == "READY", stdout + said_text
+        assert rc == 0 and result["verdict"] == "READY", stdout + said_text
         walk_check = next(c for c in result["checks"] if c["name"] == "walk-test")
         assert "passage seen: seq 1 on beam" in walk_check["text"]
 
-        rig.pin("GPIO17", time.monotonic_ns(), 0)  # someone parks a car in the beam
-        report = until(lambda v: v == "NOT READY: beam blocked")
-        assert report.verdict == "NOT READY: beam blocked", render(report)
-        rig.pin("GPIO17", time.monotonic_ns(), 1)
-
-        t0 = time.monotonic_ns() + 50_000_000  # a loose wire: 1 kHz of edges
-        for i in range(300):
-            rig.pin("GPIO17", t0 + i * NS // 1000, i % 2)
-        report = until(lambda v: v == "NOT READY: beam chattering", timeout=6)
-        assert report.verdict == "NOT READY: beam chattering", render(report)
-
+        doc = _Doctor(rig, lim)
+        _beam_failures(rig, doc)
         broker.stop()
-        report = until(lambda v: "broker unreachable" in v, connect_timeout_s=1.5)
+        report = doc.until(lambda v: "broker unreachable" in v, connect_timeout_s=1.5)
         assert report.verdict.startswith("NOT READY: broker unreachable"), render(report)
     finally:
         for f in feeders:

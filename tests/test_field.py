@@ -1056,15 +1056,64 @@ def _daemon_has_field_hooks() -> bool:
     return "FieldKit(" in Path(checkpoint.box.daemon.__file__).read_text()
 
 
+class _Systemd:
+    """A NOTIFY_SOCKET read as systemd does: always, every datagram kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[bytes] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(256))
+            except TimeoutError:
+                continue
+
+    def notified(self, timeout: float, want, what: str, detail) -> None:
+        wait_for(lambda: any(want(m) for m in list(self.messages)), timeout, what, detail=detail)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(1)
+        self.sock.close()
+
+
+def _marshal_assigns_car_42(ctl: str, sub) -> None:
+    """Over the control socket, as `checkpoint assign` does; the box publishes it."""
+
+    # seq 1 exists once stamped: ask until the box has it, as a marshal would.
+    def assigned_by_marshal() -> dict | None:
+        reply = control.assign(ctl, 1, "42")
+        return reply if reply["ok"] else None
+
+    assert wait_for(assigned_by_marshal, 10, "assign accepted") == {"ok": True}
+    assert control.void(ctl, 99, "x") == {
+        "ok": False,
+        "error": "no event with seq 99 in this store",
+    }
+
+    def assign_event() -> dict | None:
+        events = (json.loads(p) for _, p in sub.payloads("/event"))
+        return next((e for e in events if e["type"] == "assign"), None)
+
+    assigned = wait_for(assign_event, 10, "the marshal's assign published")
+    assert assigned["ref_seq"] == 1 and assigned["car"] == "42"
+    assert assigned["seq"] == 2 and assigned["by"] == "marshal"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _daemon_has_field_hooks(), reason="daemon.py not wired to FieldKit yet")
 def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, broker, monkeypatch):
     from boxrig import BoxRig, GpsFeeder, truth_now
     from faults import Watcher
 
-    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify_sock.bind(str(tmp_path / "notify.sock"))
-    notify_sock.settimeout(0.2)
+    systemd = _Systemd(tmp_path / "notify.sock")
     chrony_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     chrony_sock.bind(str(tmp_path / "chrony.sock"))
     chrony_sock.settimeout(0.2)
@@ -1078,75 +1127,37 @@ def test_daemon_notifies_systemd_serves_corrections_and_feeds_chrony(tmp_path, b
     sub = Watcher(broker.url, ["rally/box07/event"])
     truth = truth_now(ppm=20)
     gps = GpsFeeder(rig, truth)
-    messages: list[bytes] = []
-    stop_reading = threading.Event()
-
-    def read_notify() -> None:  # as systemd does: always reading
-        while not stop_reading.is_set():
-            try:
-                messages.append(notify_sock.recv(256))
-            except TimeoutError:
-                continue
-
-    reader = threading.Thread(target=read_notify, daemon=True)
-    reader.start()
-
-    def notified(timeout: float, want, what: str) -> None:
-        wait_for(lambda: any(want(m) for m in list(messages)), timeout, what, detail=rig.log_text)
-
-    def chrony_sample(until: float) -> bytes | None:
-        while time.monotonic() < until:
-            try:
-                return chrony_sock.recv(256)
-            except TimeoutError:
-                continue
-        return None
-
     try:
         rig.start()
-        notified(10, lambda d: d.startswith(b"READY=1"), "READY=1")
-        notified(10, lambda d: d == b"WATCHDOG=1", "WATCHDOG=1")
+        systemd.notified(10, lambda d: d.startswith(b"READY=1"), "READY=1", rig.log_text)
+        systemd.notified(10, lambda d: d == b"WATCHDOG=1", "WATCHDOG=1", rig.log_text)
         gps.start()
-        sample = chrony_sample(time.monotonic() + 40)
-        assert sample is not None, rig.log_text()[-2000:]
+        sample = wait_for(
+            lambda: chrony_sock.recv(256),
+            40,
+            "a sample for chrony",
+            every=0,
+            swallow=(TimeoutError,),
+            detail=lambda: rig.log_text()[-2000:],
+        )
         m_recv, r_recv = time.monotonic_ns(), time.time_ns()
         s = chronysock.unpack(sample)
         mono_at = m_recv - (r_recv - s.realtime_ns)
         assert abs(s.realtime_ns + s.offset_ns - truth.utc(mono_at)) < 20_000_000
-        notified(5, lambda d: d.startswith(b"STATUS=ready"), "STATUS=ready")
+        systemd.notified(5, lambda d: d.startswith(b"STATUS=ready"), "STATUS=ready", rig.log_text)
 
         t = time.monotonic_ns() + 100_000_000
         rig.pin("GPIO17", t, 0)
         rig.pin("GPIO17", t + 150_000_000, 1)
         ctl = str(tmp_path / "control.sock")
-
-        # seq 1 exists once stamped: ask until the box has it, as a marshal would.
-        def assigned_by_marshal() -> dict | None:
-            reply = control.assign(ctl, 1, "42")
-            return reply if reply["ok"] else None
-
-        assert wait_for(assigned_by_marshal, 10, "assign accepted") == {"ok": True}
-        assert control.void(ctl, 99, "x") == {
-            "ok": False,
-            "error": "no event with seq 99 in this store",
-        }
-
-        def assign_event() -> dict | None:
-            events = (json.loads(p) for _, p in sub.payloads("/event"))
-            return next((e for e in events if e["type"] == "assign"), None)
-
-        assigned = wait_for(assign_event, 10, "the marshal's assign published")
-        assert assigned["ref_seq"] == 1 and assigned["car"] == "42"
-        assert assigned["seq"] == 2 and assigned["by"] == "marshal"
+        _marshal_assigns_car_42(ctl, sub)
         gps.stop()
         assert rig.stop() == 0
-        notified(3, lambda d: d == b"STOPPING=1", "STOPPING=1")
+        systemd.notified(3, lambda d: d == b"STOPPING=1", "STOPPING=1", rig.log_text)
         assert not os.path.exists(ctl)
     finally:
         gps.stop()
         sub.close()
         rig.close()
-        stop_reading.set()
-        reader.join(1)
-        notify_sock.close()
+        systemd.close()
         chrony_sock.close()

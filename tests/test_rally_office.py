@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 from hq_box import T0_NS, fmt_utc
 from test_hq import _cli, boxes, db, hq, read  # noqa: F401 - fixtures
@@ -69,10 +70,12 @@ def cli(*argv: str) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-def test_organiser_from_entry_list_to_posted_results(broker, hq, db, boxes, tmp_path):  # noqa: F811
-    b1 = boxes(broker.url, "box01", checkpoint="PC1")
-    b2 = boxes(broker.url, "box02", checkpoint="PC2")
-    b3 = boxes(broker.url, "box03", checkpoint="PC3")
+def _three_controls_timed(broker, make_box) -> tuple[int, int]:
+    """Three boxes at PC1-PC3 time three cars and a service vehicle; the marshal at PC2
+    names car 1. Returns the seqs of that passage at PC2 and of the service vehicle."""
+    b1 = make_box(broker.url, "box01", checkpoint="PC1")
+    b2 = make_box(broker.url, "box02", checkpoint="PC2")
+    b3 = make_box(broker.url, "box03", checkpoint="PC3")
     # Starts on the second; PS1 deviations +0.12, -0.05, +0.30 s; PS2 0, +0.01, (3 stops).
     for i in range(3):
         b1.passage(T0_NS + i * 60 * S)
@@ -86,19 +89,28 @@ def test_organiser_from_entry_list_to_posted_results(broker, hq, db, boxes, tmp_
     for b, n in ((b1, 3), (b2, 4), (b3, 3)):
         b.publish_all()
         b.wait_acked(n)
+    return s21, sv
 
+
+def _office_files_loaded(tmp_path: Path, hq_db: Path) -> None:
+    """The event file and the entry list into HQ; a bad entry list first stores nothing."""
     ev = tmp_path / "event.toml"
     ev.write_text(EVENT)
     bad = tmp_path / "bad.csv"
     bad.write_text("number,crew,car,year,class,start\n1,x,y,19x0,A,09:00\n")
-    rc, _ = cli("entries", "import", "--db", str(db), str(bad))
+    rc, _ = cli("entries", "import", "--db", str(hq_db), str(bad))
     assert rc == 1
-    assert read(db, entries_of) == []  # nothing stored from a bad file
+    assert read(hq_db, entries_of) == []  # nothing stored from a bad file
     entries = tmp_path / "entries.csv"
     entries.write_text(entries_text())
-    assert cli("event", "load", "--db", str(db), str(ev))[0] == 0
-    rc, out = cli("entries", "import", "--db", str(db), str(entries))
+    assert cli("event", "load", "--db", str(hq_db), str(ev))[0] == 0
+    rc, out = cli("entries", "import", "--db", str(hq_db), str(entries))
     assert rc == 0 and "3 added" in out
+
+
+def test_organiser_from_entry_list_to_posted_results(broker, hq, db, boxes, tmp_path):  # noqa: F811
+    s21, sv = _three_controls_timed(broker, boxes)
+    _office_files_loaded(tmp_path, db)
 
     rc, out = cli("export", "--db", str(db), "--format", "jsonl")
     rows = [json.loads(x) for x in out.splitlines()]

@@ -97,31 +97,67 @@ def _corpus_bytes() -> list[bytes]:
     return [p.read_bytes() for p in sorted(CORPUS.glob("*.log"))]
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"NMEA corpus not found at {CORPUS}")
-def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
-    rng = random.Random(20260425)
-    logs = _corpus_bytes()
-    watch = Watcher(broker.url, TOPICS)
-    rig = BoxRig(tmp_path, broker.url)
-    truth = truth_now(ppm=20)
-    stop = threading.Event()
-    fed = {"bytes": 0}
+class _Fuzzer:
+    """A receiver spewing garbage on the pty: random slices of the corpus' logs, mangled."""
 
-    def fuzz() -> None:
-        while not stop.is_set():
-            log = rng.choice(logs)
+    def __init__(self, master: int, rng: random.Random) -> None:
+        self.master, self.rng = master, rng
+        self.logs = _corpus_bytes()
+        self.fed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spew, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _spew(self) -> None:
+        rng = self.rng
+        while not self._stop.is_set():
+            log = rng.choice(self.logs)
             at = rng.randrange(len(log))
             chunk = _mangle(rng, log[at : at + rng.randint(1, 600)])
             try:
-                os.write(rig.master, chunk)
+                os.write(self.master, chunk)
             except OSError:
                 return
-            fed["bytes"] += len(chunk)
+            self.fed += len(chunk)
             time.sleep(0.002)  # paces the spewing receiver
 
+
+def _passage_after_a_sane_receiver_locks(rig: BoxRig, watch: Watcher, truth) -> tuple[int, dict]:
+    """A sane receiver now: PPS and sentences from the truth. The box must lock and
+    stamp true time, whatever the garbage taught it before. Returns (tick, event)."""
+    os.write(rig.master, b"\r\n")
+    gps = GpsFeeder(rig, truth)
+    gps.start()
+    try:
+        watch.wait_status(lambda s: s.get("clock") == "locked", 60, "lock after the fuzz")
+        m = time.monotonic_ns() + NS // 4
+        rig.pin("GPIO17", m, 0)
+        rig.pin("GPIO17", m + 150 * MS, 1)
+        ev = wait_for(
+            lambda: next((e for e in _events_of(watch) if e.get("mono_ns") == m), None),
+            20,
+            "the passage after lock",
+        )
+    finally:
+        gps.stop()
+    return m, ev
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"NMEA corpus not found at {CORPUS}")
+def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
+    watch = Watcher(broker.url, TOPICS)
+    rig = BoxRig(tmp_path, broker.url)
+    truth = truth_now(ppm=20)
+    fuzzer = _Fuzzer(rig.master, random.Random(20260425))
     try:
         rig.start()
-        fuzzer = threading.Thread(target=fuzz, daemon=True)
         fuzzer.start()
         # Passages go on while the GPS line spews garbage.
         t0 = time.monotonic_ns() + NS // 4
@@ -132,32 +168,14 @@ def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
             rig.pin("GPIO17", m + 150 * MS, 1)
             during.append(m)
         time.sleep(1.0)  # the fault's schedule: garbage goes on a second after the cars
-        stop.set()
-        fuzzer.join(5)
+        fuzzer.stop()
         assert rig.alive(), rig.log_text()[-2000:]
         wait_for(lambda: len(_events_of(watch)) >= 5, 20, "passages during the fuzz")
         st = watch.wait_status(lambda s: True, 5, "a status")
         rejects = st["fix"]
-
-        # A sane receiver now: PPS and sentences from the truth. The box must lock and
-        # stamp true time, whatever the garbage taught it before.
-        os.write(rig.master, b"\r\n")
-        gps = GpsFeeder(rig, truth)
-        gps.start()
-        try:
-            watch.wait_status(lambda s: s.get("clock") == "locked", 60, "lock after the fuzz")
-            m = time.monotonic_ns() + NS // 4
-            rig.pin("GPIO17", m, 0)
-            rig.pin("GPIO17", m + 150 * MS, 1)
-            ev = wait_for(
-                lambda: next((e for e in _events_of(watch) if e.get("mono_ns") == m), None),
-                20,
-                "the passage after lock",
-            )
-        finally:
-            gps.stop()
+        m, ev = _passage_after_a_sane_receiver_locks(rig, watch, truth)
     finally:
-        stop.set()
+        fuzzer.stop()
         watch.close()
         rig.close()
     assert [e["mono_ns"] for e in _events_of(watch) if e["type"] == "passage"][:5] == during
@@ -166,11 +184,46 @@ def test_nmea_garbage_on_the_pty_then_a_sane_receiver_locks(tmp_path, broker):
     assert abs(err) <= ev["uncertainty_ns"] and abs(err) < 100_000, err
     report(
         "nmea_fuzz",
-        {"bytes_fed": fed["bytes"], "parser": rejects, "locked_error_ns": err},
+        {"bytes_fed": fuzzer.fed, "parser": rejects, "locked_error_ns": err},
     )
 
 
 # -- malformed MQTT ---------------------------------------------------------------------
+
+
+def _bad_messages(store: str) -> list[tuple[str, bytes]]:
+    """Malformed commands, acks and hwms for box07 (its current store is `store`)."""
+    cmd, ack, hwm = "rally/box07/cmd", "rally/box07/ack", "rally/box07/hwm"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return [
+        (cmd, b"not json"),
+        (cmd, b"\xff\xfe\x00binary\x80"),
+        (cmd, b"[1, 2, 3]"),
+        (cmd, b'"resend"'),
+        (cmd, deep),
+        (cmd, b"{" + b" " * 1_000_000 + b"}"),  # 1 MB, valid, no cmd
+        (cmd, json.dumps({"cmd": "format_card"}).encode()),
+        (cmd, json.dumps({"cmd": "x" * 100_000}).encode()),  # logged truncated
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": "1", "to": 3}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": True, "to": 3}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": 1.5, "to": 3}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": 3, "to": 1}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": -5, "to": 0}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": store, "from": 1, "to": 10**18}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "store": "other", "from": 1, "to": 2}).encode()),
+        (cmd, json.dumps({"cmd": "resend", "from": 1, "to": 2}).encode()),
+        (ack, b"garbage"),
+        (ack, b"\x00\x01\x02"),
+        (ack, json.dumps({"store": store, "upto": "3"}).encode()),
+        (ack, json.dumps({"store": store, "upto": -1}).encode()),
+        (ack, json.dumps({"store": store, "upto": None}).encode()),
+        (ack, json.dumps({"store": 5, "upto": 3}).encode()),
+        (ack, json.dumps({"store": store, "upto": 10**15}).encode()),
+        (ack, json.dumps([store, 3]).encode()),
+        (hwm, b"{]"),
+        (hwm, json.dumps({"store": store, "last_seq": "x"}).encode()),
+        (hwm, json.dumps({"store": store, "last_seq": 10**15}).encode()),
+    ]
 
 
 def test_malformed_commands_and_acks_are_ignored_counted_and_harmless(tmp_path, broker):
@@ -184,37 +237,8 @@ def test_malformed_commands_and_acks_are_ignored_counted_and_harmless(tmp_path, 
         first = [("beam", send_passage(rig, "GPIO17")) for _ in range(3)]
         st = watch.wait_status(lambda s: s.get("last_seq") == 3, 20, "3 events")
         store = st["store"]
-        cmd, ack, hwm = "rally/box07/cmd", "rally/box07/ack", "rally/box07/hwm"
-        deep = b"[" * 100_000 + b"]" * 100_000
-        bad: list[tuple[str, bytes]] = [
-            (cmd, b"not json"),
-            (cmd, b"\xff\xfe\x00binary\x80"),
-            (cmd, b"[1, 2, 3]"),
-            (cmd, b'"resend"'),
-            (cmd, deep),
-            (cmd, b"{" + b" " * 1_000_000 + b"}"),  # 1 MB, valid, no cmd
-            (cmd, json.dumps({"cmd": "format_card"}).encode()),
-            (cmd, json.dumps({"cmd": "x" * 100_000}).encode()),  # logged truncated
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": "1", "to": 3}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": True, "to": 3}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": 1.5, "to": 3}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": 3, "to": 1}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": -5, "to": 0}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": store, "from": 1, "to": 10**18}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "store": "other", "from": 1, "to": 2}).encode()),
-            (cmd, json.dumps({"cmd": "resend", "from": 1, "to": 2}).encode()),
-            (ack, b"garbage"),
-            (ack, b"\x00\x01\x02"),
-            (ack, json.dumps({"store": store, "upto": "3"}).encode()),
-            (ack, json.dumps({"store": store, "upto": -1}).encode()),
-            (ack, json.dumps({"store": store, "upto": None}).encode()),
-            (ack, json.dumps({"store": 5, "upto": 3}).encode()),
-            (ack, json.dumps({"store": store, "upto": 10**15}).encode()),
-            (ack, json.dumps([store, 3]).encode()),
-            (hwm, b"{]"),
-            (hwm, json.dumps({"store": store, "last_seq": "x"}).encode()),
-            (hwm, json.dumps({"store": store, "last_seq": 10**15}).encode()),
-        ]
+        ack = "rally/box07/ack"
+        bad = _bad_messages(store)
         for topic, payload in bad:
             assert sender.publish(topic, payload, qos=1) is not None
         # Harmless but not for us: an ack of another store (an old card's) is ignored
@@ -351,6 +375,48 @@ def _mono(utc: int) -> int:
     return 10 * NS + (utc - UTC0) * 1_000_000 // (1_000_000 - PPM)
 
 
+#: How the system clock is stepped under the box: hours, a day, to 1970, to the far
+#: future and back, a few seconds, not at all, 30 years.
+_STEPS = [
+    3600 * NS,
+    -86_400 * NS,
+    -UTC0,  # back to 1970
+    2**62,  # far future
+    -(2**62),
+    7 * NS,
+    -7 * NS,
+    0,
+    10**9 * 86_400 * 365 * 30,
+]
+
+
+def _stepping_day(rng: random.Random) -> list[dict]:
+    """300 s of capture records: GPS from second 20 to 150 only, a sysclock reading every
+    5 s stepped by one of `_STEPS`, a passage every 3 s; in tick order."""
+    records: list[dict] = []
+    gps = range(20, 150)  # seconds with GPS: none before (cold start), none after (lost)
+    for k in range(300):
+        tick = _mono(UTC0 + k * NS)
+        if k in gps:
+            records.append({"type": "pps", "mono_ns": tick + rng.randint(-1000, 1000)})
+            text = rmc(UTC0 // NS + k) + gga(UTC0 // NS + k)
+            for i, line in enumerate(text.split("\r\n")[:2]):
+                records.append({"type": "nmea", "mono_ns": tick + 80 * MS + i * MS, "line": line})
+        if k % 5 == 0:
+            m = tick + 333 * MS
+            records.append(
+                {"type": "sysclock", "mono_ns": m, "realtime_ns": _utc(m) + rng.choice(_STEPS)}
+            )
+        if k % 3 == 1 and k > 5:
+            m = tick + rng.randint(0, NS - 1)
+            records += [
+                {"type": "edge", "mono_ns": m, "input": "beam", "active": True},
+                {"type": "edge", "mono_ns": m + 200 * MS, "input": "beam", "active": False},
+            ]
+    records.sort(key=lambda r: r["mono_ns"])
+    return records
+
+
 def test_system_clock_steps_never_yield_a_wrong_trusted_stamp():
     """CLOCK_REALTIME jumps around while the GPS is locked, then while it is lost: the
     daemon's `sysclock` records carry the jumps into the pipeline exactly as it reads
@@ -364,38 +430,7 @@ def test_system_clock_steps_never_yield_a_wrong_trusted_stamp():
         # A short holdover, so the run also reaches "no GPS at all" (unsynced).
         clock_params=ClockParams(holdover_max_ns=60 * NS),
     )
-    steps = [
-        3600 * NS,
-        -86_400 * NS,
-        -UTC0,  # back to 1970
-        2**62,  # far future
-        -(2**62),
-        7 * NS,
-        -7 * NS,
-        0,
-        10**9 * 86_400 * 365 * 30,
-    ]
-    records: list[dict] = []
-    gps = range(20, 150)  # seconds with GPS: none before (cold start), none after (lost)
-    for k in range(300):
-        tick = _mono(UTC0 + k * NS)
-        if k in gps:
-            records.append({"type": "pps", "mono_ns": tick + rng.randint(-1000, 1000)})
-            text = rmc(UTC0 // NS + k) + gga(UTC0 // NS + k)
-            for i, line in enumerate(text.split("\r\n")[:2]):
-                records.append({"type": "nmea", "mono_ns": tick + 80 * MS + i * MS, "line": line})
-        if k % 5 == 0:
-            m = tick + 333 * MS
-            records.append(
-                {"type": "sysclock", "mono_ns": m, "realtime_ns": _utc(m) + rng.choice(steps)}
-            )
-        if k % 3 == 1 and k > 5:
-            m = tick + rng.randint(0, NS - 1)
-            records += [
-                {"type": "edge", "mono_ns": m, "input": "beam", "active": True},
-                {"type": "edge", "mono_ns": m + 200 * MS, "input": "beam", "active": False},
-            ]
-    records.sort(key=lambda r: r["mono_ns"])
+    records = _stepping_day(rng)
     events: list[dict] = []
     for r in records:
         events += pipe.feed(r)

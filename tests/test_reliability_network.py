@@ -100,6 +100,64 @@ def _flowing(watcher: Watcher, what: str, n: int = 10) -> None:
     wait_for(lambda: len(watcher.payloads("/event")) >= seen + n, 30, what)
 
 
+def _broker_killed(broker, hq, proxy: LinkProxy, watcher: Watcher) -> None:
+    """1. Broker SIGKILLed, no persistence: sessions, retained acks and anything it held
+    are gone. Down for 3 s, then back on the same port."""
+    broker.kill()
+    time.sleep(3)  # the fault's schedule: the broker stays down 3 s
+    t_up = time.monotonic_ns()
+    broker.start()
+    wait_for(hq.subscribed.is_set, 20, "HQ resubscribed after the broker restart")
+    _connected_again(proxy, t_up, 20, "box reconnected after broker restart")
+    _flowing(watcher, "passages flowing after the broker restart")
+
+
+def _link_cut(proxy: LinkProxy, watcher: Watcher) -> float:
+    """2. The link cut: every connection reset, new ones refused, for 3 s. Returns the
+    seconds from the link's return to the box's reconnect."""
+    proxy.drop()
+    time.sleep(3)  # the fault's schedule: the link stays cut 3 s
+    t_restore = time.monotonic_ns()
+    proxy.restore()
+    t_back = _connected_again(proxy, t_restore, 20, "box reconnected after the cut")
+    _flowing(watcher, "passages flowing after the cut")
+    return (t_back - t_restore) / 1e9
+
+
+def _half_open(proxy: LinkProxy, watcher: Watcher) -> float:
+    """3. Half-open: the stream silently stops. Only keep-alive can tell; a new
+    connection works (the NAT mapping died, the path did not). Returns the seconds the
+    box took to notice."""
+    t_hole = time.monotonic_ns()
+    proxy.blackhole(new="pass")
+    t_new = _connected_again(proxy, t_hole, 4 * KEEPALIVE_S + 10, "dead link noticed")
+    proxy.restore()
+    _flowing(watcher, "passages flowing after the half-open link")
+    return (t_new - t_hole) / 1e9
+
+
+def _connects_hang(proxy: LinkProxy, watcher: Watcher) -> float:
+    """4. Half-open and new connections hang too (no CONNACK ever), for 6 s. Returns the
+    seconds from the link's return to the box's reconnect."""
+    proxy.blackhole(new="hang")
+    time.sleep(6)  # the fault's schedule: connects hang for 6 s
+    t_restore = time.monotonic_ns()
+    proxy.restore()
+    t_back = _connected_again(proxy, t_restore, 30, "box reconnected after the hang")
+    _flowing(watcher, "passages flowing after the hang")
+    return (t_back - t_restore) / 1e9
+
+
+def _nothing_lost(final: list[dict], sent: set[tuple[str, int]], hq_db: Path, box: str) -> None:
+    check_contiguous(final)
+    # The daemon was never killed: every passage that reached it is stored, once...
+    assert sorted(passage_keys(final)) == sorted(sent)
+    # ...and HQ has each of them once, without a conflict.
+    at_hq = passage_keys(hq_events(hq_db, box))
+    assert len(at_hq) == len(set(at_hq)) == len(sent)
+    assert hq_box_counters(hq_db, box)["conflicts"] == 0
+
+
 def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
     """`rounds` times: broker killed, link cut, half-open, half-open with hanging
     connects; passages streaming throughout. Returns the figures."""
@@ -124,46 +182,14 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
         feeder.start()
         _flowing(watcher, "passages flowing")
         for _ in range(rounds):
-            # 1. Broker SIGKILLed, no persistence: sessions, retained acks and anything
-            # it held are gone. Down for 3 s, then back on the same port.
-            broker.kill()
-            time.sleep(3)  # the fault's schedule: the broker stays down 3 s
-            t_up = time.monotonic_ns()
-            broker.start()
-            wait_for(hq.subscribed.is_set, 20, "HQ resubscribed after the broker restart")
-            _connected_again(proxy, t_up, 20, "box reconnected after broker restart")
-            _flowing(watcher, "passages flowing after the broker restart")
+            _broker_killed(broker, hq, proxy, watcher)
             # The watcher itself missed what was published before it resubscribed, and
             # the broker lost what it held (HQ gets those through resend requests, out
             # of order by nature): order is judged for seqs newer than what is seen now.
             mark = _highest_seen(watcher)
-
-            # 2. The link cut: every connection reset, new ones refused, for 3 s.
-            proxy.drop()
-            time.sleep(3)  # the fault's schedule: the link stays cut 3 s
-            t_restore = time.monotonic_ns()
-            proxy.restore()
-            t_back = _connected_again(proxy, t_restore, 20, "box reconnected after the cut")
-            after_cut.append((t_back - t_restore) / 1e9)
-            _flowing(watcher, "passages flowing after the cut")
-
-            # 3. Half-open: the stream silently stops. Only keep-alive can tell; a new
-            # connection works (the NAT mapping died, the path did not).
-            t_hole = time.monotonic_ns()
-            proxy.blackhole(new="pass")
-            t_new = _connected_again(proxy, t_hole, 4 * KEEPALIVE_S + 10, "dead link noticed")
-            noticed.append((t_new - t_hole) / 1e9)
-            proxy.restore()
-            _flowing(watcher, "passages flowing after the half-open link")
-
-            # 4. Half-open and new connections hang too (no CONNACK ever), for 6 s.
-            proxy.blackhole(new="hang")
-            time.sleep(6)  # the fault's schedule: connects hang for 6 s
-            t_restore = time.monotonic_ns()
-            proxy.restore()
-            t_back = _connected_again(proxy, t_restore, 30, "box reconnected after the hang")
-            after_hang.append((t_back - t_restore) / 1e9)
-            _flowing(watcher, "passages flowing after the hang")
+            after_cut.append(_link_cut(proxy, watcher))
+            noticed.append(_half_open(proxy, watcher))
+            after_hang.append(_connects_hang(proxy, watcher))
             order = _first_arrival_order(watcher, above=mark)
             inversions += [(a, b) for a, b in zip(order, order[1:], strict=False) if b < a]
     finally:
@@ -176,14 +202,8 @@ def _network_faults(tmp_path: Path, broker, rounds: int) -> dict:
         rig.close()
         proxy.close()
 
-    check_contiguous(final)
     sent = {(s.input, s.mono_ns) for s in feeder.sent}
-    # The daemon was never killed: every passage that reached it is stored, once...
-    assert sorted(passage_keys(final)) == sorted(sent)
-    # ...and HQ has each of them once, without a conflict.
-    at_hq = passage_keys(hq_events(hq_db, rig.box))
-    assert len(at_hq) == len(set(at_hq)) == len(sent)
-    assert hq_box_counters(hq_db, rig.box)["conflicts"] == 0
+    _nothing_lost(final, sent, hq_db, rig.box)
     # paho pings after `keepalive` without traffic in and gives up after another
     # `keepalive` without an answer; its loop adds up to a second.
     assert max(noticed) <= 2 * KEEPALIVE_S + 1.5, f"dead link noticed only after {noticed} s"

@@ -111,6 +111,56 @@ def _box_and_hq(
         rig.close()
 
 
+def _card_fills_then_frees(
+    rig: BoxRig, watch: Watcher, hq_db: Path, ballast: Path, sent: list, figures: dict
+) -> list[tuple[str, int]]:
+    """The card fills up (logs, a marshal's photos...): passages are published from
+    memory, then stored in order once space is freed. Returns those kept in memory."""
+    figures["ballast_bytes"] = fill(ballast)
+    full, alarm = _feed_failing(rig, watch, 10)
+    sent += full
+    assert "disk full" in alarm and "free space" in alarm, alarm
+    # The capture file on the same card fails too once its last page is full
+    # (an alarm of its own, "capture"); timing goes on regardless.
+    assert rig.alive()
+    # Published from memory all the same: HQ has them although the card has not.
+    _wait_at_hq(hq_db, sent)
+    assert set(full).isdisjoint(passage_keys(box_events(rig.store_path)))
+
+    # Space is freed: the events kept in memory land on disk, in order.
+    ballast.unlink()
+    watch.wait_status(
+        lambda s: "store" not in s["alarms"] and s.get("unstored") == 0,
+        20,
+        "the store alarm to clear",
+    )
+    events = box_events(rig.store_path)
+    check_contiguous(events)
+    assert passage_keys(events) == sent
+    return full
+
+
+def _full_with_hq_away_then_killed(
+    rig: BoxRig, watch: Watcher, hq: Collector, ballast: Path, sent: list
+) -> tuple[int, int, list[tuple[str, int]]]:
+    """Full again, and this time HQ is away too: events go out from memory to the broker
+    (queued in HQ's session), then the box is SIGKILLed before the card recovers. They
+    exist only at the broker now. Returns (last stored seq, last seq used, those events)."""
+    hq.stop()
+    fill(ballast)
+    last_stored = len(box_events(rig.store_path))
+    lost_from_store = _feed(rig, 10)
+    sent += lost_from_store
+    st = watch.wait_status(
+        lambda s: s.get("unstored", 0) >= 10 and s.get("inflight") == 0,
+        20,
+        "memory-only events published",
+    )
+    rig.kill()
+    ballast.unlink()
+    return last_stored, st["last_seq"], lost_from_store
+
+
 mount_problem = can_mount()
 
 
@@ -133,55 +183,18 @@ def test_disk_full_keeps_events_in_memory_publishes_them_and_never_reuses_seqs(t
             sent += _feed(rig, 5)
             _wait_at_hq(hq_db, sent)
 
-            # The card fills up (logs, a marshal's photos...).
             ballast = card / "ballast"
-            figures["ballast_bytes"] = fill(ballast)
-            full, alarm = _feed_failing(rig, watch, 10)
-            sent += full
-            assert "disk full" in alarm and "free space" in alarm, alarm
-            # The capture file on the same card fails too once its last page is full
-            # (an alarm of its own, "capture"); timing goes on regardless.
-            assert rig.alive()
-            # Published from memory all the same: HQ has them although the card has not.
-            _wait_at_hq(hq_db, sent)
-            assert set(full).isdisjoint(passage_keys(box_events(rig.store_path)))
-
-            # Space is freed: the events kept in memory land on disk, in order.
-            ballast.unlink()
-            watch.wait_status(
-                lambda s: "store" not in s["alarms"] and s.get("unstored") == 0,
-                20,
-                "the store alarm to clear",
+            full = _card_fills_then_frees(rig, watch, hq_db, ballast, sent, figures)
+            last_stored, top, lost_from_store = _full_with_hq_away_then_killed(
+                rig, watch, hq, ballast, sent
             )
-            events = box_events(rig.store_path)
-            check_contiguous(events)
-            assert passage_keys(events) == sent
-
-            # Full again, and this time HQ is away too: events go out from memory to
-            # the broker (queued in HQ's session), then the box is SIGKILLed before the
-            # card recovers. They exist only at the broker now.
-            hq.stop()
-            fill(ballast)
-            last_stored = len(box_events(rig.store_path))
-            lost_from_store = _feed(rig, 10)
-            sent += lost_from_store
-            st = watch.wait_status(
-                lambda s: s.get("unstored", 0) >= 10 and s.get("inflight") == 0,
-                20,
-                "memory-only events published",
-            )
-            top = st["last_seq"]
-            rig.kill()
-            ballast.unlink()
-
             # Restart on the recovered card. The store ends at `last_stored`; the broker
             # knows (hwm) that seqs up to `top` were used. They must not be reused.
             watch.messages.clear()
             rig.start()
             st = watch.wait_status(lambda s: "seq" in s["alarms"], 20, "the seq-floor alarm")
             figures["seq_alarm"] = st["alarms"]["seq"]
-            after = _feed(rig, 5)
-            sent += after
+            sent += _feed(rig, 5)
             hq_again = _hq(broker.url, hq_db)
             try:
                 _wait_at_hq(hq_db, sent, 40)

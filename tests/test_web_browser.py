@@ -134,6 +134,43 @@ def row_state(driver, seq):
 # -- marshal page -----------------------------------------------------------------------
 
 
+def _marshal_assigns_42(phone, wall, board, box: FakeBox, hq, li, seq: int) -> None:
+    """The marshal types the car number: an assign event, seen on the box and at HQ,
+    and HQ's board shows it in the live feed."""
+    car = li.find_element("css selector", "input.car")
+    car.send_keys("42")
+    li.find_element("css selector", "button.set").click()
+    wait_page(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
+    assert box.corrections == [("assign", seq, "42")]
+    wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
+    wall.get(board.url)
+    wait_page(
+        wall,
+        lambda d: any(
+            f"box07 #{seq}" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
+        ),
+        what="passage with car 42 on the board",
+    )
+
+
+def _marshal_voids_a_false_trigger(phone, wall, box: FakeBox, hq, utc_ns: int) -> None:
+    """A false trigger at `utc_ns` is voided with a reason; HQ and the board follow."""
+    seq2 = box.passage(utc_ns)
+    li2 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
+    li2.find_element("css selector", "button.void").click()
+    reason = wait_page(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
+    reason.clear()
+    reason.send_keys("photographer in the beam")
+    phone.find_element("css selector", "#void-form button[type=submit]").click()
+    wait_page(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
+    wait_for(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
+    wait_page(
+        wall,
+        lambda d: any(f"box07 #{seq2}" in r.text for r in css(d, "#feed tbody tr.voided")),
+        what="void on the board",
+    )
+
+
 def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
     phone, wall, hq, emus, board, tmp_path
 ):
@@ -158,40 +195,8 @@ def test_marshal_sees_a_passage_live_assigns_a_car_and_hq_board_shows_it(
         utc = li.find_element("css selector", ".utc").text
         assert local.endswith(".45") and utc.endswith(".45 UTC") and local != utc[:11]
 
-        # The marshal types the car number: an assign event, seen on the box and at HQ.
-        car = li.find_element("css selector", "input.car")
-        car.send_keys("42")
-        li.find_element("css selector", "button.set").click()
-        wait_page(phone, lambda d: row_state(d, seq) == "car 42 ✓", what="car confirmed")
-        assert box.corrections == [("assign", seq, "42")]
-        wait_for(lambda: [p["car"] for p in hq_passages(hq)] == ["42"], 10, "assign at HQ")
-
-        # ...and HQ's board shows it in the live feed.
-        wall.get(board.url)
-        wait_page(
-            wall,
-            lambda d: any(
-                f"box07 #{seq}" in r.text and "42" in r.text for r in css(d, "#feed tbody tr")
-            ),
-            what="passage with car 42 on the board",
-        )
-
-        # A false trigger is voided with a reason.
-        seq2 = box.passage(utc_ns + 2 * NS + 170_000_000)
-        li2 = wait_page(phone, lambda d: css(d, f'li.p[data-seq="{seq2}"]'), what="row 2")[0]
-        li2.find_element("css selector", "button.void").click()
-        reason = wait_page(phone, lambda d: d.find_element("id", "void-reason"), what="dialog")
-        reason.clear()
-        reason.send_keys("photographer in the beam")
-        phone.find_element("css selector", "#void-form button[type=submit]").click()
-        wait_page(phone, lambda d: row_state(d, seq2).startswith("VOID"), what="void shown")
-        wait_for(lambda: [p["void"] for p in hq_passages(hq)] == [False, True], 10, "void")
-        wait_page(
-            wall,
-            lambda d: any(f"box07 #{seq2}" in r.text for r in css(d, "#feed tbody tr.voided")),
-            what="void on the board",
-        )
-
+        _marshal_assigns_42(phone, wall, board, box, hq, li, seq)
+        _marshal_voids_a_false_trigger(phone, wall, box, hq, utc_ns + 2 * NS + 170_000_000)
         # More traffic for the screenshot: assigned, unassigned, a clock warning.
         for i, (car_no, clock) in enumerate((("7", "locked"), ("15", "locked"), ("", "holdover"))):
             s = box.passage(utc_ns + (6 + 4 * i) * NS + 30_000_000 * i, clock=clock)

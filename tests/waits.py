@@ -1,58 +1,13 @@
-"""The one way tests wait: poll a condition until a deadline, then fail naming it.
+"""The one way tests wait: `sim.waits` (shared with the simulator and the benchmarks).
 
-Every wait in the suite is on a condition with a deadline, never a fixed sleep: a loaded
-CI machine (2 cores, several engineers) is slow by seconds, so a sleep either wastes time
-or is too short. "Nothing happened" is proven with a marker that arrives after the thing
-would have (a later message, a later record), then asserting the thing is absent.
+Every wait in the suite is on a condition with a deadline, never a fixed sleep.
+"Nothing happened" is proven with a marker that arrives after the thing would have (a
+later message, a later record), then asserting the thing is absent. A test's timeout is
+an AssertionError naming what it waited for.
 """
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
-from typing import TypeVar
+from sim.waits import listening, wait_for
 
-T = TypeVar("T")
-
-
-def wait_for(
-    pred: Callable[[], T],
-    timeout: float = 10.0,
-    what: str = "condition",
-    every: float = 0.02,
-    swallow: tuple[type[BaseException], ...] = (),
-    detail: Callable[[], str] | None = None,
-) -> T:
-    """Poll `pred` until it returns something truthy and return that value.
-
-    After `timeout` seconds raise AssertionError naming `what` (and `detail()`, if given,
-    for what the test saw). Exceptions of the `swallow` types count as "not yet" (a page
-    element going stale while it updates) and the last one is reported on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    last_err: BaseException | None = None
-    while True:
-        try:
-            v = pred()
-            if v:
-                return v
-        except swallow as e:
-            last_err = e
-        if time.monotonic() > deadline:
-            msg = f"timed out after {timeout:g} s waiting for {what}"
-            if last_err is not None:
-                msg += f" (last error {last_err!r})"
-            if detail is not None:
-                msg += f"; {detail()}"
-            raise AssertionError(msg)
-        time.sleep(every)
-
-
-def listening(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP connections on `port` now (a condition to wait on)."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+__all__ = ["listening", "wait_for"]

@@ -26,7 +26,7 @@ from checkpoint.box.messages import BadCommands
 from checkpoint.box.seqfloor import SeqFloor
 from checkpoint.config import Config
 from checkpoint.contracts import Topics, message_bytes
-from checkpoint.core import chain
+from checkpoint.core import chainsig
 from checkpoint.core.outbox import Outbox
 from checkpoint.core.timing import Pipeline
 from checkpoint.errors import ConfigError
@@ -40,7 +40,7 @@ def signing_key(path: str | None) -> Any:
     if not path:
         return None
     try:
-        return chain.load_signing_key(Path(path).read_bytes())
+        return chainsig.load_signing_key(Path(path).read_bytes())
     except OSError as e:
         raise ConfigError(f"integrity.sign_key {path}: cannot read: {e.strerror}") from None
     except (ValueError, RuntimeError) as e:
@@ -163,7 +163,7 @@ class StatusBuilder:
             return {"chain": {"seq": seq, "head": head}}
         if self._signed.get("seq") != seq or self._signed.get("head") != head:
             box, store = p.cfg.box, p.keeper.store.store_id
-            self._signed = chain.sign_head(p.signer, box, store, seq, head)
+            self._signed = chainsig.sign_head(p.signer, box, store, seq, head)
         return {"chain": self._signed}
 
     def reconnected(self) -> None:

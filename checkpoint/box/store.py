@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from checkpoint.box.batch import Batch, EventRow, batch
 from checkpoint.box.storefile import (  # StoreCorruptError: re-exported for callers
     MIGRATION_NAMES,
     MIGRATIONS,
@@ -50,7 +51,7 @@ from checkpoint.box.storefile import (  # StoreCorruptError: re-exported for cal
     move_aside,
     not_sqlite,
 )
-from checkpoint.contracts import event_text, is_int
+from checkpoint.contracts import is_int
 from checkpoint.core import corrections
 from checkpoint.core.chain import is_hash
 from checkpoint.errors import StoreError
@@ -65,25 +66,6 @@ BUSY_TIMEOUT_MS = 5000
 CORRECTION_TYPES = ("restamp", "assign", "void")
 
 _SYNCHRONOUS_FULL = 2
-
-
-def _event_row(
-    event: Mapping[str, Any], boot: str
-) -> tuple[int, str, int | None, int | None, str, str]:
-    seq = event.get("seq")
-    kind = event.get("type")
-    ref_seq = event.get("ref_seq")
-    mono_ns = event.get("mono_ns")
-    if not is_int(seq) or seq < 1:
-        raise ValueError(f"event seq must be an int >= 1, got {seq!r}")
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"event {seq} has no type")
-    if ref_seq is not None and not is_int(ref_seq):
-        raise ValueError(f"event {seq}: ref_seq must be an int or absent, got {ref_seq!r}")
-    if mono_ns is not None and not is_int(mono_ns):
-        raise ValueError(f"event {seq}: mono_ns must be an int or absent, got {mono_ns!r}")
-    payload = event_text(event)  # the published bytes (checkpoint.contracts)
-    return seq, kind, ref_seq, mono_ns, boot, payload
 
 
 class Store:
@@ -339,40 +321,12 @@ class Store:
         commit succeeded after all) is accepted as a no-op. Malformed input is a bug and
         raises ValueError before anything is written.
         """
-        if not isinstance(boot, str) or not boot:
-            raise ValueError(f"boot must be a non-empty str, got {boot!r}")
-        edge_rows = []
-        for item in edges:
-            name, mono_ns, active = item
-            if not isinstance(name, str) or not is_int(mono_ns) or not isinstance(active, bool):
-                raise ValueError(f"edge must be (str, int, bool), got {item!r}")
-            edge_rows.append((boot, name, mono_ns, int(active)))
-        pps_rows = []
-        for mono_ns in pps:
-            if not is_int(mono_ns):
-                raise ValueError(f"pps tick must be int ns, got {mono_ns!r}")
-            pps_rows.append((boot, mono_ns))
-        sample_rows = []
-        for item in samples:
-            mono_ns, utc_s = item
-            if not is_int(mono_ns) or not is_int(utc_s):
-                raise ValueError(f"sample must be (int mono_ns, int utc_s), got {item!r}")
-            sample_rows.append((boot, mono_ns, utc_s))
-        if acked is not None and not is_int(acked):
-            raise ValueError(f"acked must be an int, got {acked!r}")
-        event_rows = [_event_row(event, boot) for event in events]
-        first = event_rows[0][0] if event_rows else 0
-        for offset, row in enumerate(event_rows):
-            if row[0] != first + offset:
-                raise StoreError(
-                    f"event seqs in a batch must be contiguous: got {row[0]} after "
-                    f"{first + offset - 1}; nothing was stored (this is a bug upstream)"
-                )
-
+        rows = batch(boot, edges, pps, samples, events, acked)
         with self._sqlite("recording a batch") as db, db.atomic():
             last = self._last_seq(db)
-            if event_rows and first != last + 1:
-                if first <= last and self._already_stored(db, event_rows):
+            first = rows.first_seq
+            if rows.events and first != last + 1:
+                if first <= last and self._already_stored(db, rows.events):
                     if acked is not None:
                         self._set_acked(db, acked)
                     return
@@ -380,25 +334,28 @@ class Store:
                     f"event seq {first} does not follow the last stored seq {last}; "
                     "nothing was stored (this is a bug upstream)"
                 )
-            conn = db.conn
-            conn.executemany(
-                "INSERT INTO edges (boot, input, mono_ns, active) VALUES (?, ?, ?, ?)",
-                edge_rows,
-            )
-            conn.executemany("INSERT INTO pps (boot, mono_ns) VALUES (?, ?)", pps_rows)
-            conn.executemany(
-                "INSERT INTO samples (boot, mono_ns, utc_s) VALUES (?, ?, ?)", sample_rows
-            )
-            conn.executemany(
-                "INSERT INTO events (seq, type, ref_seq, mono_ns, boot, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
-            if acked is not None:
-                self._set_acked(db, acked)
+            self._insert(db, rows)
+
+    @classmethod
+    def _insert(cls, db: Database, rows: Batch) -> None:
+        conn = db.conn
+        conn.executemany(
+            "INSERT INTO edges (boot, input, mono_ns, active) VALUES (?, ?, ?, ?)", rows.edges
+        )
+        conn.executemany("INSERT INTO pps (boot, mono_ns) VALUES (?, ?)", rows.pps)
+        conn.executemany(
+            "INSERT INTO samples (boot, mono_ns, utc_s) VALUES (?, ?, ?)", rows.samples
+        )
+        conn.executemany(
+            "INSERT INTO events (seq, type, ref_seq, mono_ns, boot, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows.events,
+        )
+        if rows.acked is not None:
+            cls._set_acked(db, rows.acked)
 
     @staticmethod
-    def _already_stored(db: Database, event_rows: list[tuple[Any, ...]]) -> bool:
+    def _already_stored(db: Database, event_rows: list[EventRow]) -> bool:
         lo, hi = event_rows[0][0], event_rows[-1][0]
         stored = dict(
             db.execute(

@@ -17,6 +17,7 @@ from typing import Any
 from checkpoint.cli.common import positive_int
 from checkpoint.errors import CommandError, ConfigError
 from checkpoint.hq import ops as hq_ops
+from checkpoint.hq.ops_csv import parse_csv
 from checkpoint.hq.store import HQStore
 
 WIDTH = 100  # a printed A4 page in a monospace font
@@ -109,7 +110,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
     try:
-        reqs = hq_ops.parse_csv(text, str(path))
+        reqs = parse_csv(text, str(path))
         if args.by:
             reqs = [(lbl, _with_by(r, args.by)) for lbl, r in reqs]
         with _store(args.db) as store:

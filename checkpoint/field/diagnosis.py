@@ -4,149 +4,34 @@ Every check is ok / warn / fail / info with words a marshal can act on; warnings
 not make a box NOT READY, failures do. The clock is judged by the one readiness rule
 the marshal page and the LED use too (checkpoint.core.readiness). `doctor.gather`
 collects the facts (doctor.py); nothing here does I/O, so every wording and verdict is
-tested from facts written by hand. The checks stay in one module, in the order the
-report prints them, so a marshal's "why NOT READY?" reads top to bottom in one place
-(hence its length: one short function per check).
+tested from facts written by hand. `diagnose` runs the checks in the order the report
+prints them, so a marshal's "why NOT READY?" reads top to bottom there: one short
+function per check, the GPS group (data, fix, PPS, clock, burst) in gps_checks.py.
+The facts and the report's types are in facts.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from checkpoint.core import readiness
-from checkpoint.field import doctor_web
-
-OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
-MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One status message: when doctor received it (monotonic s) and whether it was live."""
-
-    received_s: float
-    live: bool
-    status: dict[str, Any]
-
-
-@dataclass
-class Facts:
-    """Everything doctor observed; `diagnose` needs nothing else."""
-
-    config_file: str = ""
-    config_error: str | None = None
-    box: str = ""
-    checkpoint: str = ""
-    gps_port: str = ""
-    pps_pin: str = ""
-    input_sources: dict[str, str] = field(default_factory=dict)
-    broker_url: str = ""
-    # "connected", "refused", "unreachable" or "not checked"
-    broker: str = "not checked"
-    broker_detail: str = ""
-    subscribe_error: str | None = None
-    snapshots: list[Snapshot] = field(default_factory=list)
-    waited_s: float = 0.0
-    walk_test_s: float | None = None
-    walk_passage: dict[str, Any] | None = None
-    store_path: str = ""
-    store_error: str | None = None
-    store_id: str | None = None
-    store_counts: dict[str, int] | None = None
-    store_pragmas: dict[str, Any] | None = None
-    disk_free: int | None = None
-    disk_total: int | None = None
-    # "active", "inactive", "failed", "activating", ... or "unknown" (no systemd)
-    service: str = "unknown"
-    # The marshal page: its URL ("" = not enabled) and doctor_web.probe's answer.
-    web_url: str = ""
-    web: str = "off"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Thresholds; defaults suit a box on an SD card timing to the tenth."""
-
-    min_free_bytes: int = 200 * MB
-    warn_free_bytes: int = 1024 * MB
-    max_uncertainty_ns: int = 100_000
-    warn_backlog: int = 100
-    # Counters are compared over at least this long before "nothing arrives" is said.
-    min_window_s: float = 2.5
-    # The GPS burst ending later than this after the pulse, or filling more than this
-    # share of the serial line, is a warning: the next sentence set or baud rate up and
-    # the receiver starts dropping output (gps configure fixes both).
-    late_burst_ms: int = 800  # median end of the burst
-    overrun_burst_ms: int = 950  # latest end seen: about to pass the next pulse
-    max_line_load: float = 0.85
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: str
-    text: str
-    short: str = ""
-
-
-@dataclass
-class Report:
-    checks: list[Check]
-
-    @property
-    def ready(self) -> bool:
-        return not any(c.level == FAIL for c in self.checks)
-
-    @property
-    def verdict(self) -> str:
-        fails = [c.short or c.text for c in self.checks if c.level == FAIL]
-        return "READY" if not fails else "NOT READY: " + "; ".join(fails)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ready": self.ready,
-            "verdict": self.verdict,
-            "checks": [asdict(c) for c in self.checks],
-        }
-
+from checkpoint.field import doctor_web, gps_checks
+from checkpoint.field.facts import (
+    FAIL,
+    INFO,
+    MB,
+    OK,
+    WARN,
+    Check,
+    Facts,
+    Limits,
+    Report,
+    Snapshot,
+    baseline,
+    usable,
+)
 
 # -- pure diagnosis ------------------------------------------------------------------
-
-
-def _lines(fix: dict[str, Any]) -> int:
-    """Every NMEA line the daemon's parser saw (a no_fix line is both accepted and rejected)."""
-    rejects = fix.get("rejects") or {}
-    return (
-        int(fix.get("accepted", 0))
-        + sum(int(v) for v in rejects.values())
-        - int(rejects.get("no_fix", 0))
-        + int(fix.get("ignored", 0))
-    )
-
-
-def _counters(st: dict[str, Any]) -> tuple[int, int, int, int]:
-    fix = st.get("fix") or {}
-    return (
-        _lines(fix),
-        int(fix.get("accepted", 0)),
-        int(fix.get("valid", 0)),
-        int(st.get("pps_pulses") or 0),
-    )
-
-
-def baseline(snaps: list[Snapshot]) -> Snapshot:
-    """The earliest snapshot of the latest daemon run (counters never go down within one)."""
-    last = _counters(snaps[-1].status)
-    for snap in snaps:
-        if all(a <= b for a, b in zip(_counters(snap.status), last, strict=True)):
-            return snap
-    return snaps[-1]
-
-
-def usable(snaps: list[Snapshot]) -> list[Snapshot]:
-    return [s for s in snaps if s.status.get("state") == "ready"]
 
 
 def diagnose(facts: Facts, limits: Limits | None = None) -> Report:
@@ -162,7 +47,7 @@ def diagnose(facts: Facts, limits: Limits | None = None) -> Report:
     _broker(facts, add)
     snaps = usable(facts.snapshots)
     if _daemon(facts, snaps, add):
-        _gps(facts, snaps, lim, add)
+        gps_checks.gps(facts, snaps, lim, add)
         _inputs(facts, snaps, add)
         _walk(facts, add)
         _delivery(facts, snaps[-1].status, lim, add)
@@ -271,159 +156,6 @@ def _daemon(f: Facts, snaps: list[Snapshot], add: Callable[[Check], None]) -> bo
         )
     )
     return True
-
-
-def _gps(f: Facts, snaps: list[Snapshot], lim: Limits, add: Callable[[Check], None]) -> None:
-    latest = snaps[-1].status
-    base = baseline(snaps)
-    window = snaps[-1].received_s - base.received_s
-    lines0, acc0, valid0, pps0 = _counters(base.status)
-    lines1, acc1, valid1, pps1 = _counters(latest)
-    confirmed = window >= lim.min_window_s
-    span = f"in {window:.0f} s" if confirmed else "so far"
-    port = f.gps_port or "the GPS port"
-    if not latest.get("gps_port"):
-        add(
-            Check(
-                "gps",
-                FAIL,
-                f"GPS port {port} is not open: check the receiver is fitted and /dev/gps0 "
-                "exists (udev rule, enable_uart=1)",
-                "GPS port not open",
-            )
-        )
-        receiving = False
-    elif lines1 == 0 or (confirmed and lines1 == lines0):
-        add(
-            Check(
-                "gps",
-                FAIL,
-                f"no NMEA from the GPS {span}: port {port} is open but silent; check the "
-                "TX→RX wire and gps.baudrate",
-                "no GPS data",
-            )
-        )
-        receiving = False
-    elif acc1 == acc0 and confirmed:
-        add(
-            Check(
-                "gps",
-                FAIL,
-                f"GPS sends data but no readable time sentence {span} (rejects: "
-                f"{(latest.get('fix') or {}).get('rejects')}): wrong baud rate or RMC/ZDA off",
-                "GPS data unreadable",
-            )
-        )
-        receiving = False
-    else:
-        add(Check("gps", OK, f"NMEA arriving ({lines1 - lines0} lines {span})"))
-        receiving = True
-        _burst(f, latest, lim, add)
-
-    has_fix = valid1 > valid0 if confirmed else valid1 > 0
-    if receiving:
-        if has_fix:
-            add(Check("fix", OK, "GPS has a fix"))
-        else:
-            add(
-                Check(
-                    "fix",
-                    FAIL,
-                    f"GPS has no fix {span} (status V): give the antenna open sky; a cold "
-                    "start takes a few minutes",
-                    "no GPS fix",
-                )
-            )
-
-    pulses = pps1 - pps0
-    if pulses > 0 or (not confirmed and pps1 > 0):
-        # Status messages are not aligned to the pulses: a window of W s holds up to
-        # W + 2 pulse counts, so a rate (3 pulses / 2.1 s = "1.4/s") is a sampling
-        # artefact. Only a count beyond that slack is noise.
-        noisy = confirmed and window > 0 and pulses > window * 1.5 + 2
-        rate = (
-            f" ({pulses} in {window:.0f} s: more than one a second, noise on the PPS line?)"
-            if noisy
-            else (" (one a second)" if confirmed and window > 0 else "")
-        )
-        level = WARN if noisy else OK
-        add(Check("pps", level, f"PPS pulses on {f.pps_pin or 'the PPS pin'}{rate}"))
-    elif has_fix:
-        add(
-            Check(
-                "pps",
-                FAIL,
-                f"no PPS on {f.pps_pin or 'the PPS pin'} {span} although the GPS has a fix: "
-                "check the PPS wire (and that no pps-gpio overlay claims the pin)",
-                "no PPS",
-            )
-        )
-    else:
-        add(
-            Check(
-                "pps",
-                FAIL,
-                f"no PPS {span} (a receiver set up by `checkpoint gps configure` pulses "
-                "only with a fix)",
-                "no PPS",
-            )
-        )
-
-    clock = latest.get("clock")
-    unc = latest.get("uncertainty_ns")
-    unc_text = f"±{unc / 1000:.1f} µs" if isinstance(unc, int | float) else "± unknown"
-    alarms = latest.get("alarms") or {}
-    if "gps" in alarms:
-        add(Check("clock", FAIL, f"{alarms['gps']}", "GPS convention mismatch"))
-    # The one readiness verdict (core.readiness), as the marshal page and the LED judge.
-    level = readiness.clock_level(latest, lim.max_uncertainty_ns)
-    if clock == "locked":
-        if level == readiness.BAD:
-            add(
-                Check(
-                    "clock",
-                    FAIL,
-                    f"locked but uncertainty {unc_text} exceeds "
-                    f"{lim.max_uncertainty_ns / 1000:.0f} µs",
-                    "clock uncertainty too large",
-                )
-            )
-        else:
-            add(Check("clock", OK, f"clock locked to GPS PPS, {unc_text}"))
-    else:
-        why = {
-            "holdover": "holdover: PPS lost, times are extrapolated and degrading",
-            "nmea": "NMEA only (millisecond grade): waiting for PPS lock",
-            "unsynced": "unsynced: no GPS time at all, system clock only",
-        }.get(str(clock), f"clock state {clock!r}")
-        # Holdover within the bound still times as promised: a warning, not a failure.
-        worst = WARN if level == readiness.WARN else FAIL
-        add(Check("clock", worst, f"{why} ({unc_text})", f"clock {clock}"))
-
-
-def _burst(f: Facts, st: dict[str, Any], lim: Limits, add: Callable[[Check], None]) -> None:
-    """Warn when the receiver's output ends late in the second or nearly fills the line."""
-    burst = st.get("gps_burst") or {}
-    end, latest = burst.get("end_ms"), burst.get("end_ms_max")
-    load, size = burst.get("line_load"), burst.get("bytes_per_s")
-    if not isinstance(end, int | float) or not isinstance(latest, int | float):
-        return
-    late = end > lim.late_burst_ms or latest > lim.overrun_burst_ms
-    full = isinstance(load, int | float) and load > lim.max_line_load
-    if not (late or full):
-        return
-    share = f", {load:.0%} of the serial line" if isinstance(load, int | float) else ""
-    add(
-        Check(
-            "gps-burst",
-            WARN,
-            f"the GPS output ends {end:.0f} ms after the pulse (latest {latest:.0f} ms; "
-            f"{size} bytes a second{share}): "
-            "the receiver sends more than its baud rate carries comfortably and drops "
-            "sentences once it overflows; run `checkpoint gps configure` (turns off "
-            "GSV/GSA/GLL/VTG) or raise the receiver's baud rate and gps.baudrate to match",
-        )
-    )
 
 
 def _inputs(f: Facts, snaps: list[Snapshot], add: Callable[[Check], None]) -> None:

@@ -28,12 +28,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from checkpoint.contracts import Topics
 from checkpoint.field import doctor_web
-from checkpoint.field.diagnosis import (  # re-exported: doctor's one door for its callers
+from checkpoint.field.diagnosis import diagnose, render
+from checkpoint.field.facts import (  # re-exported: doctor is its callers' one door
     FAIL,
     INFO,
     MB,
@@ -45,8 +47,6 @@ from checkpoint.field.diagnosis import (  # re-exported: doctor's one door for i
     Report,
     Snapshot,
     baseline,
-    diagnose,
-    render,
     usable,
 )
 
@@ -161,6 +161,74 @@ def _broker_facts(
         link.stop()
 
 
+@dataclass
+class _Watch:
+    """What doctor waits for on the broker (the box's statuses; a walk-test passage),
+    and until when. Each message is handed to one method; `done` says when to stop."""
+
+    facts: Facts
+    lim: Limits
+    status_interval_s: int
+    say: Callable[[str], None]
+    connect_deadline: float
+    status_deadline: float = 0.0
+    walk_deadline: float = 0.0
+
+    def done(self, now: float) -> bool:
+        facts = self.facts
+        if facts.broker != "connected":
+            return now >= self.connect_deadline
+        status_done = _enough(facts, self.lim) or now >= self.status_deadline
+        walk_done = (
+            facts.walk_test_s is None or facts.walk_passage is not None or now >= self.walk_deadline
+        )
+        return status_done and walk_done
+
+    def connected(self) -> None:
+        facts = self.facts
+        facts.broker = "connected"
+        facts.broker_detail = ""
+        # Long enough for the daemon's periodic status to arrive twice.
+        self.status_deadline = time.monotonic() + min(30.0, 2 * self.status_interval_s + 3)
+        if facts.walk_test_s is not None:
+            self.say(
+                f"walk test: walk through the beam now (waiting up to {facts.walk_test_s:g} s)"
+            )
+            self.walk_deadline = time.monotonic() + facts.walk_test_s
+
+    def disconnected(self, reason: str) -> bool:
+        """A failed connection attempt; True when the broker refused us (no use waiting)."""
+        facts = self.facts
+        if facts.broker == "connected":
+            return False
+        refused = "authori" in reason.lower() or "password" in reason.lower()
+        facts.broker = "refused" if refused else "unreachable"
+        facts.broker_detail = reason
+        return refused
+
+    def status(self, payload: bytes, retain: bool) -> None:
+        try:
+            st = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(st, dict):
+            self.facts.snapshots.append(Snapshot(time.monotonic(), not retain, st))
+
+    def event(self, payload: bytes) -> None:
+        """The walk test's passage: the first on a beam (any input if the box has none)."""
+        facts = self.facts
+        if facts.walk_test_s is None or facts.walk_passage is not None:
+            return
+        try:
+            ev = json.loads(payload)
+        except ValueError:
+            return
+        inputs = facts.input_sources
+        walk_inputs = {n for n, s in inputs.items() if s == "beam"} or set(inputs)
+        if isinstance(ev, dict) and ev.get("type") == "passage" and ev.get("input") in walk_inputs:
+            facts.walk_passage = ev
+
+
 def _watch(
     facts: Facts,
     events: queue.Queue[Any],
@@ -174,62 +242,23 @@ def _watch(
     from checkpoint.mqtt import Connected, Disconnected, Message, SubAck
 
     start = time.monotonic()
-    connect_deadline = start + connect_timeout_s
-    status_deadline = walk_deadline = 0.0
-    walk_inputs = {n for n, s in facts.input_sources.items() if s == "beam"} or set(
-        facts.input_sources
-    )
-    while True:
-        now = time.monotonic()
-        if facts.broker == "connected":
-            status_done = _enough(facts, lim) or now >= status_deadline
-            walk_done = (
-                facts.walk_test_s is None or facts.walk_passage is not None or now >= walk_deadline
-            )
-            if status_done and walk_done:
-                break
-        elif now >= connect_deadline:
-            break
+    watch = _Watch(facts, lim, cfg.status_interval_s, say, start + connect_timeout_s)
+    while not watch.done(time.monotonic()):
         try:
             ev = events.get(timeout=0.1)
         except queue.Empty:
             continue
         if isinstance(ev, Connected):
-            facts.broker = "connected"
-            facts.broker_detail = ""
-            # Long enough for the daemon's periodic status to arrive twice.
-            status_deadline = time.monotonic() + min(30.0, 2 * cfg.status_interval_s + 3)
-            if facts.walk_test_s is not None:
-                say(f"walk test: walk through the beam now (waiting up to {facts.walk_test_s:g} s)")
-                walk_deadline = time.monotonic() + facts.walk_test_s
+            watch.connected()
         elif isinstance(ev, Disconnected):
-            if facts.broker != "connected":
-                refused = "authori" in ev.reason.lower() or "password" in ev.reason.lower()
-                facts.broker = "refused" if refused else "unreachable"
-                facts.broker_detail = ev.reason
-                if refused:
-                    break
+            if watch.disconnected(ev.reason):
+                break
         elif isinstance(ev, SubAck) and not ev.ok:
             facts.subscribe_error = ", ".join(ev.reasons)
         elif isinstance(ev, Message) and ev.topic == status_topic:
-            try:
-                st = json.loads(ev.payload)
-            except ValueError:
-                continue
-            if isinstance(st, dict):
-                facts.snapshots.append(Snapshot(time.monotonic(), not ev.retain, st))
-        elif isinstance(ev, Message) and ev.topic == event_topic and facts.walk_passage is None:
-            try:
-                ev_data = json.loads(ev.payload)
-            except ValueError:
-                continue
-            if (
-                isinstance(ev_data, dict)
-                and ev_data.get("type") == "passage"
-                and ev_data.get("input") in walk_inputs
-                and facts.walk_test_s is not None
-            ):
-                facts.walk_passage = ev_data
+            watch.status(ev.payload, ev.retain)
+        elif isinstance(ev, Message) and ev.topic == event_topic:
+            watch.event(ev.payload)
     if facts.broker == "not checked":
         facts.broker = "unreachable"
         facts.broker_detail = f"no connection within {connect_timeout_s:g} s"

@@ -31,26 +31,24 @@ from __future__ import annotations
 import difflib
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import sys
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoint.config import default_inputs
 from checkpoint.errors import CheckpointError
+from checkpoint.field.firmware import (
+    BEGIN,
+    END,
+    config_pins,
+    merge_config_txt,
+    strip_serial_console,
+)
 
-BEGIN, END = "# BEGIN checkpoint", "# END checkpoint"
-# Same rules as firmware_config/cmdline.sed (a test keeps the two in step).
-_CONSOLE = r"console=(?:serial0|serial1|ttyAMA[0-9]*|ttyS0)(?:,[0-9a-zA-Z]*)?"
-_CONSOLE_HEAD = re.compile(rf"^\s*{_CONSOLE}(?:\s+|$)")
-_CONSOLE_MIDDLE = re.compile(rf"\s+{_CONSOLE}(\s|$)")
 MODULES_LOAD = "/etc/modules-load.d/checkpoint.conf"
 CHRONY_DROPIN = "/etc/systemd/system/chrony.service.d/checkpoint.conf"
-_PPS_OVERLAY = re.compile(r"^\s*dtoverlay\s*=\s*pps-gpio\b(?P<args>.*)$")
 
 
 class InstallError(CheckpointError):
@@ -68,59 +66,6 @@ def firmware_block(fragment: str) -> str:
     except ValueError:
         raise InstallError(f"config.txt fragment lacks the {BEGIN!r}/{END!r} markers") from None
     return "\n".join(lines[i : j + 1]) + "\n"
-
-
-def merge_config_txt(current: str, block: str, *, pins: Mapping[int, str] | None = None) -> str:
-    """`current` config.txt with our block in place and pps-gpio overlays on our pins off.
-
-    The block replaces an earlier copy between the markers, or is appended (later
-    lines win in config.txt, so appending overrides e.g. an earlier enable_uart=0).
-    `pins` maps each BCM GPIO number the box config uses to what uses it (default
-    ``{18: "gps.pps_pin"}``). A ``dtoverlay=pps-gpio`` on one of them (no ``gpiopin``
-    means the overlay's default, 18) is commented out: the kernel's pps driver would
-    claim the line, and the daemon, failing to request it, would restart forever. A
-    pps-gpio overlay on a pin the box does not use is left alone.
-    """
-    pins = {18: "gps.pps_pin"} if pins is None else pins
-    lines = current.splitlines()
-    out: list[str] = []
-    skipping = False
-    for line in lines:
-        if line.strip() == BEGIN:
-            skipping = True
-            continue
-        if skipping:
-            if line.strip() == END:
-                skipping = False
-            continue
-        m = _PPS_OVERLAY.match(line)
-        if m:
-            found = re.search(r"gpiopin\s*=\s*(\d+)", m.group("args"))
-            pin = int(found.group(1)) if found else 18
-            if pin in pins:
-                line = (
-                    f"#{line}  # disabled by checkpoint: the daemon reads GPIO{pin} ({pins[pin]})"
-                )
-        out.append(line)
-    while out and not out[-1].strip():
-        out.pop()
-    text = "\n".join(out)
-    return (text + "\n\n" if text else "") + block
-
-
-def strip_serial_console(cmdline: str) -> str:
-    """cmdline.txt without any console= on the Pi's UARTs (as firmware_config/cmdline.sed)."""
-
-    def one(line: str) -> str:
-        for pattern, repl in ((_CONSOLE_HEAD, ""), (_CONSOLE_MIDDLE, r"\1")):
-            while True:
-                new = pattern.sub(repl, line, count=1)
-                if new == line:
-                    break
-                line = new
-        return line
-
-    return "\n".join(one(line) for line in cmdline.split("\n"))
 
 
 def render_unit(text: str, program: str) -> str:
@@ -222,35 +167,6 @@ def plan_files(root: Path, assets: Path, program: str) -> list[FileChange]:
             FileChange(dest, source.read_text(), _read(_target(root, dest)), keep_existing=True)
         )
     return changes
-
-
-_GPIO_NAME = re.compile(r"^(?:GPIO|BCM)?(\d+)$", re.IGNORECASE)
-
-
-def config_pins(text: str) -> dict[int, str]:
-    """BCM GPIO numbers a box config uses (PPS, inputs, LED/buzzer), each with its user.
-
-    Read leniently from the TOML (the daemon checks the config, not the installer):
-    a pin written as a header position (``BOARD12``) or anything unparsable is skipped.
-    """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        data = {}
-    gps = data.get("gps") if isinstance(data.get("gps"), dict) else {}
-    named = [("gps.pps_pin", gps.get("pps_pin", "GPIO18"))]
-    if "inputs" not in data:  # the daemon's default inputs then
-        named += [(f"input {i.name}", i.pin) for i in default_inputs()]
-    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
-    named += [(f"input {i.get('name', '?')}", i.get("pin")) for i in inputs if isinstance(i, dict)]
-    ind = data.get("indicator") if isinstance(data.get("indicator"), dict) else {}
-    named += [(f"indicator.{k}", ind[k]) for k in ("led_pin", "buzzer_pin") if ind.get(k)]
-    pins: dict[int, str] = {}
-    for what, name in named:
-        m = _GPIO_NAME.match(str(name)) if isinstance(name, (str, int)) else None
-        if m:
-            pins.setdefault(int(m.group(1)), what)
-    return pins
 
 
 def plan_firmware(root: Path, assets: Path) -> tuple[list[FileChange], list[str]]:
@@ -396,6 +312,24 @@ def install(
             f"warning: {program} is under /home or /root, which the unit hides "
             "(ProtectHome=yes): install checkpoint under /opt or /usr/local instead"
         )
+    changed = _install_files(root, assets, program, say)
+    if firmware:
+        changed |= _install_firmware(root, assets, yes, ask, say)
+    else:
+        say("firmware files not checked (--no-firmware)")
+    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
+    _run_commands(plan_commands(root, changed, load), root, real, say, run or _run)
+    if changed:
+        say(f"{len(changed)} file(s) changed.")
+        if real:
+            say("Next: edit /etc/checkpoint/box.toml, then sudo systemctl restart checkpoint")
+    else:
+        say("nothing to change: already installed")
+    return len(changed)
+
+
+def _install_files(root: Path, assets: Path, program: str, say: Callable[[str], None]) -> set[str]:
+    """Write the system files that differ; the destinations written."""
     changed: set[str] = set()
     for change in plan_files(root, assets, program):
         if not change.needed:
@@ -405,44 +339,48 @@ def install(
         write(root, change)
         changed.add(change.dest)
         say(f"{'created' if change.old is None else 'updated'}  {change.dest}")
+    return changed
 
-    if firmware:
-        fw, notes = plan_firmware(root, assets)
-        for note in notes:
-            say(note)
-        pending = [c for c in fw if c.needed]
-        if pending:
-            for change in pending:
-                say(diff(change).rstrip("\n"))
-            if yes or ask("Apply these changes to the Raspberry Pi firmware files?"):
-                for change in pending:
-                    write(root, change)
-                    changed.add(change.dest)
-                    say(f"updated  {change.dest} (takes effect at the next boot)")
-            else:
-                say("firmware files left unchanged")
-    else:
-        say("firmware files not checked (--no-firmware)")
 
-    load = modules((assets / "systemd/checkpoint.modules-load").read_text())
-    commands = plan_commands(root, changed, load)
+def _install_firmware(
+    root: Path, assets: Path, yes: bool, ask: Callable[[str], bool], say: Callable[[str], None]
+) -> set[str]:
+    """Show the firmware files' changes and write them if the person agrees (or `yes`)."""
+    fw, notes = plan_firmware(root, assets)
+    for note in notes:
+        say(note)
+    pending = [c for c in fw if c.needed]
+    if not pending:
+        return set()
+    for change in pending:
+        say(diff(change).rstrip("\n"))
+    if not (yes or ask("Apply these changes to the Raspberry Pi firmware files?")):
+        say("firmware files left unchanged")
+        return set()
+    for change in pending:
+        write(root, change)
+        say(f"updated  {change.dest} (takes effect at the next boot)")
+    return {change.dest for change in pending}
+
+
+def _run_commands(
+    commands: list[list[str]],
+    root: Path,
+    real: bool,
+    say: Callable[[str], None],
+    run: Callable[[list[str]], int],
+) -> None:
+    """Run the commands on the real system; under --root (or without the tool) say them."""
     have_systemctl = shutil.which("systemctl") is not None
     for cmd in commands:
         if real and (cmd[0] != "systemctl" or have_systemctl) and shutil.which(cmd[0]):
             say(f"running  {' '.join(cmd)}")
-            rc = (run or _run)(cmd)
+            rc = run(cmd)
             if rc != 0:
                 raise InstallError(f"{' '.join(cmd)} failed with exit code {rc}")
         else:
             why = f"--root {root}" if not real else f"{cmd[0]} not found"
             say(f"not run ({why}): {' '.join(cmd)}")
-    if changed:
-        say(f"{len(changed)} file(s) changed.")
-        if real:
-            say("Next: edit /etc/checkpoint/box.toml, then sudo systemctl restart checkpoint")
-    else:
-        say("nothing to change: already installed")
-    return len(changed)
 
 
 def _run(cmd: list[str]) -> int:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from checkpoint.hq import assign
 from checkpoint.hq.dualtiming import Key, Timed
-from checkpoint.hq.event import Event
+from checkpoint.hq.event import Event, Identify
 
 NS_PER_S = 1_000_000_000
 
@@ -279,6 +279,28 @@ def _call(
     return Call(t, "confirm", None, car, pred, round(margin, 3), z)
 
 
+def _calls(
+    passages: list[Timed],
+    cars: list[str],
+    preds: list[tuple[int, float]],
+    width: int,
+    idp: Identify,
+) -> list[Call]:
+    """One control's calls, in passage order: a car a person named stands; the other
+    passages are matched to the candidate `cars` by their predictions `preds`."""
+    gate = idp.gate_sigmas
+    calls: list[Call | None] = [
+        None if t.car is None else Call(t, t.car_source or "marshal", t.car) for t in passages
+    ]
+    free = [i for i, cl in enumerate(calls) if cl is None]
+    times = [passages[i].utc_ns for i in free]
+    edges, zs = _edges(times, preds, width, gate, idp.sigma_ns / NS_PER_S)
+    matched, nobody = _match(len(free), len(cars), edges, gate * gate / 4)
+    for pi, i in enumerate(free):
+        calls[i] = _call(passages[i], pi, matched, nobody, cars, preds, zs, idp.min_margin)
+    return [cl for cl in calls if cl is not None]
+
+
 def identify(
     event: Event,
     timed: Mapping[str, list[Timed]],
@@ -289,52 +311,33 @@ def identify(
     """Identify every timed passage (`timed`: control id → its passages).
 
     `starts`: car → scheduled start (UTC ns) of every car expected (withdrawn cars
-    left out). The event must be scheduled (`event.scheduled`).
+    left out). The event must be scheduled (`event.scheduled`). Control by control,
+    in route order: the cars not yet named there are predicted from their last
+    identified passage (`anchor`), and a retired car that was not seen drops out.
     """
-    idp = event.identify
-    gate = idp.gate_sigmas
-    unmatched = gate * gate / 4
     result = Identification()
     anchor: dict[str, tuple[int, int, int]] = {}  # car → (control index, utc_ns, var)
     gone: set[str] = set()
-    ctls = event.controls
     cum_var = _cumulative_variance(event)
-    base = idp.sigma_ns / NS_PER_S
     unit = int(event.rules.time_unit_s * NS_PER_S)
 
-    for k, ctl in enumerate(ctls):
+    for k, ctl in enumerate(event.controls):
         passages = timed.get(ctl.id, [])
-        calls: list[Call | None] = [None] * len(passages)
-        human_cars = set()
-        for i, t in enumerate(passages):
-            if t.car is not None:
-                calls[i] = Call(t, t.car_source or "marshal", t.car)
-                human_cars.add(t.car)
-        cars = sorted(c for c in starts if c not in human_cars and c not in gone)
+        named = {t.car for t in passages if t.car is not None}
+        cars = sorted(c for c in starts if c not in named and c not in gone)
         preds = [_predict(event, k, starts[c], anchor.get(c), cum_var) for c in cars]
-        # A prediction is a window [lo, lo + width] (width 0 but at a time control,
-        # where a car on time arrives anywhere in its own unit) and a sigma (s).
-        width = unit if ctl.kind == "time" and cars else 0
         result.expected[ctl.id] = sorted(
             ((c, p) for c, (p, _) in zip(cars, preds, strict=True)), key=lambda x: x[1]
         )
-        free = [i for i, cl in enumerate(calls) if cl is None]
-        times = [passages[i].utc_ns for i in free]
-        edges, zs = _edges(times, preds, width, gate, base)
-        matched, nobody = _match(len(free), len(cars), edges, unmatched)
-        seen_cars = set()
-        for pi, i in enumerate(free):
-            call = _call(passages[i], pi, matched, nobody, cars, preds, zs, idp.min_margin)
-            calls[i] = call
-            if call.status == "auto":
-                seen_cars.add(call.car)
-        done = [c for c in calls if c is not None]
+        # A prediction is a window [lo, lo + width] (width 0 but at a time control,
+        # where a car on time arrives anywhere in its own unit) and a sigma (s).
+        width = unit if ctl.kind == "time" and cars else 0
+        done = _calls(passages, cars, preds, width, event.identify)
         for cl in done:
             if cl.car is not None and (cl.car not in anchor or anchor[cl.car][0] < k):
                 anchor[cl.car] = (k, cl.timed.utc_ns, 0)
-        for c in cars:
-            if c in retired and c not in seen_cars:
-                gone.add(c)
+        seen = {cl.car for cl in done if cl.status == "auto"}
+        gone.update(c for c in cars if c in retired and c not in seen)
         result.calls[ctl.id] = done
         for cl in done:
             for key in cl.timed.members:

@@ -12,17 +12,15 @@ written:
   (a control that starts and finishes a loop sees a car twice);
 * unvoiding a passage that is not void is refused (no audit row for nothing).
 
-`apply_rows` checks a whole batch (bulk CSV) against HQ's passages *and* the
-batch's own earlier rows, reports every problem at once with its line, and writes
-nothing unless all are right; then it writes them in one transaction.
+`apply_rows` checks a whole batch (a bulk CSV, read by ops_csv.py) against HQ's
+passages *and* the batch's own earlier rows, reports every problem at once with its
+line, and writes nothing unless all are right; then it writes them in one transaction.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import difflib
-import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -345,72 +343,6 @@ def apply_rows(
             )
             done.append((label, {"id": cid, "passage": describe(row, tz), **fields}))
     return done
-
-
-# -- bulk CSV -------------------------------------------------------------------------------
-
-CSV_COLUMNS = ("action", "control", "at", "car", "was", "box", "seq", "store", "reason", "by")
-
-
-def parse_csv(text: str, source: str = "<csv>") -> list[tuple[str, Request]]:
-    """Bulk corrections, one per row. Columns (header required, any order):
-
-    action (assign|void|unvoid), control, at (local time of day), car (assign: the
-    car to give; void/unvoid: the car whose passage), was (assign: the car the
-    passage carries now), box + seq (+ store) instead of control, reason, by,
-    new_car / force ("yes" to override the field and twice-at-a-control checks).
-    """
-    reader = csv.DictReader(io.StringIO(text))
-    cols = [c.strip() for c in reader.fieldnames or []]
-    allowed = (*CSV_COLUMNS, "new_car", "force")
-    unknown = [c for c in cols if c not in allowed]
-    if not cols or "action" not in cols:
-        raise CommandError(f"{source}: needs a header line with at least: action, control, at, car")
-    if unknown:
-        raise CommandError(
-            f"{source}: unknown column {', '.join(unknown)} (columns: {', '.join(allowed)})"
-        )
-    out: list[tuple[str, Request]] = []
-    problems: list[str] = []
-    for n, raw in enumerate(reader, start=2):
-        r = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if not any(r.values()):
-            continue
-        label = f"{source} line {n}"
-        action = r.get("action", "").lower()
-        car = r.get("car") or None
-        seq: int | None = None
-        if r.get("seq"):
-            try:
-                seq = int(r["seq"])
-            except ValueError:
-                problems.append(f"{label}: seq must be a number, got {r['seq']!r}")
-                continue
-        pick = Pick(
-            control=r.get("control") or None,
-            at=r.get("at") or None,
-            car=(r.get("was") or None) if action == "assign" else car,
-            box=r.get("box") or None,
-            seq=seq,
-            store=r.get("store") or None,
-        )
-        out.append(
-            (
-                label,
-                Request(
-                    pick=pick,
-                    action=action,
-                    new_car=car if action == "assign" else None,
-                    reason=r.get("reason") or None,
-                    by=r.get("by") or None,
-                    allow_new_car=r.get("new_car", "").lower() in ("yes", "true", "1"),
-                    force=r.get("force", "").lower() in ("yes", "true", "1"),
-                ),
-            )
-        )
-    if problems:
-        raise CommandError("\n".join(problems))
-    return out
 
 
 # -- audit ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint.contracts import Rejected, is_int, parse_event
-from checkpoint.core import chain
+from checkpoint.core import chain, chainsig
 from checkpoint.hq import integrity
 from checkpoint.hq.verify_report import Result, VerifyError, payloads
 
@@ -33,7 +33,7 @@ def _signed(
         if box not in by_box:
             pub = keys / f"{box}.pub"
             try:
-                by_box[box] = chain.load_verify_key(pub.read_bytes())
+                by_box[box] = chainsig.load_verify_key(pub.read_bytes())
             except OSError:
                 by_box[box] = None
                 result.notes.append(f"{box}: no public key {pub}; its signed heads are not checked")
@@ -44,7 +44,7 @@ def _signed(
             continue
         if not a.get("sig"):
             continue
-        problem = chain.check_signed_head(key, box, store, a)
+        problem = chainsig.check_signed_head(key, box, store, a)
         if problem is not None:
             found.append(chain.Break(box, store, seq, "badsig", problem))
         elif held.get((box, store, seq)) == a["head"]:
