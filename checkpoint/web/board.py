@@ -124,15 +124,19 @@ class BoardServer(Site):
 
     async def _poller(self) -> None:
         assert self._poke is not None
-        while True:
+        while not self._closed:
             try:
                 await asyncio.wait_for(self._poke.wait(), self.poll_s)
             except TimeoutError:
                 pass
             self._poke.clear()
+            if self._closed:  # `stop` gave up waiting for this loop and closed the database
+                return
             try:
                 await self._poll()
             except Exception:  # a locked or damaged database: try again next second
+                if self._closed:
+                    return
                 log.exception("board: cannot read %s", self.db)
 
     async def _poll(self) -> None:

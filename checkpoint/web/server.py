@@ -225,6 +225,10 @@ class ServerThread:
                 loop.call_soon_threadsafe(stopping.set)
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning(
+                    "%s: server thread still running %.0f s after stop", self.name, timeout_s
+                )
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
