@@ -298,6 +298,41 @@ def _events(db):
         return s.event_count()
 
 
+def _hq_assigns_the_passage_nobody_assigned(wall, board, hq) -> None:
+    """HQ logs in, picks box04's passage with no car from the feed, assigns car 42; the
+    results follow at once."""
+    assert wall.find_element("id", "correct-panel").is_displayed() is False
+    wall.find_element("id", "login").click()
+    login(wall, board.url, PASSWORD)
+    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
+    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
+    # The feed row of box04's passage that has no car (the feed re-renders as it likes).
+    ref = next(
+        r[6]
+        for r in cells(wall, "#feed tbody tr")
+        if r[6].startswith("box04 #") and "no car" in r[3]
+    )
+    assert click_row(wall, "#feed tbody tr", ref)
+    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
+    wall.find_element("id", "c-value").send_keys("42")
+    wall.find_element("css selector", "#correct button[type=submit]").click()
+    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
+    wait_for(
+        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
+    )
+    wall.find_element("id", "f-car").send_keys("42")
+    wait_page(
+        wall,
+        lambda d: (
+            d.find_element("id", "car-summary").text.endswith("points")
+            and "MISSING" not in d.find_element("id", "car-summary").text
+        ),
+        what="car 42 complete",
+    )
+    wall.find_element("id", "f-car").clear()
+    wall.find_element("id", "f-car").send_keys(" ")
+
+
 def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, board, tmp_path):
     _rally(emus, hq)
     wall.get(board.url)
@@ -334,37 +369,7 @@ def test_board_results_car_view_filters_and_an_hq_correction(wall, hq, emus, boa
     wall.find_element("id", "f-car").clear()
     wall.find_element("id", "f-car").send_keys(" ")  # input event: filter off
 
-    # HQ assigns the passage nobody assigned; results follow at once.
-    assert wall.find_element("id", "correct-panel").is_displayed() is False
-    wall.find_element("id", "login").click()
-    login(wall, board.url, PASSWORD)
-    wait_page(wall, lambda d: d.find_element("id", "correct-panel").is_displayed(), what="login")
-    wait_page(wall, lambda d: css(d, "#feed tbody tr"), what="feed")
-    # The feed row of box04's passage that has no car (the feed re-renders as it likes).
-    ref = next(
-        r[6]
-        for r in cells(wall, "#feed tbody tr")
-        if r[6].startswith("box04 #") and "no car" in r[3]
-    )
-    assert click_row(wall, "#feed tbody tr", ref)
-    wait_page(wall, lambda d: d.find_element("id", "c-box").get_attribute("value") == "box04")
-    wall.find_element("id", "c-value").send_keys("42")
-    wall.find_element("css selector", "#correct button[type=submit]").click()
-    wait_page(wall, lambda d: "correction #" in d.find_element("id", "c-msg").text, what="applied")
-    wait_for(
-        lambda: any(p["car"] == "42" and p["box"] == "box04" for p in hq_passages(hq)), 5, "HQ"
-    )
-    wall.find_element("id", "f-car").send_keys("42")
-    wait_page(
-        wall,
-        lambda d: (
-            d.find_element("id", "car-summary").text.endswith("points")
-            and "MISSING" not in d.find_element("id", "car-summary").text
-        ),
-        what="car 42 complete",
-    )
-    wall.find_element("id", "f-car").clear()
-    wall.find_element("id", "f-car").send_keys(" ")
+    _hq_assigns_the_passage_nobody_assigned(wall, board, hq)
     from selenium.webdriver.common.action_chains import ActionChains
 
     wall.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
