@@ -466,6 +466,21 @@ class ClockModel:
         """
         p = self.params
         mono = seg.mono
+        if nk == len(mono) and m >= mono[-1] and nk - seg.starts[-1] >= p.min_lock_samples:
+            # The usual question (a new pulse, a sentence, the state each second): a tick
+            # after the newest sample of a run long enough to fit. Only that run is in
+            # reach (what `_runs_around` would find), so the general search is skipped.
+            near = (m - mono[-1]) / 1e9
+            if near * 1e9 > p.holdover_max_ns:
+                return None
+            rs = seg.starts[-1]
+            fit, ok = seg.fit_for(m, rs, nk, self._reuse)
+            if not bound:
+                return fit.value(m), 0.0, near, fit
+            spread = max(near * near, ((m - fit.last) / 1e9) ** 2)
+            cont, sd = fit.predict(m)
+            wander = 0.5 * self._selftest.allowance(now) * spread * 1e9
+            return cont, self._fit_bound(fit, sd, wander, ok), near, fit
         j = bisect_right(mono, m, 0, nk)
         reach: list[tuple[int, int, float, float]] = []  # runs within holdover reach
         for rs, re in self._runs_around(seg, j, nk):
