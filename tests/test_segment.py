@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from checkpoint.core.clockparams import NS_PER_S, ClockParams
-from checkpoint.core.segment import Segment
+from checkpoint.core.segment import Segment, refit_step
 
 LATE_NS = 50_000  # a late interrupt: far outside a 1 µs-jitter fit, far inside gross_ns
 
@@ -45,7 +45,7 @@ def tail_fit(seg: Segment):  # noqa: ANN201 - a regression.Fit
 
 
 def test_a_lone_late_pulse_keeps_the_reused_fit() -> None:
-    seg = clean_segment(640)  # a multiple of 32: the tail fit is the newest window
+    seg = clean_segment(640)  # a multiple of 128: the tail fit is the newest window
     grid_fit = tail_fit(seg)
     add(seg)
     assert tail_fit(seg) is grid_fit  # reused
@@ -85,3 +85,32 @@ def test_too_many_scattered_misses_force_a_refit() -> None:
     assert tail_fit(seg) is grid_fit  # three isolated misses: tolerated
     add(seg, LATE_NS)
     assert tail_fit(seg) is not grid_fit  # the fourth: refit
+
+
+def test_a_full_window_is_refitted_every_128_clean_pulses() -> None:
+    seg = clean_segment(640)
+    grid_fit = tail_fit(seg)
+    for _ in range(127):
+        add(seg)
+        assert tail_fit(seg) is grid_fit
+    add(seg)  # 768 samples: the next multiple of 128
+    refit = tail_fit(seg)
+    assert refit is not grid_fit and refit.last == seg.mono[-1]
+
+
+def test_a_young_run_refits_more_often() -> None:
+    seg = clean_segment(100)  # a quarter of the run is 25: every 16 pulses
+    first = tail_fit(seg)
+    assert first.last == seg.mono[95]  # the fit of 96 samples, the last multiple of 16
+    for _ in range(11):
+        add(seg)
+        assert tail_fit(seg) is first
+    add(seg)  # 112 samples
+    assert tail_fit(seg).last == seg.mono[-1]
+
+
+def test_refit_steps_nest_so_the_reused_fit_never_moves_back() -> None:
+    assert [refit_step(n, 128) for n in (10, 64, 100, 256, 600, 10**6)] == [2, 16, 16, 64, 128, 128]
+    assert refit_step(10**6, 32) == 32
+    ends = [n - n % refit_step(n, 128) for n in range(1, 5000)]
+    assert all(b >= a for a, b in zip(ends, ends[1:], strict=False))

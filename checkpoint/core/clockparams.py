@@ -42,25 +42,25 @@ class Stamp:
 class ClockParams:
     """Thresholds of the clock model (module docstring explains how each is used).
 
-    Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs
-    at the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS
-    estimate; 10 locks ten seconds after the first paired pulse, with a bound a few
-    times wider than a full window's: the small-sample factor below and the
-    propagated frequency error of a short line), ``min_window_samples`` (the window
-    tests never shrink a window below this many samples), ``refit_every_samples`` (a
-    stamp at the newest sample reuses the fit of this many samples ago while the newer
-    ones agree with it), ``quadratic_min_samples``
-    and ``drift_t`` (drift term only from this many samples and when significant at
-    this t), ``window_shrink``, ``runs_z`` (runs test: fail when the sign runs are
-    fewer than expected by more than this many σ), ``local_z`` and ``local_frac``
-    (mean residual of the nearest ``local_frac`` of the window vs its σ/√k),
-    ``outlier_sigmas`` / ``outlier_floor_ns`` (rejection threshold: the larger of
-    outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a
-    step candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never
-    spans a longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a
-    polynomial bent over both sides of an outage would claim µs where it errs by tens),
-    ``early_relabel_ns`` (a whole-second relabel this soon after a segment began may
-    mean the receiver started with a wrong second: earlier ticks then carry the step).
+    Fit: ``window_samples`` (longest window, PPS samples ≈ seconds; 600 gives ~0.15 µs at
+    the window's end with 1 µs jitter), ``min_lock_samples`` (fewer → no PPS estimate; 10
+    locks ten seconds after the first paired pulse, with a bound a few times wider than a
+    full window's: the small-sample factor below and the propagated frequency error of a
+    short line), ``min_window_samples`` (the window tests never shrink a window below this
+    many samples), ``refit_every_samples`` (the state, status and checks of new pulses and
+    sentences reuse a fit of at most this many samples ago while the newer ones agree with
+    it; a young run refits more often, see `segment.refit_step`; published stamps always get
+    the newest window), ``quadratic_min_samples`` and ``drift_t`` (drift term only from this
+    many samples and when significant at this t), ``window_shrink``, ``runs_z`` (runs test:
+    fail when the sign runs are fewer than expected by more than this many σ), ``local_z``
+    and ``local_frac`` (mean residual of the nearest ``local_frac`` of the window vs its
+    σ/√k), ``outlier_sigmas`` / ``outlier_floor_ns`` (rejection threshold: the larger of
+    outlier_sigmas·robust σ and the floor), ``gross_ns`` (a sample this far off is a step
+    candidate, not an outlier), ``step_confirm``, ``max_bridge_ns`` (a fit never spans a
+    longer gap: past ~30 s the wander allowance exceeds one jitter σ, and a polynomial bent
+    over both sides of an outage would claim µs where it errs by tens), ``early_relabel_ns``
+    (a whole-second relabel this soon after a segment began may mean the receiver started
+    with a wrong second: earlier ticks then carry the step).
 
     Bound: ``k_sigma`` (coverage factor on the propagated covariance; 5 σ),
     ``pps_accuracy_ns`` (receiver PPS vs UTC), ``misfit_sigmas``,
@@ -93,7 +93,7 @@ class ClockParams:
     window_samples: int = 600
     min_lock_samples: int = 10
     min_window_samples: int = 60
-    refit_every_samples: int = 32
+    refit_every_samples: int = 128
     quadratic_min_samples: int = 100
     drift_t: float = 2.5
     window_shrink: float = 0.7

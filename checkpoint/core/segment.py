@@ -15,6 +15,18 @@ from checkpoint.core.regression import Fit, fit_window
 _MAX_MISSES = 3
 
 
+def refit_step(n: int, most: int) -> int:
+    """Samples between the fits a run of `n` samples reuses: a quarter of the run, rounded
+    down to a power of two, and at most `most`.
+
+    A young run refits often (its fit narrows fast as samples come: 16 apart at 64
+    samples, 64 at 256), a full window only every `most` pulses (its fit barely moves;
+    the tail's bound still grows honestly with the distance to the fit's last sample).
+    Powers of two nest, so the reused fit only moves forward as the run grows.
+    """
+    return max(min(1 << max((n >> 2).bit_length() - 1, 0), most), 1)
+
+
 class Segment:
     """PPS samples whose labels are mutually consistent, on one continuous scale.
 
@@ -39,10 +51,12 @@ class Segment:
         "phase",
         "phase0",
         "params",
+        "lengths",
     )
 
     def __init__(self, params: ClockParams) -> None:
         self.params = params
+        self.lengths: dict[int, list[int]] = {}  # candidate_lengths' answers by run length
         bridge_ns = params.max_bridge_ns
         self.mono: list[int] = []
         self.cont: list[int] = []
@@ -112,6 +126,12 @@ class Segment:
     def candidate_lengths(self, nk: int) -> list[int]:
         """Window lengths to try for a run of `nk` samples, longest first."""
         p = self.params
+        # Asked at every new pulse: remembered. Runs longer than every window length
+        # and floor all get the same answer, so at most that many answers are kept.
+        nk = min(nk, max(p.window_samples, p.min_window_samples, p.min_lock_samples))
+        known = self.lengths.get(nk)
+        if known is not None:
+            return known
         lengths = []
         floor = min(max(p.min_window_samples, p.min_lock_samples), nk)
         length = min(p.window_samples, nk)
@@ -120,6 +140,7 @@ class Segment:
             length = int(length * p.window_shrink)
         if not lengths or lengths[-1] > floor:
             lengths.append(floor)
+        self.lengths[nk] = lengths
         return lengths
 
     def fit_for(self, m: int, rs: int, re: int, reuse: bool) -> tuple[Fit, bool]:
@@ -127,10 +148,10 @@ class Segment:
 
         For the questions asked on every record (`state`, `status`, the check of each
         new pulse: `reuse` True), a tick at or after the run's last sample reuses the fit
-        of the run as it stood at its last multiple of `refit_every_samples` samples,
-        provided the samples since still lie within that fit's outlier threshold (an
-        isolated late pulse excepted): one 600-sample fit every 32 pulses instead of
-        one or two a pulse. The choice depends
+        of the run as it stood at its last multiple of `refit_step` samples, provided
+        the samples since still lie within that fit's outlier threshold (an isolated
+        late pulse excepted): one 600-sample fit every 128 pulses instead of one or two
+        a pulse. The choice depends
         only on (rs, re), so the daemon and a replay pick the same fit whatever else
         asked the model in between. Stamps (`reuse` False) always get the newest window.
         """
@@ -147,8 +168,8 @@ class Segment:
 
     def _fit_tail(self, m: int, rs: int, re: int, reuse: bool) -> tuple[Fit, bool]:
         p = self.params
-        k = p.refit_every_samples
         n = re - rs
+        k = refit_step(n, p.refit_every_samples)
         if reuse and k > 1 and n - n % k >= max(p.min_window_samples, 1) and n % k:
             e = re - n % k
             fit, ok = self.fit_window_for(m, rs, e)
