@@ -509,7 +509,8 @@ def _replay(sec: dict[str, Any]) -> list[str]:
         "|---|---:|",
         f"| capture replayed (u-blox M8 at factory settings + PPS; {kinds}) "
         f"| {rp['capture_s']:,} s, {rp['records']:,} records |",
-        f"| CPU | {rp['cpu_s']} s = **{rp['x_real_time']:,}× real time**, "
+        f"| CPU (least of {rp.get('runs', 1)} replays) "
+        f"| {rp['cpu_s']} s = **{rp['x_real_time']:,}× real time**, "
         f"{rp['us_per_record']} µs a record; a day in {rp['day_s']} s |",
         f"| CPU per PPS pulse (with its second of sentences), {cpu['span_s']} s idle "
         f"| {cpu['us_per_pulse']} µs |",
