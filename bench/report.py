@@ -512,7 +512,9 @@ def _replay(sec: dict[str, Any]) -> list[str]:
         f"| CPU (least of {rp.get('runs', 1)} replays) "
         f"| {rp['cpu_s']} s = **{rp['x_real_time']:,}× real time**, "
         f"{rp['us_per_record']} µs a record; a day in {rp['day_s']} s |",
-        f"| CPU per PPS pulse (with its second of sentences), {cpu['span_s']} s idle "
+        f"| CPU per PPS pulse (with its second of sentences), {cpu.get('idle_s')} s idle "
         f"| {cpu['us_per_pulse']} µs |",
+        f"| the same in the first {cpu['span_s']} s after power-up (lock, a young window) "
+        f"| {cpu.get('us_per_pulse_first')} µs |",
         f"| CPU per passage ({cpu['passages']} cars, one every 2 s) | {cpu['us_per_passage']} µs |",
     ]
