@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -283,6 +284,62 @@ class CpuWindow:
         for name in self.pids:
             out[name] = round(100 * (c1[name] - self._c0[name]) / wall, 2) if wall else None
         return out
+
+
+class DiskProbe:
+    """The disk's own commit latency, beside a benchmark whose figures wait on it.
+
+    A thread commits one small row every `period_s` to its own SQLite file at `path`,
+    in WAL mode with synchronous=FULL (read back), as the box's store does: each commit
+    fsyncs the WAL. The box publishes an event only after such a commit, so a commit
+    that stalls on the machine's disk (a shared virtual disk can take 100-300 ms to
+    flush while other work writes) holds every passage that comes meanwhile. `window()`
+    says how this bare commit fared over a phase, so a stall of the disk is told from
+    one of the box. Negligible load: one fsync per `period_s`, beside the box's and
+    HQ's one per passage each.
+    """
+
+    def __init__(self, path: Path, period_s: float = 0.05) -> None:
+        self.path = path
+        self.period_s = period_s
+        self.commits: list[tuple[int, int]] = []  # (start, end) ns; appended by the thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DiskProbe:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        if (mode, sync) != ("wal", 2):
+            db.close()
+            raise BenchError(f"disk probe {self.path}: journal_mode {mode}, synchronous {sync}")
+        db.execute("CREATE TABLE IF NOT EXISTS probe (i INTEGER PRIMARY KEY, at INTEGER)")
+        self._thread = threading.Thread(target=self._run, args=(db,), name="disk-probe")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def _run(self, db: sqlite3.Connection) -> None:
+        try:
+            while not self._stop.wait(self.period_s):
+                t0 = time.monotonic_ns()
+                db.execute("INSERT INTO probe (at) VALUES (?)", [t0])  # autocommit: fsync
+                self.commits.append((t0, time.monotonic_ns()))
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def window(self, t0_ns: int, t1_ns: int) -> dict[str, Any]:
+        """The bare commits that overlapped [t0_ns, t1_ns]: `summary_ms`, and how many
+        took 20 ms or more (`stalls_20ms`)."""
+        took = [end - start for start, end in list(self.commits) if end >= t0_ns and start <= t1_ns]
+        return {**summary_ms(took), "stalls_20ms": sum(d >= 20 * MS for d in took)}
 
 
 # -- MQTT watcher ------------------------------------------------------------------------

@@ -17,6 +17,12 @@ What is measured, per passage (all CLOCK_MONOTONIC on this one machine):
   then the publish);
 * **naive**: tick → arrival at the same kind of subscriber of the naive box's
   publish (bench/naive.py: the edge callback publishes at once, no store).
+* **disk**: how long a bare SQLite commit (WAL, synchronous=FULL, one row every
+  50 ms: bench.common.DiskProbe) took on the box's filesystem over the phase. The
+  box publishes each event only after such a commit, so while the disk stalls every
+  passage waits: on a shared virtual disk one flush now and then takes 100-300 ms
+  while other work writes, and one such stall at 100/s holds some 30 passages, enough
+  for the phase's p99. This column tells that from a stall of the box.
 
 The real daemon runs as `python -m checkpoint run`, HQ as `checkpoint hq run`,
 Mosquitto on loopback. Four beams (lockout 0, min_break 1 ms) share the load. The
@@ -43,6 +49,7 @@ from bench.common import (
     REPO,
     BenchError,
     CpuWindow,
+    DiskProbe,
     HQProc,
     Watcher,
     ack_times,
@@ -108,11 +115,17 @@ def checkpoint_phase(
         wait_until(all_acked, 20, f"HQ acks of {len(leads)} passages", step_s=0.05)
     except BenchError:
         pass  # reported below as lost
-    return {"sched": sched, "feed": feed, "cpu": cpu_share}
+    # From the first tick to the last ack: the span the disk probe is read over.
+    span = (sched.lines[0][0], time.monotonic_ns())
+    return {"sched": sched, "feed": feed, "cpu": cpu_share, "span": span}
 
 
 def analyse_checkpoint(
-    phase: dict[str, Any], watcher: Watcher, received: dict[tuple[str, int], int], offset: int
+    phase: dict[str, Any],
+    watcher: Watcher,
+    received: dict[tuple[str, int], int],
+    offset: int,
+    disk: DiskProbe,
 ) -> dict[str, Any]:
     """Turn one phase's arrivals into the figures (see the module docstring)."""
     events = watcher.events.get(BOX, {})
@@ -141,6 +154,7 @@ def analyse_checkpoint(
         "edge_to_hq_commit": summary_ms(commit),
         "edge_to_hq_received": summary_ms(at_hq),
         "edge_to_event_at_broker": summary_ms(at_broker),
+        "disk_commit": disk.window(*phase["span"]),
         "feed": phase["feed"],
         "cpu_percent": phase["cpu"],
     }
@@ -275,6 +289,8 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
         hq = HQProc(work / "hq", broker.url).start()
         watcher = Watcher(broker.url, [all_boxes("rally", k) for k in (EVENT, ACK, STATUS)]).start()
         box = BenchBox(work / "box", broker.url, box=BOX)
+        # Beside the box's store, on the same filesystem (module docstring).
+        disk = DiskProbe(work / "box" / "disk-probe.db")
         gps: GpsFeeder | None = None
         try:
             box.start()
@@ -286,6 +302,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
             # check, checkpoint/box/daemon.py); the smoke run does not wait for lock, so wait
             # that out here.
             time.sleep(1.5 if smoke else 0)
+            disk.start()
             for label, rate, seconds, profile in plan:
                 _broker_profile(broker, profile, watcher)
                 pids = {"box": box.pid, "hq": hq.pid, "mosquitto": broker.pid or 0}
@@ -294,6 +311,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
             box_mem = memory_mb(box.pid)
             clock = (watcher.status.get(BOX) or (0, {}))[1].get("clock")
         finally:
+            disk.stop()
             if gps is not None:
                 gps.stop()
             box.close()
@@ -302,7 +320,8 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
         received = hq.received_ns()
         watcher.stop()
         checkpoint = {
-            label: analyse_checkpoint(p, watcher, received, offset) for label, p in phases.items()
+            label: analyse_checkpoint(p, watcher, received, offset, disk)
+            for label, p in phases.items()
         }
         broker_conf(broker, plan[0][3], [])
         naive = naive_run(work, broker, plan)

@@ -10,6 +10,7 @@ publishing gate, and the outbox bookkeeping under it.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -214,3 +215,22 @@ def test_implausible_ack_is_refused_not_obeyed(tmp_path, upto):
     assert st["bad_commands"] == 1 and st["acked_upto"] == 0 and st["skipped_seqs"] == 0
     assert "implausible" in st["alarms"]["seq"]
     _close(d)
+
+
+def test_stop_on_the_core_thread_takes_no_queue_lock(tmp_path):
+    # SIGTERM's handler runs on the core thread, possibly inside q.get() with the
+    # queue's lock held (as here): a put() from stop() waited on it for ever.
+    d, _ = _daemon(tmp_path)
+    returned = threading.Event()
+
+    def core() -> None:
+        d._core = threading.current_thread()
+        with d.q.mutex:
+            d.stop()
+        returned.set()
+
+    threading.Thread(target=core, daemon=True).start()
+    assert returned.wait(10), "stop() on the core thread waited for the queue's lock"
+    assert d._stop.is_set() and d.q.empty()
+    d.stop()  # from another thread (the control socket, a test): the core wakes at once
+    assert d.q.get_nowait() == ("wake", None)

@@ -68,6 +68,7 @@ class BoxDaemon:
         self.q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.holdback_ns = _HOLDBACK_FLOOR_NS
         self._stop = threading.Event()
+        self._core: threading.Thread | None = None  # the thread in run(): see stop()
         self.ready = threading.Event()
         self.boot = Store.boot_id()
         self.topics = Topics(cfg.mqtt.prefix, cfg.box)
@@ -227,7 +228,12 @@ class BoxDaemon:
     # -- control from other threads ----------------------------------------
     def stop(self) -> None:
         self._stop.set()
-        self.q.put(("wake", None))
+        if threading.current_thread() is not self._core:
+            # Not on the core thread: SIGTERM's handler runs there, possibly inside
+            # q.get() with the queue's lock held, and a put() would wait on that lock
+            # for ever (the daemon hung on SIGTERM). The core thread waits at most
+            # 0.2 s a turn (_timeout), so it sees the flag without a wake.
+            self.q.put(("wake", None))
 
     def _on_edge(self, name: str, mono: int, active: bool, fault: bool) -> None:
         self.q.put(("gpio", (capture.edge_record(name, mono, active, fault), _late(mono))))
@@ -261,6 +267,7 @@ class BoxDaemon:
 
     # -- the core thread ----------------------------------------------------
     def run(self) -> None:
+        self._core = threading.current_thread()
         # A restart, not a reboot: this boot's clock samples and the passages still to
         # re-stamp at lock go through the pipeline again (keeper.restart_records).
         window = self.pipeline.clock.params.window_samples
