@@ -114,3 +114,14 @@ def test_refit_steps_nest_so_the_reused_fit_never_moves_back() -> None:
     assert refit_step(10**6, 32) == 32
     ends = [n - n % refit_step(n, 128) for n in range(1, 5000)]
     assert all(b >= a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def test_a_published_stamp_always_gets_the_newest_window() -> None:
+    seg = clean_segment(640)
+    reused = tail_fit(seg)
+    for _ in range(5):
+        add(seg)
+    assert tail_fit(seg) is reused  # state, status, checks: the fit of 128 pulses' step
+    n = len(seg.mono)
+    fresh, _ok = seg.fit_for(seg.mono[-1] + NS_PER_S // 2, 0, n, False)  # a stamp
+    assert fresh is not reused and fresh.last == seg.mono[-1]
