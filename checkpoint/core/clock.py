@@ -64,8 +64,9 @@ drawn low by few residuals (2.3 for a ten-pulse line just after lock, 1.08 for 6
 ``A`` is the rate of
 *unmodelled* frequency change the oscillator is allowed: ``wander_ppm_per_min``
 (0.05 ppm/min ≈ an unforeseen 0.2 °C/min on a 0.25 ppm/°C Pi crystal) or, when larger,
-``wander_learn_factor`` × what the oscillator showed while locked: every
-``self_test_every_ns`` a snapshot of the fit is kept and each later inlier sample
+``wander_learn_factor`` × what the oscillator showed while locked: at most every
+``self_test_every_ns`` (every 128 pulses with a full window) a snapshot of the fit is
+kept and each later inlier sample
 ``120..1200 s`` downstream measures how far the snapshot's extrapolation missed,
 beyond its own statistical bound; that miss, as ``2·excess/d²``, is the learnt A
 (max over the last ``wander_memory_ns``). After 10 minutes of holdover the default A

@@ -1,6 +1,8 @@
 """The holdover self-test: how fast the oscillator wanders, learnt while locked (pure).
 
-Every ``self_test_every_ns`` a snapshot of the fit is kept; each later inlier sample
+A snapshot of the fit is kept at most every ``self_test_every_ns`` (in practice at each
+new fit the pulses are checked with: every 128 pulses for a full window, see
+`segment.refit_step`); each later inlier sample
 ``self_test_min_ns..self_test_max_ns`` downstream measures how far the snapshot's
 extrapolation missed, beyond its own statistical bound. That miss, as ``2·excess/d²``,
 is a learnt rate of unmodelled frequency change; `allowance` is the larger of the
