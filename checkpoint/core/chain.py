@@ -48,7 +48,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 #: Version tag of this chain format; also the genesis domain.
 CHAIN_VERSION = "checkpoint/chain/1"
@@ -132,7 +132,7 @@ def seal_problem(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def is_int(v: object) -> bool:
+def is_int(v: object) -> TypeGuard[int]:
     """An integer and not a bool (checkpoint.contracts.is_int: defined here, below the
     contracts, which build on the chain)."""
     return isinstance(v, int) and not isinstance(v, bool)

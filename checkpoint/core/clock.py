@@ -504,8 +504,8 @@ class ClockModel:
             if m > fit.last:  # the wander since the last sample the fit saw
                 spread = max(spread, ((m - fit.last) / 1e9) ** 2)
             cont, sd = fit.predict(m)
-            bound = self._fit_bound(fit, sd, 0.5 * wander * spread * 1e9, ok)
-            found.append((cont, bound, near, fit))
+            ub = self._fit_bound(fit, sd, 0.5 * wander * spread * 1e9, ok)
+            found.append((cont, ub, near, fit))
         if not found:
             return None
         if len(found) == 1:

@@ -391,7 +391,7 @@ class Pairer:
     def _by_phase(self, fix: Fix, anchor: int, phase: int, period: float) -> list[Sample]:
         """Rule 3: the phase alone."""
         if self.convention == "after":
-            inside = phase
+            inside: float = float(phase)
             target_g = self._grid.g
         else:
             inside = period - phase  # lead to the next pulse

@@ -21,11 +21,17 @@ from typing import Protocol
 class FitParams(Protocol):
     """What a fit needs of the clock's parameters (`clock.ClockParams` has them)."""
 
-    quadratic_min_samples: int  # fit a parabola from this many samples on
-    drift_t: float  # keep the drift term only at this t-value or more
-    runs_z: float  # residual runs test threshold
-    outlier_sigmas: float
-    outlier_floor_ns: int
+    # Read-only members, so a frozen dataclass matches (the compiled core checks types).
+    @property
+    def quadratic_min_samples(self) -> int: ...  # fit a parabola from this many samples on
+    @property
+    def drift_t(self) -> float: ...  # keep the drift term only at this t-value or more
+    @property
+    def runs_z(self) -> float: ...  # residual runs test threshold
+    @property
+    def outlier_sigmas(self) -> float: ...
+    @property
+    def outlier_floor_ns(self) -> int: ...
 
 
 def small_sample_factor(dof: int) -> float:
@@ -115,6 +121,28 @@ class Fit:
         "local",
         "factor",
     )
+
+    # Declared for the compiled core (checkpoint/native.py): mypyc lays out native fields.
+    ref_mono: int
+    ref_cont: int
+    xc: float
+    xs: float
+    a: float
+    b: float
+    c: float
+    cov: tuple
+    sigma: float
+    n: int
+    n_out: int
+    order: int
+    runs_ok: bool
+    first: int
+    last: int
+    resid: list
+    inl: list
+    start: int
+    local: dict
+    factor: float
 
     def value(self, mono: int) -> int:
         """`predict` without the σ: the fit's continuous-scale time at mono."""

@@ -159,8 +159,9 @@ class Segment:
             # Every tick past the run's end gets the same window: asked many times a
             # pulse (state, status, each sentence's cross-check), answered once.
             key = (rs, re, reuse)
-            if self.tail[0] == key:
-                return self.tail[1]
+            cached = self.tail[1]
+            if cached is not None and self.tail[0] == key:
+                return cached
             got = self._fit_tail(m, rs, re, reuse)
             self.tail = (key, got)
             return got

@@ -135,7 +135,7 @@ class Pipeline:
         if kind == "pps":
             return self.pps(rec["mono_ns"])
         if kind == "edge":
-            return self.edge(rec["input"], rec["mono_ns"], rec["active"], rec.get("fault", False))
+            return self.edge(rec["input"], rec["mono_ns"], rec["active"], bool(rec.get("fault")))
         if kind == "sysclock":
             return self.sysclock(rec["mono_ns"], rec["realtime_ns"])
         if kind == "correction":
@@ -231,28 +231,32 @@ class Pipeline:
             self._note_state()
 
     # -- marshal corrections ---------------------------------------------------
-    def assign(self, ref_seq: int, car: str, by: str = "marshal") -> list[dict[str, Any]]:
+    # The arguments are typed `object`: they come from a command as it was sent, and the
+    # compiled core (checkpoint/native.py) would refuse a wrong type with a TypeError
+    # before these checks could say what is wrong.
+    def assign(self, ref_seq: object, car: object, by: object = "marshal") -> list[dict[str, Any]]:
         """An `assign` event: passage `ref_seq` was car `car`."""
         car = str(car).strip()
         if not (1 <= len(car) <= MAX_CAR) or not car.isprintable():
             raise CommandError(f"car number must be 1-{MAX_CAR} printable characters, got {car!r}")
-        self._check_ref(ref_seq)
-        return [self._event("assign", ref_seq=ref_seq, car=car, by=by)]
+        seq = self._check_ref(ref_seq)
+        return [self._event("assign", ref_seq=seq, car=car, by=by)]
 
-    def void(self, ref_seq: int, reason: str, by: str = "marshal") -> list[dict[str, Any]]:
+    def void(self, ref_seq: object, reason: object, by: object = "marshal") -> list[dict[str, Any]]:
         """A `void` event: passage `ref_seq` was a false trigger."""
         reason = str(reason).strip()
         if not reason or len(reason) > MAX_REASON:
             raise CommandError(f"void needs a reason of 1-{MAX_REASON} characters")
-        self._check_ref(ref_seq)
-        return [self._event("void", ref_seq=ref_seq, reason=reason, by=by)]
+        seq = self._check_ref(ref_seq)
+        return [self._event("void", ref_seq=seq, reason=reason, by=by)]
 
-    def _check_ref(self, ref_seq: int) -> None:
+    def _check_ref(self, ref_seq: object) -> int:
         # bool is an int to Python; `true` from a command must not become seq 1.
         if not is_int(ref_seq):
             raise CommandError(f"seq must be an integer, got {ref_seq!r}")
         if not 1 <= ref_seq < self.next_seq:
             raise CommandError(f"no event with seq {ref_seq} in this store")
+        return ref_seq
 
     # -- internals -------------------------------------------------------------
     def _samples(self, samples: list[Sample]) -> None:
