@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import clockrun, footprint, hqscale, latency, replay, report, throughput
 from bench.common import MachineLoad, git_version, machine_info, now_iso
+from checkpoint import native
 
 BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "latency": latency.run,
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_version(),
         "smoke": args.smoke,
         "benchmarks": names,
+        # The bench's replays and the daemons it starts load the same build (same
+        # environment, same build/native): "compiled", or why the Python source ran.
+        "core": native.state,
     }
     results, load, failed = _run(names, work, args.smoke)
     meta["load"] = load

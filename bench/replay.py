@@ -41,7 +41,7 @@ RUNS = 5  # replays of each per-pulse/per-passage capture; the least CPU counts
 MILLE = Path(__file__).resolve().parent.parent / "sim" / "scenarios" / "california_mille.toml"
 
 
-def _write(path: Path, seconds: int, *, cars: bool, car_every_s: float | None = None) -> int:
+def write_capture(path: Path, seconds: int, *, cars: bool, car_every_s: float | None = None) -> int:
     """One box's capture of `seconds`; the number of records."""
     sc = scenario.load(MILLE)
     if car_every_s is not None:
@@ -113,7 +113,7 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
 
     runs = 1 if smoke else RUNS
     long = work / "long.jsonl"
-    n = _write(long, seconds, cars=True)
+    n = write_capture(long, seconds, cars=True)
     cpu, kinds = _replay(long, runs)
     out["replay"] = {
         "capture_s": seconds,
@@ -130,12 +130,12 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
     # minutes after power-up cost more (lock, then a growing window refitted more
     # often); that figure comes from the per-passage capture without its edges below.
     idle = work / "idle.jsonl"
-    _write(idle, seconds, cars=False)
+    write_capture(idle, seconds, cars=False)
     idle_cpu, _ = _replay(idle, runs)
     pulses = _pulses(idle)
     span = min(seconds, PASSAGE_S)
     busy = work / "busy.jsonl"
-    _write(busy, span, cars=True, car_every_s=2.0)
+    write_capture(busy, span, cars=True, car_every_s=2.0)
     busy_cpu, busy_kinds = _replay(busy, runs)
     passages = busy_kinds.get("passage", 0)
     # The same capture without its beam edges: the difference is the passages' own cost.

@@ -234,6 +234,14 @@ def _replay_target(results: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _core(state: str | None) -> str:
+    if state is None:
+        return "not recorded"
+    if state == "compiled":
+        return "compiled (mypyc, `python -m checkpoint.native build`), in replay and daemons"
+    return f"the Python source ({state.removeprefix('python: ')})"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The whole report: header, targets, one table per benchmark."""
     meta, res = doc["meta"], doc["results"]
@@ -247,6 +255,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Linux {m['kernel']}; Python {m['python']}; SQLite {m['sqlite']}; "
         f"Mosquitto {m['mosquitto']}",
         f"- command: `{meta['command']}` at commit {meta.get('commit', '?')}",
+        f"- timing core: {_core(meta.get('core'))}",
         "- other work on the machine meanwhile (cores busy, not this bench): "
         + (", ".join(f"{k} {v['other_cores']}" for k, v in meta.get("load", {}).items()) or "—"),
         "- Mosquitto *defaults*: as installed (what `sim.broker`, the tests and the simulator "

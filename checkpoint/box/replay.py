@@ -39,6 +39,20 @@ def replay_events(
 
     Settings come from `cfg` if given, else from the capture's header, else defaults.
     """
+    pipe, records = open_replay(path, cfg, store=store)
+    feed = pipe.feed
+    for rec in records:
+        events = feed(rec)
+        if events:  # most records give none
+            yield from events
+    yield from pipe.flush()
+
+
+def open_replay(
+    path: str, cfg: Config | None = None, *, store: str = "replay"
+) -> tuple[Pipeline, Iterator[dict[str, Any]]]:
+    """The pipeline the daemon would have run for this capture, and the capture's records
+    to feed it (for a replay that also reads the clock between records)."""
     head, records = capture.read(path)
     # Recorded with a coarse pin factory: the daemon widened every bound by this.
     extra = head.get("tick_uncertainty_ns", 0)
@@ -63,9 +77,4 @@ def replay_events(
         clock_params=params_for(convention, clock),
         tick_uncertainty_ns=extra,
     )
-    feed = pipe.feed
-    for rec in records:
-        events = feed(rec)
-        if events:  # most records give none
-            yield from events
-    yield from pipe.flush()
+    return pipe, records

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoint import __version__
+from checkpoint import __version__, native
 from checkpoint.box.edges import EdgeSource
 from checkpoint.box.gps_serial import SerialReader
 from checkpoint.box.keeper import CardKeeper
@@ -87,6 +87,9 @@ class StatusBuilder:
             "place": p.cfg.place,
             "store": p.keeper.store.store_id,
             "version": __version__,
+            # Which build of the timing core runs (checkpoint/native.py): same answers,
+            # a third of the CPU when compiled.
+            "core": native.state.partition(":")[0],
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
             # Seconds of PPS still needed before the clock can lock (absent once it can).
