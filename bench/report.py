@@ -543,5 +543,6 @@ def _replay(sec: dict[str, Any]) -> list[str]:
         f"| {cpu['us_per_pulse']} µs |",
         f"| the same in the first {cpu['span_s']} s after power-up (lock, a young window) "
         f"| {cpu.get('us_per_pulse_first')} µs |",
-        f"| CPU per passage ({cpu['passages']} cars, one every 2 s) | {cpu['us_per_passage']} µs |",
+        f"| CPU per passage ({cpu['passages']} passages, a car every 2 s; median of paired "
+        f"replays with and without the edges) | {cpu['us_per_passage']} µs |",
     ]
