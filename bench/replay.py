@@ -5,18 +5,22 @@ the California Mille (a u-blox M8 at factory settings: RMC, VTG, GGA, GSA, GSV, 
 ZDA, about 8 sentences a second, plus PPS), its cars in the first minutes and then
 idle running, for `HOURS` of capture (`--smoke`: 5 minutes). It is replayed through
 `checkpoint.box.replay.replay_events`, the same `timing.Pipeline` the daemon runs, timed with
-the process's CPU clock: capture seconds per CPU second is the replay speed, from the least
-CPU of `RUNS` replays (this virtual machine's speed swings by a third from one minute to
-the next; the least is the replay's own cost, the rest is the machine's neighbours).
+the process's CPU clock: capture seconds per CPU second is the replay speed.
 
 CPU per PPS pulse: a capture of the same span with no cars (same receiver) over its
 pulses, every record of that second included (the pulse, its sentences, the clock
 model's work): a box's cost all day. Beside it, the first `PASSAGE_S` after power-up
 (lock, then a young window refitted more often). CPU per passage: a capture with a car
 every 2 s over `PASSAGE_S` (300 cars), less that very capture with its beam edges left
-out, per passage: the median difference of `RUNS` pairs replayed back to back. The
-other captures are replayed `RUNS` times and the least CPU counts. Both are this
-machine's; a Pi Zero 2 W core is roughly a tenth of one, so multiply by ~10 for it.
+out, per passage.
+
+This virtual machine's speed swings by half from one minute to the next, while the
+instructions a replay takes do not (valgrind). So the four captures are replayed in
+`RUNS` passes `GAP_S` apart, each capture once a pass; each figure is the least CPU
+over the passes (the replay's own cost; the rest is the machine's neighbours), and the
+per-passage figure the median over passes of busy − quiet, two replays of the same
+moment. The report keeps every pass's CPU for the long capture. All are this machine's;
+a Pi Zero 2 W core is roughly a tenth of one, so multiply by ~10 for it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from sim.world import Rally
 HOURS = 1.0
 SMOKE_S = 300
 PASSAGE_S = 600  # the per-passage capture: this long, a car every 2 s
-RUNS = 5  # replays of each per-pulse/per-passage capture; the least CPU counts
+RUNS = 9  # passes over the four captures; the least CPU of each counts
+GAP_S = 5.0  # between passes: they sample some 45 s of this machine, not 5
 MILLE = Path(__file__).resolve().parent.parent / "sim" / "scenarios" / "california_mille.toml"
 
 
@@ -81,17 +86,8 @@ def write_capture(path: Path, seconds: int, *, cars: bool, car_every_s: float | 
     return n
 
 
-def _replay(path: Path, runs: int = 1) -> tuple[float, dict[str, int]]:
-    """CPU seconds to replay `path` (the least of `runs` replays), and the events by type."""
-    best = float("inf")
-    kinds: dict[str, int] = {}
-    for _ in range(runs):
-        cpu, kinds = _replay_once(path)
-        best = min(best, cpu)
-    return best, kinds
-
-
 def _replay_once(path: Path) -> tuple[float, dict[str, int]]:
+    """CPU seconds to replay `path` once, and its events by type."""
     kinds: dict[str, int] = {}
     t0 = time.process_time()
     for ev in replay_events(str(path)):
@@ -99,20 +95,17 @@ def _replay_once(path: Path) -> tuple[float, dict[str, int]]:
     return time.process_time() - t0, kinds
 
 
-def _paired(busy: Path, quiet: Path, runs: int) -> tuple[float, float, float, dict[str, int]]:
-    """(least CPU of `busy`, least of `quiet`, median of busy − quiet over `runs` pairs
-    replayed back to back, busy's events). The per-passage figure is a small difference
-    of two totals: the least of each can come from different minutes of this machine
-    (once, with 72 passages, it gave −12 µs), a pair's two replays from the same one."""
-    diffs: list[float] = []
-    best_busy = best_quiet = float("inf")
-    kinds: dict[str, int] = {}
-    for _ in range(runs):
-        b, kinds = _replay_once(busy)
-        q, _ = _replay_once(quiet)
-        best_busy, best_quiet = min(best_busy, b), min(best_quiet, q)
-        diffs.append(b - q)
-    return best_busy, best_quiet, statistics.median(diffs), kinds
+def _passes(paths: dict[str, Path], runs: int, gap_s: float) -> dict[str, list[float]]:
+    """CPU of each capture over `runs` passes, every capture replayed once a pass and the
+    passes `gap_s` apart: a slow spell of this machine then costs every capture the same
+    pass, and the passes sample more than one minute of it."""
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(runs):
+        if i:
+            time.sleep(gap_s)
+        for name, path in paths.items():
+            cpu[name].append(_replay_once(path)[0])
+    return cpu
 
 
 def _without_edges(src: Path, dst: Path) -> None:
@@ -137,24 +130,11 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
     runs = 1 if smoke else RUNS
     long = work / "long.jsonl"
     n = write_capture(long, seconds, cars=True)
-    cpu, kinds = _replay(long, runs)
-    out["replay"] = {
-        "capture_s": seconds,
-        "records": n,
-        "runs": runs,
-        "events": kinds,
-        "cpu_s": round(cpu, 3),
-        "x_real_time": round(seconds / cpu) if cpu > 0 else None,
-        "day_s": round(cpu * 86_400 / seconds, 1),
-        "us_per_record": round(cpu / n * 1e6, 1),
-    }
-
     # Per pulse over the whole span with no cars: what a box pays all day. The first
     # minutes after power-up cost more (lock, then a growing window refitted more
     # often); that figure comes from the per-passage capture without its edges below.
     idle = work / "idle.jsonl"
     write_capture(idle, seconds, cars=False)
-    idle_cpu, _ = _replay(idle, runs)
     pulses = _pulses(idle)
     span = min(seconds, PASSAGE_S)
     busy = work / "busy.jsonl"
@@ -162,9 +142,30 @@ def run(work: Path, smoke: bool = False) -> dict[str, Any]:
     # The same capture without its beam edges: the difference is the passages' own cost.
     quiet = work / "busy_without_edges.jsonl"
     _without_edges(busy, quiet)
-    _, quiet_cpu, passage_cpu, busy_kinds = _paired(busy, quiet, runs)
-    passages = busy_kinds.get("passage", 0)
     first_pulses = _pulses(quiet)
+    _, kinds = _replay_once(long)
+    _, busy_kinds = _replay_once(busy)
+    passages = busy_kinds.get("passage", 0)
+
+    paths = {"long": long, "idle": idle, "busy": busy, "quiet": quiet}
+    cpu = _passes(paths, runs, 0 if smoke else GAP_S)
+    best = {name: min(v) for name, v in cpu.items()}
+    # A pass's two replays come from the same moment; the least of each could come from
+    # different minutes (once, with 72 passages, that gave -12 us a passage).
+    passage_cpu = statistics.median(b - q for b, q in zip(cpu["busy"], cpu["quiet"], strict=True))
+    out["replay"] = {
+        "capture_s": seconds,
+        "records": n,
+        "runs": runs,
+        "events": kinds,
+        "cpu_s": round(best["long"], 3),
+        "x_real_time": round(seconds / best["long"]) if best["long"] > 0 else None,
+        "day_s": round(best["long"] * 86_400 / seconds, 1),
+        "us_per_record": round(best["long"] / n * 1e6, 1),
+        # Every pass, to show how much this machine's speed moved meanwhile.
+        "cpu_s_per_pass": [round(x, 3) for x in cpu["long"]],
+    }
+    idle_cpu, quiet_cpu = best["idle"], best["quiet"]
     out["cpu"] = {
         "idle_s": seconds,
         "pulses": pulses,

@@ -234,6 +234,12 @@ def _replay_target(results: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _spread(per_pass: list[float] | None) -> str:
+    if not per_pass or len(per_pass) < 2:
+        return ""
+    return f"; the passes took {min(per_pass)}–{max(per_pass)} s"
+
+
 def _core(state: str | None) -> str:
     if state is None:
         return "not recorded"
@@ -536,7 +542,7 @@ def _replay(sec: dict[str, Any]) -> list[str]:
         "|---|---:|",
         f"| capture replayed (u-blox M8 at factory settings + PPS; {kinds}) "
         f"| {rp['capture_s']:,} s, {rp['records']:,} records |",
-        f"| CPU (least of {rp.get('runs', 1)} replays) "
+        f"| CPU (least of {rp.get('runs', 1)} passes{_spread(rp.get('cpu_s_per_pass'))}) "
         f"| {rp['cpu_s']} s = **{rp['x_real_time']:,}× real time**, "
         f"{rp['us_per_record']} µs a record; a day in {rp['day_s']} s |",
         f"| CPU per PPS pulse (with its second of sentences), {cpu.get('idle_s')} s idle "
