@@ -1,10 +1,10 @@
-"""The compiled core: the clock, pairing and NMEA modules of checkpoint/core, compiled by mypyc.
+"""The compiled core: the hot modules of checkpoint/core (MODULES), compiled by mypyc.
 
 Why: every second of a box's life runs the same few hundred Python calls (13 NMEA records,
 a pulse, a fit now and then). Compiled, the same source costs a box (and a replay) about
-two thirds less CPU. It is optional: with no build, or with ``CHECKPOINT_PURE=1``, the
-pure-Python modules run, and both give the same events, bit for bit (tests/test_native.py
-replays captures both ways and compares every event and status).
+40 % less CPU (README, "Benchmarks"). It is optional: with no build, or with
+``CHECKPOINT_PURE=1``, the pure-Python modules run, and both give the same events, bit for
+bit (tests/test_native.py replays captures both ways and compares every event and status).
 
 A build lives outside the source tree, in ``build/native/<python>-<machine>/`` beside the
 ``checkpoint`` package (or ``CHECKPOINT_NATIVE_DIR``), with a manifest holding the SHA-256
@@ -177,7 +177,7 @@ def build(dest: Path | None = None, *, quiet: bool = True) -> Path:
     """
     dest = dest or build_dir()
     try:
-        import mypy.version  # noqa: F401  (only to say early that it is missing)
+        import mypy.version  # the build's compiler, named in the manifest
     except ImportError as e:
         raise NativeBuildError(
             "building the compiled core needs mypy: pip install -e '.[native]'"
