@@ -88,7 +88,7 @@ class StatusBuilder:
             "store": p.keeper.store.store_id,
             "version": __version__,
             # Which build of the timing core runs (checkpoint/native.py): same answers,
-            # a third of the CPU when compiled.
+            # about 60 % of the CPU when compiled.
             "core": native.state.partition(":")[0],
             "clock": pipe["clock"],
             "uncertainty_ns": clock.get("uncertainty_ns"),
